@@ -1,0 +1,237 @@
+"""The shared LightningDataModule for paired two-modality data.
+
+Subclasses only say where cases come from (``load_cases``); loaders, views, the decoded-image
+cache, the label fraction, worker seeding and on-device normalisation live here.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import abstractmethod
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from skinssl.datamodules.cases import Cases, DataError
+from skinssl.datamodules.dataset import PairDataset, seed_worker
+from skinssl.datamodules.images import CacheMode, ImageStore
+from skinssl.datamodules.views import (
+    DERM7PT_MEAN,
+    DERM7PT_STD,
+    Normalize,
+    Views,
+    eval_pipeline,
+    train_pipeline,
+)
+from skinssl.labels import HEAD_NAMES, UNKNOWN
+
+
+def default_workers() -> int:
+    """Loader workers for this machine: one per core the process may use, at most 8."""
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2))
+
+
+def label_subset(labels: np.ndarray, rows: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A seeded subset of ``rows`` stratified by diagnosis (at least one case per class)."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"label_fraction = {fraction} is outside (0, 1]; use e.g. 0.1 for 10 %")
+    if fraction == 1:
+        return rows
+    rng = np.random.default_rng(seed)
+    diag = labels[rows, HEAD_NAMES.index("DIAG")]
+    keep = []
+    for cls in np.unique(diag):
+        members = rows[diag == cls]
+        k = max(1, round(fraction * len(members)))
+        keep.append(rng.choice(members, size=k, replace=False))
+    return np.sort(np.concatenate(keep))
+
+
+class PairedDataModule(L.LightningDataModule):
+    """Paired dermoscopic + clinical data, batches as in DESIGN.md §2.
+
+    Args:
+        batch_size: training batch size per device.
+        eval_batch_size: validation/test/predict batch size (default: ``batch_size``).
+        num_workers: loader workers (default: one per available core, at most 8).
+        image_size: side of the square views fed to the model.
+        derm_views: training views of the dermoscopic image (count and augmentations).
+        clinic_views: training views of the clinical image (default: same as ``derm_views``).
+        border_crop: pixels cropped from every border when decoding (Derm7pt's black frame).
+        cache: ``memory`` decodes every image once; ``disk`` also keeps ``.npy`` files in
+            ``cache_dir`` for later runs; ``none`` decodes on every access.
+        cache_size: shorter side of the cached images (a bit larger than ``image_size``).
+        cache_dir: folder for ``cache: disk``.
+        label_fraction: fraction of the training cases whose labels are used, stratified by
+            diagnosis and seeded by ``split_seed``.
+        keep_unlabelled: keep the other training cases (labels -1, e.g. for pretraining);
+            otherwise training uses the labelled cases only.
+        split_seed: seed of the label subset.
+        mean: per-channel mean used to normalise (0-1 scale).
+        std: per-channel standard deviation used to normalise (0-1 scale).
+        predict_split: split that ``predict`` runs on.
+        drop_last: drop the last incomplete training batch.
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int | None = None,
+        image_size: int = 224,
+        derm_views: Views | None = None,
+        clinic_views: Views | None = None,
+        border_crop: int = 25,
+        cache: CacheMode = "memory",
+        cache_size: int = 256,
+        cache_dir: str | None = None,
+        label_fraction: float = 1.0,
+        keep_unlabelled: bool = False,
+        split_seed: int = 0,
+        mean: tuple[float, float, float] = DERM7PT_MEAN,
+        std: tuple[float, float, float] = DERM7PT_STD,
+        predict_split: str = "test",
+        drop_last: bool = True,
+    ) -> None:
+        super().__init__()
+        if not 0 < label_fraction <= 1:
+            raise ValueError(
+                f"label_fraction = {label_fraction} is outside (0, 1]; use e.g. 0.1 for 10 %"
+            )
+        if cache_size < image_size:
+            raise ValueError(f"cache_size {cache_size} must be >= image_size {image_size}")
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = default_workers() if num_workers is None else num_workers
+        self.image_size = image_size
+        self.derm_views = derm_views or Views()
+        self.clinic_views = clinic_views or self.derm_views
+        self.border_crop = border_crop
+        self.cache = cache
+        self.cache_size = cache_size
+        self.cache_dir = cache_dir
+        self.label_fraction = label_fraction
+        self.keep_unlabelled = keep_unlabelled
+        self.split_seed = split_seed
+        self.predict_split = predict_split
+        self.drop_last = drop_last
+        self.normalize = Normalize(mean, std)
+        self.derm_views.check()
+        self.clinic_views.check()
+        self.cases: Cases | None = None
+        self._store: ImageStore | None = None
+        self._ids: tuple[np.ndarray, np.ndarray] | None = None
+
+    @abstractmethod
+    def load_cases(self) -> Cases:
+        """Read the case table (paths, labels, splits) of this data source."""
+
+    # ----------------------------------------------------------------- setup
+    def setup(self, stage: str | None = None) -> None:
+        if self.cases is not None:
+            return
+        cases = self.load_cases()
+        cases.check_images_exist()
+        paths = list(dict.fromkeys(cases.derm + cases.clinic))
+        position = {p: i for i, p in enumerate(paths)}
+        self._ids = (
+            np.array([position[p] for p in cases.derm]),
+            np.array([position[p] for p in cases.clinic]),
+        )
+        self._store = ImageStore(
+            paths,
+            self.border_crop,
+            self.cache_size,
+            self.cache,
+            self.cache_dir,
+            threads=self.num_workers,
+        )
+        self.cases = cases
+
+    def split_rows(self, split: str) -> np.ndarray:
+        """Row positions of ``split``; a clear error if the data has no such split."""
+        cases = self._cases()
+        rows = cases.splits.get(split)
+        if rows is None or len(rows) == 0:
+            available = [s for s, r in cases.splits.items() if len(r)]
+            raise DataError(f"{cases.source}: no cases in split {split!r}; available: {available}")
+        return rows
+
+    def train_labels(self) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, labels [N, 8]) of the training split after the label fraction (-1 = unused)."""
+        cases = self._cases()
+        rows = self.split_rows("train")
+        labelled = label_subset(cases.labels, rows, self.label_fraction, self.split_seed)
+        labels = cases.labels.copy()
+        labels[np.setdiff1d(rows, labelled)] = UNKNOWN
+        return (rows if self.keep_unlabelled else labelled), labels
+
+    # ---------------------------------------------------------------- loaders
+    def dataset(self, split: str, train: bool) -> PairDataset:
+        """Dataset of a split with training views (``train``) or the deterministic eval view."""
+        cases = self._cases()
+        assert self._store is not None and self._ids is not None
+        if train and split == "train":
+            rows, labels = self.train_labels()
+        else:
+            rows, labels = self.split_rows(split), cases.labels
+        if train:
+            pipes = (
+                train_pipeline(self.derm_views, self.image_size),
+                train_pipeline(self.clinic_views, self.image_size),
+            )
+            n_views = (self.derm_views.n, self.clinic_views.n)
+        else:
+            pipes = (eval_pipeline(self.image_size), eval_pipeline(self.image_size))
+            n_views = (1, 1)
+        ds = PairDataset(rows, self._store, *self._ids, labels, cases.pair_valid, *pipes, n_views)
+        ds.seed(torch.initial_seed() % 2**32)
+        return ds
+
+    def loader(self, dataset: PairDataset, train: bool) -> DataLoader:
+        """A DataLoader with seeded workers (distinct per rank), pinned memory, kept workers."""
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        generator = torch.Generator()
+        generator.manual_seed((torch.initial_seed() + 1_000_003 * rank) % 2**63)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            drop_last=train and self.drop_last and len(dataset) > self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+            worker_init_fn=seed_worker,
+            generator=generator,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader(self.dataset("train", train=True), train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader(self.dataset("valid", train=False), train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader(self.dataset("test", train=False), train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.loader(self.dataset(self.predict_split, train=False), train=False)
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        """Normalise the uint8 views on the device, batched."""
+        for key in ("derm", "clinic"):
+            views = batch[key]
+            if isinstance(views, list):
+                batch[key] = [self.normalize(v) for v in views]
+            else:
+                batch[key] = self.normalize(views)
+        return batch
+
+    def _cases(self) -> Cases:
+        if self.cases is None:
+            self.setup()
+        assert self.cases is not None
+        return self.cases

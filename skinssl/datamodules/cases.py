@@ -1,0 +1,146 @@
+"""The table of paired cases every data source is read into, and its checks."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from skinssl.labels import HEAD_NAMES, HEADS, UNKNOWN
+
+SPLITS = ("train", "valid", "test")
+
+
+class DataError(ValueError):
+    """Bad input data: the message names the file, row, column or value and what is valid."""
+
+
+@dataclass
+class Cases:
+    """Paired two-modality cases, one row per lesion.
+
+    ``labels`` is [N, 8] int64 in ``HEAD_NAMES`` order, -1 where unknown. ``pair_valid`` is
+    False where the clinical image is a stand-in (the dermoscopic image reused). ``splits`` maps
+    a split name to row positions.
+    """
+
+    derm: list[Path]
+    clinic: list[Path]
+    labels: np.ndarray
+    pair_valid: np.ndarray
+    splits: dict[str, np.ndarray]
+    source: str
+    """What the cases were read from, for error messages."""
+
+    def __post_init__(self) -> None:
+        n = len(self.derm)
+        sizes = (len(self.clinic), len(self.pair_valid), self.labels.shape)
+        if sizes != (n, n, (n, len(HEADS))):
+            raise ValueError(f"{self.source}: inconsistent case table sizes")
+        if n == 0:
+            raise DataError(f"{self.source}: no cases")
+        self._check_splits()
+
+    def __len__(self) -> int:
+        return len(self.derm)
+
+    def _check_splits(self) -> None:
+        seen: dict[int, str] = {}
+        for name, rows in self.splits.items():
+            for r in rows.tolist():
+                if r in seen:
+                    raise DataError(
+                        f"{self.source}: row {r} is in both the {seen[r]!r} and the {name!r} "
+                        "split; splits must not overlap"
+                    )
+                seen[r] = name
+
+    def check_images_exist(self) -> None:
+        """One error listing every missing image file (not just the first)."""
+        missing = sorted({str(p) for p in self.derm + self.clinic if not p.is_file()})
+        if missing:
+            shown = "\n  ".join(missing[:50])
+            more = f"\n  ... and {len(missing) - 50} more" if len(missing) > 50 else ""
+            raise DataError(
+                f"{self.source}: {len(missing)} image file(s) not found:\n  {shown}{more}\n"
+                "Check the image root folder and the paths in the table."
+            )
+
+    def class_counts(self, head: str, split: str | None = None) -> list[int]:
+        """Number of cases per class of ``head`` (in ``split`` if given), unknown excluded."""
+        j = HEAD_NAMES.index(head)
+        rows = self.splits[split] if split is not None else np.arange(len(self))
+        col = self.labels[rows, j]
+        k = HEADS[j].num_classes
+        return np.bincount(col[col != UNKNOWN], minlength=k).tolist()
+
+
+def read_index_file(path: Path, num_rows: int) -> np.ndarray:
+    """Row positions from a Derm7pt index file: header ``indexes``, one 0-based row per line."""
+    if not path.is_file():
+        raise DataError(f"index file not found: {path}")
+    lines = path.read_text().splitlines()
+    if not lines or lines[0].strip() != "indexes":
+        raise DataError(f"{path}: first line must be the header 'indexes', got {lines[:1]}")
+    rows: list[int] = []
+    seen: set[int] = set()
+    for line_no, text in enumerate(lines[1:], start=2):
+        text = text.strip()
+        if not text:
+            continue
+        try:
+            r = int(text)
+        except ValueError:
+            msg = f"{path}, line {line_no}: {text!r} is not an integer row index"
+            raise DataError(msg) from None
+        if not 0 <= r < num_rows:
+            raise DataError(
+                f"{path}, line {line_no}: row {r} is out of range; valid rows are 0..{num_rows - 1}"
+            )
+        if r in seen:
+            raise DataError(f"{path}, line {line_no}: row {r} is listed twice")
+        seen.add(r)
+        rows.append(r)
+    return np.asarray(rows, dtype=np.int64)
+
+
+def encode_labels(rows: list[dict[str, str]], columns: dict[str, str], source: str) -> np.ndarray:
+    """[N, 8] class indices from table rows; ``columns`` maps head name -> column name.
+
+    Heads without a column, and empty cells, are unknown (-1). An unrecognised string is an
+    error naming the line (header = line 1), the 0-based row, column, value and valid values.
+    """
+    labels = np.full((len(rows), len(HEADS)), UNKNOWN, dtype=np.int64)
+    for j, h in enumerate(HEADS):
+        col = columns.get(h.name)
+        if col is None:
+            continue
+        for i, row in enumerate(rows):
+            value = (row.get(col) or "").strip()
+            if not value:
+                continue
+            try:
+                labels[i, j] = h.encode(value)
+            except KeyError:
+                raise DataError(
+                    f"{source}, line {i + 2} (row {i}), column {col!r}: unknown label {value!r} "
+                    f"for head {h.name}; valid values: {', '.join(map(repr, h.valid_values()))}"
+                ) from None
+    return labels
+
+
+def read_csv_rows(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
+    """Rows of a CSV file as dicts; a clear error if the file or a required column is missing."""
+    if not path.is_file():
+        raise DataError(f"file not found: {path}")
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise DataError(
+                f"{path}: missing required column(s) {missing}; the header has {header}"
+            )
+        return list(reader)

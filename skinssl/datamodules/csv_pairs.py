@@ -1,0 +1,80 @@
+"""Reading any CSV of (dermoscopic, clinical) image pairs into a :class:`Cases` table.
+
+Columns: a dermoscopic path, a clinical path (empty: no clinical image, the pair is marked
+invalid and the dermoscopic image stands in), optional label columns (raw Derm7pt strings or
+class names) and an optional split column (train/valid/test). Relative paths are resolved
+against ``image_root`` (default: the CSV's folder).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from skinssl.datamodules.cases import SPLITS, Cases, DataError, encode_labels, read_csv_rows
+from skinssl.labels import HEAD_NAMES, HEADS
+
+SPLIT_ALIASES = {"train": "train", "valid": "valid", "val": "valid", "test": "test"}
+
+
+def default_label_columns(header: list[str]) -> dict[str, str]:
+    """Head -> column for the label columns present, by head name (``PN``) or meta.csv name."""
+    found = {}
+    for h in HEADS:
+        for name in (h.name, h.column):
+            if name in header:
+                found[h.name] = name
+                break
+    return found
+
+
+def read_pair_csv(
+    path: str | Path,
+    image_root: str | Path | None = None,
+    derm_column: str = "derm",
+    clinic_column: str = "clinic",
+    split_column: str | None = "split",
+    label_columns: dict[str, str] | None = None,
+) -> Cases:
+    """Cases of a paired CSV. Without a split column every case is in ``train``."""
+    path = Path(path)
+    rows = read_csv_rows(path, (derm_column, clinic_column))
+    header = list(rows[0].keys()) if rows else []
+    if label_columns is None:
+        label_columns = default_label_columns(header)
+    for head_name, col in label_columns.items():
+        if head_name not in HEAD_NAMES:
+            raise DataError(f"label_columns: unknown head {head_name!r}; valid: {HEAD_NAMES}")
+        if col not in header:
+            raise DataError(f"{path}: label column {col!r} (head {head_name}) is not in {header}")
+    root = Path(image_root) if image_root is not None else path.parent
+    derm, clinic, valid = [], [], []
+    for i, r in enumerate(rows):
+        d = (r[derm_column] or "").strip()
+        c = (r[clinic_column] or "").strip()
+        if not d:
+            raise DataError(f"{path}, line {i + 2} (row {i}): empty {derm_column!r} path")
+        derm.append(root / d)
+        clinic.append(root / (c or d))
+        valid.append(bool(c) and c != d)
+    labels = encode_labels(rows, label_columns, str(path))
+    splits = (
+        _read_splits(rows, split_column, path)
+        if split_column in header
+        else {"train": np.arange(len(rows))}
+    )
+    return Cases(derm, clinic, labels, np.array(valid, dtype=bool), splits, source=str(path))
+
+
+def _read_splits(rows: list[dict[str, str]], column: str, path: Path) -> dict[str, np.ndarray]:
+    members: dict[str, list[int]] = {s: [] for s in SPLITS}
+    for i, r in enumerate(rows):
+        value = (r[column] or "").strip().lower()
+        if value not in SPLIT_ALIASES:
+            raise DataError(
+                f"{path}, line {i + 2} (row {i}), column {column!r}: unknown split {r[column]!r}; "
+                f"valid values: {sorted(SPLIT_ALIASES)}"
+            )
+        members[SPLIT_ALIASES[value]].append(i)
+    return {s: np.asarray(m, dtype=np.int64) for s, m in members.items()}

@@ -1,0 +1,86 @@
+"""The paired two-modality dataset: one item per lesion, as the batch dict of DESIGN.md §2."""
+
+from __future__ import annotations
+
+import albumentations as A
+import numpy as np
+import torch
+from torch.utils.data import Dataset, get_worker_info
+
+from skinssl.datamodules.images import ImageStore
+from skinssl.datamodules.views import seed_pipeline, to_chw_uint8
+
+Item = dict[str, object]
+
+
+class PairDataset(Dataset):
+    """Items ``index``, ``derm``, ``clinic``, ``labels``, ``pair_valid`` for chosen rows.
+
+    ``derm``/``clinic`` are one uint8 CHW tensor when ``n_views`` is 1, else a list of them.
+    ``index`` is the case's row in its data source, the key pseudo-labels are looked up by.
+    ``store`` holds the unique images; ``derm_ids``/``clinic_ids`` point into it per row.
+    """
+
+    def __init__(
+        self,
+        rows: np.ndarray,
+        store: ImageStore,
+        derm_ids: np.ndarray,
+        clinic_ids: np.ndarray,
+        labels: np.ndarray,
+        pair_valid: np.ndarray,
+        derm_pipeline: A.Compose,
+        clinic_pipeline: A.Compose,
+        n_views: tuple[int, int] = (1, 1),
+    ) -> None:
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.store = store
+        self.derm_ids = derm_ids
+        self.clinic_ids = clinic_ids
+        self.labels = torch.as_tensor(labels, dtype=torch.long)
+        self.pair_valid = torch.as_tensor(pair_valid, dtype=torch.bool)
+        self.pipelines = (derm_pipeline, clinic_pipeline)
+        self.n_views = n_views
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> Item:
+        row = int(self.rows[i])
+        derm = self._views(self.store[self.derm_ids[row]], 0)
+        clinic = self._views(self.store[self.clinic_ids[row]], 1)
+        return {
+            "index": row,
+            "derm": derm,
+            "clinic": clinic,
+            "labels": self.labels[row],
+            "pair_valid": self.pair_valid[row],
+        }
+
+    def _views(self, image: np.ndarray, modality: int) -> torch.Tensor | list[torch.Tensor]:
+        pipeline, n = self.pipelines[modality], self.n_views[modality]
+        views = [to_chw_uint8(pipeline(image=image)["image"]) for _ in range(n)]
+        return views[0] if n == 1 else views
+
+    def seed(self, seed: int) -> None:
+        """Seed both pipelines (distinct streams per modality)."""
+        seed_pipeline(self.pipelines[0], seed)
+        seed_pipeline(self.pipelines[1], seed + 1_000_003)
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader worker init: distinct, reproducible augmentation streams; one thread each.
+
+    ``torch.initial_seed()`` in a worker is derived from the loader's generator (seeded from the
+    run's seed) and the worker id, so it differs per worker and per epoch yet is reproducible.
+    """
+    import cv2
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    info = get_worker_info()
+    dataset = info.dataset if info is not None else None
+    if isinstance(dataset, PairDataset):
+        dataset.seed(seed)

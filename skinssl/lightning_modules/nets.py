@@ -1,0 +1,75 @@
+"""Trunks shared by every method: torchvision ResNets, one per modality, pooled features."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+from torchvision import models
+
+Arch = Literal["resnet18", "resnet34", "resnet50"]
+FEATURE_DIM = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
+
+
+def build_trunk(arch: Arch, weights: str | None = None) -> nn.Module:
+    """A ResNet without its classifier (outputs the pooled feature).
+
+    ``weights``: None (random init), ``"imagenet"`` (torchvision's ImageNet weights, which must be
+    downloadable or already in the torch hub cache), or the path of a local file holding a
+    ResNet state dict (torchvision's format, with or without ``fc``; a ``state_dict`` or
+    ``model`` entry is unwrapped).
+    """
+    if arch not in FEATURE_DIM:
+        raise ValueError(f"unknown backbone {arch!r}; valid: {', '.join(FEATURE_DIM)}")
+    if weights == "imagenet":
+        net = getattr(models, arch)(weights="DEFAULT")
+    else:
+        net = getattr(models, arch)(weights=None)
+        if weights is not None:
+            _load_local(net, Path(weights), arch)
+    net.fc = nn.Identity()
+    return net
+
+
+def _load_local(net: nn.Module, path: Path, arch: str) -> None:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"backbone weights file not found: {path}; use weights: null, 'imagenet' or a path"
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")}
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("fc.")]
+    if missing or unexpected:
+        raise ValueError(
+            f"{path} does not fit a torchvision {arch}: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
+
+
+class PairEncoder(nn.Module):
+    """Two trunks (dermoscopic, clinical) whose pooled features are concatenated.
+
+    ``share_trunk`` uses one trunk for both modalities (the default, as in SM3, is two).
+    """
+
+    def __init__(
+        self, arch: Arch = "resnet50", weights: str | None = None, share_trunk: bool = False
+    ) -> None:
+        super().__init__()
+        self.arch = arch
+        self.feature_dim = FEATURE_DIM[arch]
+        self.derm = build_trunk(arch, weights)
+        self.clinic = self.derm if share_trunk else build_trunk(arch, weights)
+
+    @property
+    def out_dim(self) -> int:
+        return 2 * self.feature_dim
+
+    def forward(self, derm: torch.Tensor, clinic: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.derm(derm), self.clinic(clinic)], dim=1)

@@ -1,0 +1,53 @@
+"""AdamW with an optional linear warm-up + cosine schedule, shared by every module."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import lightning as L
+import torch
+
+Schedule = Literal["constant", "cosine"]
+
+
+def adamw(
+    groups: Iterable[dict[str, Any]],
+    weight_decay: float,
+    schedule: Schedule,
+    warmup_steps: int,
+    total_steps: int,
+) -> dict[str, Any]:
+    """Lightning's ``configure_optimizers`` answer: AdamW and a per-step LR multiplier.
+
+    ``groups`` are parameter groups with their own ``lr``; groups without trainable parameters
+    are dropped. ``constant`` keeps the rate (after warm-up), as the SM3 authors did.
+    """
+    groups = [g for g in groups if any(p.requires_grad for p in g["params"])]
+    for g in groups:
+        g["params"] = [p for p in g["params"] if p.requires_grad]
+    optimizer = torch.optim.AdamW(groups, weight_decay=weight_decay, eps=1e-5)
+    total = max(1, total_steps)
+    if total_steps <= 0 and schedule != "constant":
+        raise ValueError("a cosine schedule needs a finite number of epochs (trainer.max_epochs)")
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup_steps) / max(1, total - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def schedule_steps(trainer: L.Trainer, warmup_epochs: float) -> tuple[int, int]:
+    """(warm-up steps, total steps) of a fit; total is 0 when the run has no epoch limit."""
+    total = trainer.estimated_stepping_batches
+    epochs = trainer.max_epochs or 0
+    if not math.isfinite(total) or epochs <= 0:
+        return 0, 0
+    return round(warmup_epochs * total / epochs), int(total)

@@ -1,0 +1,47 @@
+"""Shared fixtures: the real Derm7pt metadata with generated placeholder images, tiny data."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+torch.set_num_threads(2)
+cv2.setNumThreads(1)
+
+from helpers import write_jpeg  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "derm7pt"
+
+
+@pytest.fixture(scope="session")
+def derm7pt_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real meta files plus a placeholder JPEG for each of the 2013 release image paths."""
+    if not (SHARED / "meta" / "meta.csv").is_file():
+        pytest.skip(f"real Derm7pt metadata not found at {SHARED}")
+    root = tmp_path_factory.mktemp("derm7pt")
+    shutil.copytree(SHARED / "meta", root / "meta")
+    for p in (root / "meta").iterdir():
+        p.chmod(0o644)
+    rng = np.random.default_rng(0)
+    for line in (SHARED / "images_sha256.txt").read_text().splitlines():
+        write_jpeg(root / line.split()[1], rng)
+    return root
+
+
+@pytest.fixture
+def copy_release(derm7pt_release: Path, tmp_path: Path):
+    """A writable copy of the placeholder release (meta and images) to break on purpose."""
+
+    def make() -> Path:
+        root = tmp_path / "release"
+        shutil.copytree(derm7pt_release, root)
+        return root
+
+    return make

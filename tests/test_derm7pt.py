@@ -1,0 +1,156 @@
+"""The Derm7pt release reader on the real metadata (placeholder images) and its bad-input errors."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from skinssl.datamodules import DataError, Derm7ptDataModule
+from skinssl.datamodules.derm7pt import read_derm7pt
+from skinssl.labels import HEAD_NAMES, seven_point_score
+
+
+def test_counts_splits_and_scores(derm7pt_release: Path) -> None:
+    cases = read_derm7pt(derm7pt_release)
+    assert len(cases) == 1011
+    assert {k: len(v) for k, v in cases.splits.items()} == {"train": 413, "valid": 203, "test": 395}
+    assert cases.class_counts("DIAG") == [42, 575, 252, 97, 45]
+    assert cases.class_counts("DIAG", "test") == [16, 219, 101, 40, 19]
+    assert cases.class_counts("BWV", "test") == [320, 75]
+    # the other test-split counts derived from the authors' released numbers (METHOD.md §6.3)
+    assert cases.class_counts("PN", "test") == [156, 146, 93]
+    assert cases.class_counts("DaG", "test") == [100, 118, 177]
+    assert (cases.labels >= 0).all()
+    with (derm7pt_release / "meta" / "meta.csv").open() as f:
+        expected = np.array([int(r["seven_point_score"]) for r in csv.DictReader(f)])
+    np.testing.assert_array_equal(seven_point_score(cases.labels), expected)
+
+
+def test_case_mismatch_and_invalid_pairs(derm7pt_release: Path) -> None:
+    cases = read_derm7pt(derm7pt_release)
+    assert cases.derm[815].is_file()
+    assert cases.derm[815].name == "Fcl068.jpg" and cases.derm[815].parent.name == "FCL"
+    cases.check_images_exist()
+    assert int((~cases.pair_valid).sum()) == 9
+    invalid = np.flatnonzero(~cases.pair_valid)
+    assert all(cases.derm[i] == cases.clinic[i] for i in invalid)
+
+
+def _rewrite(path: Path, edit) -> None:
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(edit(lines)) + "\n")
+
+
+def test_missing_images_listed_all(copy_release) -> None:
+    root = copy_release()
+    gone = ["images/NEL/Nel026.jpg", "images/NEL/NEL027.JPG", "images/NEL/Nel028.jpg"]
+    for g in gone:
+        (root / g).unlink()
+    dm = Derm7ptDataModule(root=str(root), num_workers=0, image_size=32, cache_size=32)
+    with pytest.raises(DataError, match="3 image file") as err:
+        dm.setup("fit")
+    for g in gone:
+        assert g.split("/", 1)[1] in str(err.value)
+
+
+def test_truncated_jpeg_names_file(copy_release) -> None:
+    root = copy_release()
+    bad = root / "images/NEL/Nel026.jpg"
+    bad.write_bytes(bad.read_bytes()[:200])
+    dm = Derm7ptDataModule(root=str(root), num_workers=0, image_size=32, cache_size=32)
+    with pytest.raises(DataError, match="Nel026.jpg.*truncated"):
+        dm.setup("fit")
+
+
+def test_not_an_image_names_file(copy_release) -> None:
+    root = copy_release()
+    (root / "images/NEL/Nel026.jpg").write_text("not a jpeg")
+    dm = Derm7ptDataModule(root=str(root), num_workers=0, image_size=32, cache_size=32)
+    with pytest.raises(DataError, match="cannot decode image .*Nel026.jpg"):
+        dm.setup("fit")
+
+
+def test_unknown_label_names_row_column_value(copy_release) -> None:
+    root = copy_release()
+    _rewrite(
+        root / "meta/meta.csv",
+        lambda lines: [lines[0], lines[1].replace(",arborizing,", ",spiral,"), *lines[2:]],
+    )
+    with pytest.raises(DataError) as err:
+        read_derm7pt(root)
+    msg = str(err.value)
+    assert "line 2 (row 0)" in msg and "'vascular_structures'" in msg and "'spiral'" in msg
+    assert "'arborizing'" in msg and "'IR'" in msg
+
+
+@pytest.mark.parametrize(
+    ("edit", "pattern"),
+    [
+        (lambda lines: [*lines, "5000"], "row 5000 is out of range; valid rows are 0..1010"),
+        (lambda lines: [*lines, lines[1]], "is listed twice"),
+        (lambda lines: [*lines, "abc"], "'abc' is not an integer"),
+        (lambda lines: ["index", *lines[1:]], "header 'indexes'"),
+    ],
+)
+def test_bad_index_file(copy_release, edit, pattern: str) -> None:
+    root = copy_release()
+    _rewrite(root / "meta/train_indexes.csv", edit)
+    with pytest.raises(DataError, match=pattern):
+        read_derm7pt(root)
+
+
+def test_overlapping_splits(copy_release) -> None:
+    root = copy_release()
+    first_test_row = (root / "meta/test_indexes.csv").read_text().splitlines()[1]
+    _rewrite(root / "meta/train_indexes.csv", lambda lines: [*lines, first_test_row])
+    with pytest.raises(DataError, match=f"row {first_test_row} is in both the 'train' and"):
+        read_derm7pt(root)
+
+
+def test_missing_column(copy_release) -> None:
+    root = copy_release()
+    _rewrite(
+        root / "meta/meta.csv",
+        lambda lines: [
+            ln.replace("streaks", "streak", 1) if i == 0 else ln for i, ln in enumerate(lines)
+        ],
+    )
+    with pytest.raises(DataError, match=r"missing required column\(s\) \['streaks'\]"):
+        read_derm7pt(root)
+
+
+def test_label_fraction_outside_range() -> None:
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match=r"outside \(0, 1\]"):
+            Derm7ptDataModule(root="unused", label_fraction=bad)
+
+
+def test_label_fraction_stratified_and_seeded(derm7pt_release: Path) -> None:
+    def make(seed: int, keep: bool) -> Derm7ptDataModule:
+        dm = Derm7ptDataModule(
+            root=str(derm7pt_release),
+            label_fraction=0.1,
+            split_seed=seed,
+            keep_unlabelled=keep,
+            cache="none",
+            num_workers=0,
+            image_size=32,
+            cache_size=32,
+        )
+        dm.setup("fit")
+        return dm
+
+    rows, labels = make(0, keep=False).train_labels()
+    diag = labels[rows, HEAD_NAMES.index("DIAG")]
+    assert len(rows) == pytest.approx(41, abs=3)
+    assert set(np.unique(diag).tolist()) == {0, 1, 2, 3, 4}  # every diagnosis kept
+    assert (diag >= 0).all()
+    rows_again, _ = make(0, keep=False).train_labels()
+    np.testing.assert_array_equal(rows, rows_again)
+    assert not np.array_equal(rows, make(1, keep=False).train_labels()[0])
+    all_rows, kept_labels = make(0, keep=True).train_labels()
+    assert len(all_rows) == 413
+    assert int((kept_labels[all_rows, 0] >= 0).sum()) == len(rows)

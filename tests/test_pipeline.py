@@ -1,0 +1,153 @@
+"""Paired-CSV reading, batches, views, the decoded-image cache and worker seeding."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import write_jpeg
+
+from skinssl.datamodules import DataError, PairedCSVDataModule, Views
+from skinssl.datamodules.csv_pairs import read_pair_csv
+from skinssl.labels import HEAD_NAMES
+
+
+def make_csv(root: Path, n: int = 12, rows: list[dict] | None = None) -> Path:
+    rng = np.random.default_rng(1)
+    if rows is None:
+        splits = ["train"] * (n - 4) + ["valid"] * 2 + ["test"] * 2
+        rows = [
+            {
+                "derm": f"img/d{i}.jpg",
+                "clinic": f"img/c{i}.jpg",
+                "diagnosis": ["clark nevus", "MEL", "basal cell carcinoma"][i % 3],
+                "PN": ["absent", "ATP", ""][i % 3],
+                "split": splits[i],
+            }
+            for i in range(n)
+        ]
+    for r in rows:
+        for key in ("derm", "clinic"):
+            if r[key] and not (root / r[key]).exists():
+                write_jpeg(root / r[key], rng, (40, 56))
+    path = root / "pairs.csv"
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def dm_for(path: Path, **kw) -> PairedCSVDataModule:
+    args = dict(border_crop=2, image_size=24, cache_size=28, batch_size=4, num_workers=0)
+    args.update(kw)
+    return PairedCSVDataModule(csv_path=str(path), **args)
+
+
+def test_csv_labels_and_missing_values(tmp_path: Path) -> None:
+    cases = read_pair_csv(make_csv(tmp_path))
+    diag, pn = HEAD_NAMES.index("DIAG"), HEAD_NAMES.index("PN")
+    assert cases.labels[:3, diag].tolist() == [1, 2, 0]  # raw string, class name, raw string
+    assert cases.labels[:3, pn].tolist() == [0, 2, -1]  # empty cell -> unknown
+    assert (cases.labels[:, HEAD_NAMES.index("BWV")] == -1).all()  # no column -> unknown
+    assert {k: len(v) for k, v in cases.splits.items()} == {"train": 8, "valid": 2, "test": 2}
+
+
+def test_csv_missing_clinic_marks_invalid_pair(tmp_path: Path) -> None:
+    rows = [{"derm": "a.jpg", "clinic": ""}, {"derm": "b.jpg", "clinic": "c.jpg"}]
+    cases = read_pair_csv(make_csv(tmp_path, rows=rows))
+    assert cases.pair_valid.tolist() == [False, True]
+    assert cases.clinic[0] == cases.derm[0]
+    assert list(cases.splits) == ["train"]
+
+
+def test_csv_errors(tmp_path: Path) -> None:
+    path = make_csv(tmp_path)
+    text = path.read_text()
+    path.write_text(text.replace("derm,", "dermoscopic,", 1))
+    with pytest.raises(DataError, match=r"missing required column\(s\) \['derm'\]"):
+        read_pair_csv(path)
+    path.write_text(text.replace(",train", ",training", 1))
+    with pytest.raises(DataError, match="line 2 .*unknown split 'training'"):
+        read_pair_csv(path)
+    path.write_text(text.replace("MEL", "melanomaa", 1))
+    with pytest.raises(DataError, match="line 3 .*'melanomaa'.*valid values: 'BCC'"):
+        read_pair_csv(path)
+    path.write_text(text)
+    with pytest.raises(DataError, match="label column 'STR'"):
+        read_pair_csv(path, label_columns={"STR": "STR"})
+
+
+def test_batch_structure(tmp_path: Path) -> None:
+    dm = dm_for(make_csv(tmp_path), derm_views=Views.simclr(), clinic_views=Views(n=1))
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch) == {"index", "derm", "clinic", "labels", "pair_valid"}
+    assert batch["index"].dtype == torch.long and batch["labels"].shape == (4, 8)
+    assert isinstance(batch["derm"], list) and len(batch["derm"]) == 2
+    assert batch["derm"][0].shape == (4, 3, 24, 24) and batch["derm"][0].dtype == torch.uint8
+    assert batch["clinic"].shape == (4, 3, 24, 24)
+    assert batch["pair_valid"].dtype == torch.bool
+    normed = dm.on_after_batch_transfer(batch, 0)
+    assert normed["clinic"].dtype == torch.float32
+    assert abs(float(normed["clinic"].mean())) < 3
+    val = next(iter(dm.val_dataloader()))
+    assert sorted(val["index"].tolist()) == [8, 9]
+    # index is the global row, labels follow it
+    assert torch.equal(val["labels"], torch.as_tensor(dm.cases.labels[val["index"].numpy()]))
+
+
+def test_eval_view_same_with_and_without_cache(tmp_path: Path) -> None:
+    path = make_csv(tmp_path)
+    batches = []
+    for cache in ("memory", "none"):
+        dm = dm_for(path, cache=cache)
+        dm.setup("test")
+        batches.append(next(iter(dm.test_dataloader())))
+    assert torch.equal(batches[0]["derm"], batches[1]["derm"])
+
+
+def test_disk_cache_reused(tmp_path: Path) -> None:
+    path = make_csv(tmp_path)
+    cache_dir = tmp_path / "cache"
+    dm_for(path, cache="disk", cache_dir=str(cache_dir)).setup("fit")
+    files = sorted(cache_dir.glob("*.npy"))
+    assert len(files) == 24
+    stamps = [f.stat().st_mtime_ns for f in files]
+    dm = dm_for(path, cache="disk", cache_dir=str(cache_dir))
+    dm.setup("fit")
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+    assert dm.dataset("train", train=True)[0]["derm"].shape == (3, 24, 24)
+
+
+def _epoch(loader) -> torch.Tensor:
+    return torch.cat([b["derm"].float() for b in loader])
+
+
+def test_workers_seeded_reproducible_and_distinct(tmp_path: Path) -> None:
+    path = make_csv(tmp_path, n=20)
+
+    def run(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        torch.manual_seed(seed)
+        views = Views(n=1, p_color_jitter=1.0)
+        dm = dm_for(path, num_workers=2, batch_size=2, derm_views=views, drop_last=False)
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        return _epoch(loader), _epoch(loader)
+
+    a1, a2 = run(0)
+    b1, _ = run(0)
+    c1, _ = run(1)
+    assert torch.equal(a1, b1)  # same seed -> same views
+    assert not torch.equal(a1, c1)  # other seed -> other views
+    assert not torch.equal(a1, a2)  # next epoch -> new views
+
+
+def test_views_validation() -> None:
+    with pytest.raises(ValueError, match="crop_scale"):
+        Views(crop_scale=(0.0, 1.0)).check()
+    with pytest.raises(ValueError, match="p_blur"):
+        Views(p_blur=2.0).check()
