@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from abc import abstractmethod
+from dataclasses import replace
 from typing import Any
 
 import lightning as L
@@ -27,6 +28,8 @@ from skinssl.datamodules.views import (
     train_pipeline,
 )
 from skinssl.labels import HEAD_NAMES, UNKNOWN
+
+FINETUNE_VIEWS = Views()
 
 
 def default_workers() -> int:
@@ -82,7 +85,7 @@ class PairedDataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int | None = None,
         image_size: int = 224,
-        derm_views: Views | None = None,
+        derm_views: Views = FINETUNE_VIEWS,
         clinic_views: Views | None = None,
         border_crop: int = 25,
         cache: CacheMode = "memory",
@@ -107,8 +110,8 @@ class PairedDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = default_workers() if num_workers is None else num_workers
         self.image_size = image_size
-        self.derm_views = derm_views or Views()
-        self.clinic_views = clinic_views or self.derm_views
+        self.derm_views = replace(derm_views)
+        self.clinic_views = replace(clinic_views or derm_views)
         self.border_crop = border_crop
         self.cache = cache
         self.cache_size = cache_size

@@ -1,5 +1,7 @@
-"""LightningModules: the supervised multi-label model (and, later, SSL pretraining)."""
+"""LightningModules: SM3 pretraining stages and the downstream multi-label classifier."""
 
-from skinssl.lightning_modules.supervised import MultiLabelClassifier
+from skinssl.lightning_modules.classifier import MultiLabelClassifier
+from skinssl.lightning_modules.sm3_contrastive import SM3Contrastive
+from skinssl.lightning_modules.sm3_pseudo import SM3PseudoLabels
 
-__all__ = ["MultiLabelClassifier"]
+__all__ = ["MultiLabelClassifier", "SM3Contrastive", "SM3PseudoLabels"]

@@ -26,3 +26,73 @@ def multi_head_cross_entropy(
     if not losses:
         return sum(v.sum() for v in logits.values()) * 0.0
     return torch.stack(losses).mean()
+
+
+def _world() -> tuple[int, int]:
+    """(rank, world size) of the default process group, (0, 1) without one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """All ranks' ``x`` concatenated (gradients flow back to each owner) and this rank's offset.
+
+    Every rank must pass the same number of rows.
+    """
+    rank, world = _world()
+    if world == 1:
+        return x, 0
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x)), rank * x.shape[0]
+
+
+def nt_xent(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    temperature: float = 0.1,
+    valid: torch.Tensor | None = None,
+    gather: bool = False,
+) -> torch.Tensor:
+    """SimCLR's NT-Xent between paired rows of ``a`` and ``b`` ([N, D] each).
+
+    Each of the 2N rows is an anchor whose positive is its partner; every other row (of all
+    ranks when ``gather``) is a negative. ``valid`` [N] (bool) drops pairs as anchors, e.g.
+    cross-modal pairs whose clinical image is a stand-in; they stay as negatives. The result
+    equals the mean over all ranks' valid anchors, as one process with the whole batch.
+    """
+    a = F.normalize(a.float(), dim=1)
+    b = F.normalize(b.float(), dim=1)
+    n = a.shape[0]
+    if gather:
+        all_a, offset = gather_with_grad(a)
+        all_b, _ = gather_with_grad(b)
+    else:
+        all_a, all_b, offset = a, b, 0
+    total = all_a.shape[0]
+    logits = torch.cat([a, b]) @ torch.cat([all_a, all_b]).T / temperature
+    rows = torch.arange(2 * n, device=a.device)
+    own = torch.arange(n, device=a.device) + offset
+    self_cols = torch.cat([own, own + total])
+    pos_cols = torch.cat([own + total, own])
+    logits = logits.index_put((rows, self_cols), torch.tensor(float("-inf"), device=a.device))
+    per_anchor = F.cross_entropy(logits, pos_cols, reduction="none")
+    weight = torch.ones(2 * n, device=a.device) if valid is None else valid.float().repeat(2)
+    count = weight.sum()
+    if gather and _world()[1] > 1:
+        count = count.detach().clone()
+        torch.distributed.all_reduce(count)
+        count = count / _world()[1]
+    return (per_anchor * weight).sum() / count.clamp(min=1.0)
+
+
+def alignment(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean squared distance between normalised positive pairs (Wang & Isola, 2020)."""
+    return (F.normalize(a.float(), dim=1) - F.normalize(b.float(), dim=1)).pow(2).sum(1).mean()
+
+
+def uniformity(x: torch.Tensor, t: float = 2.0) -> torch.Tensor:
+    """log E exp(-t ||x_i - x_j||^2) over distinct normalised rows (Wang & Isola, 2020)."""
+    x = F.normalize(x.float(), dim=1)
+    return torch.pdist(x).pow(2).mul(-t).exp().mean().log()

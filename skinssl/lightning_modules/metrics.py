@@ -42,6 +42,11 @@ class Predictions(Metric):
             return torch.zeros(0, self.num_classes), torch.zeros(0, dtype=torch.long)
         return dim_zero_cat(self.probs), dim_zero_cat(self.target)
 
+    def gathered(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probs [N, K], target [N]) of all ranks; ``compute`` may squeeze a single case."""
+        probs, target = self.compute()
+        return probs.reshape(-1, self.num_classes), target.reshape(-1)
+
 
 def _div(a: float, b: float) -> float:
     return a / b if b > 0 else NAN
@@ -100,7 +105,7 @@ class MultiHeadMetrics(torch.nn.Module):
 
     def compute(self) -> dict:
         """``{"heads": {head: results}, "auc_mean": float, "accuracy_mean": float}``."""
-        results = {h: head_results(*self.store[h].compute(), h) for h in self.heads}
+        results = {h: head_results(*self.store[h].gathered(), h) for h in self.heads}
         return {
             "heads": results,
             "auc_mean": _nanmean([r["auc_macro"] for r in results.values()]),

@@ -73,3 +73,21 @@ class PairEncoder(nn.Module):
 
     def forward(self, derm: torch.Tensor, clinic: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.derm(derm), self.clinic(clinic)], dim=1)
+
+
+def projector(
+    in_dim: int, hidden_dim: int = 2048, out_dim: int = 128, layers: int = 3
+) -> nn.Sequential:
+    """SimCLR-style MLP: (Linear-BN-ReLU) x (layers-1), then Linear-BN without affine.
+
+    With the defaults and a ResNet-50 this is SM3's 2048 -> 2048 -> 2048 -> 128 projector.
+    """
+    if layers < 1:
+        raise ValueError(f"projector layers must be >= 1, got {layers}")
+    blocks: list[nn.Module] = []
+    dim = in_dim
+    for _ in range(layers - 1):
+        blocks += [nn.Linear(dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU()]
+        dim = hidden_dim
+    blocks += [nn.Linear(dim, out_dim, bias=False), nn.BatchNorm1d(out_dim, affine=False)]
+    return nn.Sequential(*blocks)

@@ -1,0 +1,156 @@
+"""Seconds per clustering pass (every head once) of the pseudo-label k-means.
+
+The callback's ``kmeans`` (FAISS spherical k-means, CPU, and one GPU when a CUDA GPU and a FAISS
+GPU build are present) against scikit-learn's ``KMeans`` (Lloyd, same iterations, one init) on
+the same L2-normalised features. Two sizes: Derm7pt's training split (413 cases x 7 heads) and
+100k cases x 8 heads, 512-d embeddings. Features are Gaussian blobs around K random directions
+plus noise, so that the clusterings have structure. Prints a Markdown table and writes JSON.
+
+    python bench/kmeans.py
+    python bench/kmeans.py --threads 8 --repeats 5 --sklearn-max 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+import faiss
+import numpy as np
+import sklearn
+import torch
+from sklearn.cluster import KMeans
+from threadpoolctl import threadpool_limits
+
+from skinssl.callbacks.kmeans import available_cores, faiss_threads, kmeans
+
+CASES = {
+    "Derm7pt train (413 x 7 heads)": (413, (3, 2, 3, 3, 3, 3, 2)),
+    "100k x 8 heads": (100_000, (5, 3, 2, 3, 3, 3, 3, 2)),
+}
+DIM = 512
+
+
+def head_features(n: int, k: int, seed: int) -> np.ndarray:
+    """[n, DIM] float32: k noisy blobs on the sphere (noise norm ~ 1, centre norm 1)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(k, DIM)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    x = rng.normal(size=(n, DIM)).astype(np.float32) / np.sqrt(DIM)
+    x += centres[rng.integers(0, k, size=n)]
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo where there is one."""
+    info = Path("/proc/cpuinfo")
+    if info.is_file():
+        for line in info.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def faiss_pass(device: int | None, resources: object, niter: int) -> Callable:
+    def run(feats: list[np.ndarray], ks: tuple[int, ...]) -> list[float]:
+        return [
+            kmeans(x, k, niter, 1, 0, device, resources)[2] for x, k in zip(feats, ks, strict=True)
+        ]
+
+    return run
+
+
+def sklearn_pass(niter: int) -> Callable:
+    def run(feats: list[np.ndarray], ks: tuple[int, ...]) -> list[float]:
+        objectives = []
+        for x, k in zip(feats, ks, strict=True):
+            model = KMeans(k, init="random", n_init=1, max_iter=niter, tol=0.0, random_state=0)
+            assign = model.fit_predict(x)
+            centres = model.cluster_centers_ / np.linalg.norm(
+                model.cluster_centers_, axis=1, keepdims=True
+            )
+            objectives.append(float((x * centres[assign]).sum(1).mean()))
+        return objectives
+
+    return run
+
+
+def measure(run: Callable, feats: list[np.ndarray], ks: tuple[int, ...], repeats: int) -> dict:
+    """Median seconds per pass over ``repeats`` (after one warm-up) and the mean objective."""
+    run(feats, ks)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        objectives = run(feats, ks)
+        times.append(time.perf_counter() - start)
+    return {"seconds": statistics.median(times), "objective": float(np.mean(objectives))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--threads", type=int, default=available_cores())
+    parser.add_argument("--niter", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--sklearn-max", type=int, default=100_000, help="skip scikit-learn above this many cases"
+    )
+    parser.add_argument("--out", default="bench/results/kmeans.json")
+    args = parser.parse_args()
+
+    methods: dict[str, Callable] = {"faiss-cpu": faiss_pass(None, None, args.niter)}
+    gpu = torch.cuda.is_available() and faiss.get_num_gpus() > 0
+    if gpu:
+        methods["faiss-gpu"] = faiss_pass(0, faiss.StandardGpuResources(), args.niter)
+    methods["sklearn"] = sklearn_pass(args.niter)
+
+    rows = []
+    with faiss_threads(args.threads), threadpool_limits(args.threads):
+        for case, (n, ks) in CASES.items():
+            feats = [head_features(n, k, seed) for seed, k in enumerate(ks)]
+            for name, run in methods.items():
+                if name == "sklearn" and n > args.sklearn_max:
+                    print(f"{case}: sklearn skipped (n = {n} > --sklearn-max {args.sklearn_max})")
+                    continue
+                repeats = args.repeats if n < 10_000 else max(1, args.repeats // 3)
+                r = {"case": case, "n": n, "heads": len(ks), "dim": DIM, "method": name}
+                r.update(measure(run, feats, ks, repeats))
+                rows.append(r)
+                print(f"{case:30s} {name:10s} {r['seconds']:8.3f} s/pass")
+
+    print(f"\n{args.threads} threads, {args.niter} iterations, 1 init, {DIM}-d\n")
+    print("| case | method | seconds / pass | vs sklearn | mean cosine to centroid |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        base = next(
+            (b["seconds"] for b in rows if b["case"] == r["case"] and b["method"] == "sklearn"),
+            None,
+        )
+        r["speedup_vs_sklearn"] = base / r["seconds"] if base else None
+        speed = f"{r['speedup_vs_sklearn']:.1f}x" if base else "-"
+        print(
+            f"| {r['case']} | {r['method']} | {r['seconds']:.3f} | {speed} | {r['objective']:.4f} |"
+        )
+
+    meta = {
+        "date": date.today().isoformat(),
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores",
+        "gpu": torch.cuda.get_device_name(0) if gpu else None,
+        "threads": args.threads,
+        "niter": args.niter,
+        "versions": {"faiss": faiss.__version__, "sklearn": sklearn.__version__},
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,526 @@
+"""K-means pseudo-labels for SM3 stage 2 (METHOD.md §4.2), DeepCluster-v2 style.
+
+Every ``every_n_epochs`` training epochs each clustered head's embeddings of the training split
+are clustered with FAISS spherical k-means, K = that head's cluster count. The L2-normalised
+centroids and the per-case assignments go to the module through its small
+:class:`ClusteringModule` protocol; the module copies the centroids into its prototype heads and
+trains them on the assignments, looked up by ``batch["index"]``.
+
+The callback owns when and how: features (a clean eval pass, or the previous epoch's training
+embeddings), gathering across ranks, FAISS (GPU on the rank's own device, CPU otherwise) on rank
+0, broadcasting the result, the resumable state and the TensorBoard statistics.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import faiss
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import move_data_to_device
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, DistributedSampler
+from torchmetrics.utilities.distributed import gather_all_tensors
+
+from skinssl.labels import HEAD_NAMES, UNKNOWN
+
+FeatureSource = Literal["pass", "memory_bank"]
+
+
+@runtime_checkable
+class ClusteringModule(Protocol):
+    """What the callback needs from a LightningModule (SM3 stage 2 or a DeepCluster baseline)."""
+
+    def cluster_sizes(self) -> dict[str, int]:
+        """Clustered head name -> number of clusters K, in a fixed order."""
+
+    def cluster_embeddings(self, batch: dict) -> dict[str, Tensor]:
+        """Per clustered head, embeddings [B, D] of a normalised, on-device batch."""
+
+    def set_clusters(self, centroids: dict[str, Tensor], labels: Tensor) -> None:
+        """Centroids head -> [K, D] (L2-normalised); labels [num_cases, H], -1 = not clustered."""
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@contextmanager
+def faiss_threads(n: int) -> Iterator[None]:
+    """Run FAISS with ``n`` OpenMP threads, then restore the previous setting."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+def kmeans(
+    features: np.ndarray,
+    k: int,
+    niter: int = 10,
+    nredo: int = 1,
+    seed: int = 0,
+    device: int | None = None,
+    resources: Any = None,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Spherical k-means of the L2-normalised rows of ``features`` with FAISS.
+
+    Every sample is used (no subsampling). ``device`` is a CUDA ordinal to run on one GPU with
+    ``resources`` (a ``faiss.StandardGpuResources``, created if None), or None for the CPU.
+    Returns the L2-normalised centroids [k, d], each sample's nearest centroid (inner product)
+    [n] and the objective: the mean cosine similarity of the samples to their centroid.
+    """
+    x = np.ascontiguousarray(features, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"features must be a 2-D [samples, dim] array, got shape {x.shape}")
+    n, d = x.shape
+    if n < k:
+        raise ValueError(f"k-means with K = {k} clusters needs at least {k} samples, got {n}")
+    bad = int((~np.isfinite(x)).sum())
+    if bad:
+        raise ValueError(f"{bad} non-finite (NaN/inf) values in the {n} x {d} features")
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    km = faiss.Kmeans(
+        d,
+        k,
+        niter=niter,
+        nredo=nredo,
+        seed=seed,
+        spherical=True,
+        min_points_per_centroid=1,
+        max_points_per_centroid=-(-n // k),  # k * this >= n: FAISS never subsamples
+    )
+    if device is not None:
+        config = faiss.GpuIndexFlatConfig()
+        config.device = device
+        config.useFloat16 = False
+        if resources is None:
+            resources = faiss.StandardGpuResources()
+        km.index = faiss.GpuIndexFlatIP(resources, d, config)
+    km.train(x)
+    similarity, assignments = km.assign(x)
+    centroids = np.ascontiguousarray(km.centroids, dtype=np.float32)
+    return centroids, assignments.astype(np.int64), float(similarity.mean())
+
+
+def gather(t: Tensor) -> Tensor:
+    """Rows of ``t`` from every rank, concatenated in rank order (sizes may differ)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return t
+    if torch.distributed.get_world_size() == 1:
+        return t
+    return torch.cat(gather_all_tensors(t.contiguous()))
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Every submodule in eval mode, then each one's own train/eval flag restored exactly."""
+    flags = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in flags:
+            m.training = training
+
+
+def clustering_metrics(
+    assignments: np.ndarray, previous: np.ndarray | None, true: np.ndarray | None, k: int
+) -> dict[str, float]:
+    """Cluster sizes, agreement with the previous clustering and with the true labels if known."""
+    sizes = np.bincount(assignments, minlength=k)
+    out = {"size_min": float(sizes.min()), "size_max": float(sizes.max())}
+    if previous is not None:
+        both = previous >= 0
+        if both.any():
+            out["nmi_prev"] = normalized_mutual_info_score(previous[both], assignments[both])
+            out["ari_prev"] = adjusted_rand_score(previous[both], assignments[both])
+    if true is not None:
+        known = true != UNKNOWN
+        if known.any():
+            out["nmi_true"] = normalized_mutual_info_score(true[known], assignments[known])
+    return out
+
+
+def setting_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``name: checkpoint X, this run Y`` for each setting that differs (head order counts).
+
+    Heads are skipped while the run's are unknown (no module set up yet).
+    """
+    diff = []
+    for key, value in current.items():
+        old = saved.get(key)
+        if key == "heads":
+            if not value:
+                continue
+            old, value = list((old or {}).items()), list(value.items())
+        if old != value:
+            diff.append(f"{key}: checkpoint {old!r}, this run {value!r}")
+    return diff
+
+
+class KMeansPseudoLabels(L.Callback):
+    """Regenerates every clustered head's pseudo-labels with k-means (SM3 stage 2).
+
+    Clusters before the first training epoch and at the start of every ``every_n_epochs``-th
+    epoch. The module must implement :class:`ClusteringModule`; the datamodule must offer
+    ``dataset(split, train)``, ``on_after_batch_transfer``, ``cases``, ``eval_batch_size`` and
+    ``num_workers`` (as :class:`skinssl.datamodules.PairedDataModule` does).
+
+    Args:
+        every_n_epochs: re-cluster at the start of every n-th epoch (epoch 0 always).
+        features: ``pass``: embeddings of a no-grad, eval-mode pass over the training split with
+            the deterministic eval view; ``memory_bank``: the latest training-step embeddings
+            of each case (``training_step`` returns ``{"loss", "embeddings": {head: [B, D]}}``),
+            as the authors' code does; a pass fills the bank when it lacks a training case.
+        niter: k-means iterations (the authors' code: 10).
+        nredo: k-means runs per head; the best objective is kept.
+        seed: k-means seed; epoch ``e`` uses ``seed + e``.
+        threads: FAISS CPU threads (default: the cores available to the process).
+    """
+
+    def __init__(
+        self,
+        every_n_epochs: int = 1,
+        features: FeatureSource = "pass",
+        niter: int = 10,
+        nredo: int = 1,
+        seed: int = 0,
+        threads: int | None = None,
+    ) -> None:
+        if every_n_epochs < 1 or niter < 1 or nredo < 1:
+            raise ValueError(
+                f"every_n_epochs ({every_n_epochs}), niter ({niter}) and nredo ({nredo}) "
+                "must be >= 1"
+            )
+        if features not in ("pass", "memory_bank"):
+            raise ValueError(f"features = {features!r}; valid: 'pass', 'memory_bank'")
+        self.every_n_epochs = every_n_epochs
+        self.features = features
+        self.niter = niter
+        self.nredo = nredo
+        self.seed = seed
+        self.threads = threads
+        self._sizes: dict[str, int] = {}
+        self._epoch = -1
+        self._labels: Tensor | None = None
+        self._centroids: dict[str, Tensor] = {}
+        self._rows: np.ndarray | None = None
+        self._chunks: list[tuple[Tensor, dict[str, Tensor]]] = []
+        self._bank: dict[str, Tensor] = {}
+        self._filled: Tensor | None = None
+        self._gpu_resources: Any = None
+
+    # ------------------------------------------------------------------ hooks
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if not isinstance(pl_module, ClusteringModule):
+            raise TypeError(
+                f"KMeansPseudoLabels needs a module with cluster_sizes(), cluster_embeddings() "
+                f"and set_clusters(); {type(pl_module).__name__} lacks them"
+            )
+        needs = ("dataset", "on_after_batch_transfer", "cases", "eval_batch_size", "num_workers")
+        missing = [a for a in needs if not hasattr(trainer.datamodule, a)]
+        if missing:
+            raise TypeError(
+                f"KMeansPseudoLabels needs a datamodule like skinssl's PairedDataModule; "
+                f"{type(trainer.datamodule).__name__} lacks {missing}"
+            )
+        sizes = dict(pl_module.cluster_sizes())
+        bad = {h: k for h, k in sizes.items() if not (isinstance(k, int) and k >= 1)}
+        if not sizes or bad:
+            raise ValueError(f"cluster_sizes() must map head -> K >= 1, got {sizes}")
+        self._sizes = sizes
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._chunks = []
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Before the first epoch (after Lightning restored the loops): cluster or restore."""
+        self._refresh(trainer, pl_module, starting=True)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.features == "memory_bank":
+            self._merge_bank(trainer)
+        self._refresh(trainer, pl_module, starting=False)
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if self.features != "memory_bank" or outputs is None:
+            return
+        emb = outputs.get("embeddings") if isinstance(outputs, dict) else None
+        if not isinstance(emb, dict) or any(h not in emb for h in self._sizes):
+            raise ValueError(
+                "KMeansPseudoLabels(features='memory_bank') needs training_step to return "
+                f"{{'loss': ..., 'embeddings': {{head: Tensor[B, D]}}}} for heads "
+                f"{list(self._sizes)}; got {type(outputs).__name__} "
+                f"with embeddings {sorted(emb) if isinstance(emb, dict) else emb!r}"
+            )
+        self._chunks.append((batch["index"].detach(), {h: emb[h].detach() for h in self._sizes}))
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors and plain values only, identical on every rank."""
+        labels = self._labels
+        if labels is None:
+            labels = torch.empty(0, len(self._sizes), dtype=torch.long)
+        return {
+            "epoch": self._epoch,
+            "labels": labels,
+            "centroids": dict(self._centroids),
+            "settings": self._settings(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Keep a checkpoint's clustering; it reaches the module in ``on_train_start``."""
+        diff = setting_differences(state_dict["settings"], self._settings())
+        if diff:
+            raise ValueError(
+                "KMeansPseudoLabels: the checkpoint's pseudo-labels were made with other "
+                "settings than this run's: " + "; ".join(diff) + ". Resume with the same "
+                "settings, or start a new run from the weights only."
+            )
+        self._epoch = int(state_dict["epoch"])
+        self._labels = state_dict["labels"] if self._epoch >= 0 else None
+        self._centroids = dict(state_dict["centroids"])
+
+    def _settings(self) -> dict[str, Any]:
+        return {
+            "heads": dict(self._sizes),
+            "niter": self.niter,
+            "nredo": self.nredo,
+            "seed": self.seed,
+            "features": self.features,
+            "every_n_epochs": self.every_n_epochs,
+        }
+
+    # ------------------------------------------------------------- clustering
+    def _refresh(self, trainer: L.Trainer, pl_module: L.LightningModule, starting: bool) -> None:
+        """Cluster when due; at train start otherwise hand the kept (restored) labels over.
+
+        A run resumed mid-epoch restarts at the checkpoint's epoch: its labels are kept. A run
+        resumed at an epoch boundary starts a later epoch and re-clusters when due.
+        """
+        epoch, num_cases = trainer.current_epoch, self._num_cases(trainer)
+        if self._labels is not None and len(self._labels) != num_cases:
+            raise ValueError(
+                f"KMeansPseudoLabels: the kept (checkpoint) pseudo-labels cover "
+                f"{len(self._labels)} cases, the datamodule has {num_cases}; "
+                "resume on the same data"
+            )
+        due = epoch % self.every_n_epochs == 0 and epoch != self._epoch
+        if self._labels is not None and not due:
+            if starting:
+                self._apply(pl_module)
+            return
+        self.cluster(trainer, pl_module)
+
+    def cluster(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Cluster every head now (all ranks call this), then ``set_clusters`` on every rank."""
+        epoch = trainer.current_epoch
+        start = time.perf_counter()
+        rows, features = self._features(trainer, pl_module)
+        features_s = time.perf_counter() - start
+        result = None
+        if trainer.is_global_zero:
+            result = self._cluster_rank0(trainer, pl_module, rows, features, epoch)
+            if result["error"] is None:
+                result["metrics"]["kmeans/features_seconds"] = features_s
+        result = trainer.strategy.broadcast(result, src=0)
+        if result["error"]:
+            raise ValueError(result["error"])
+        self._epoch = epoch
+        self._labels = result["labels"]
+        self._centroids = result["centroids"]
+        self._apply(pl_module)
+        if trainer.is_global_zero:
+            self._log(trainer, result["metrics"], rows)
+
+    def _cluster_rank0(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        rows: np.ndarray,
+        features: dict[str, np.ndarray],
+        epoch: int,
+    ) -> dict[str, Any]:
+        """K-means of every head; a failure is returned (not raised) so every rank can raise."""
+        num_cases = self._num_cases(trainer)
+        true = np.asarray(trainer.datamodule.cases.labels)
+        labels = torch.full((num_cases, len(self._sizes)), UNKNOWN, dtype=torch.long)
+        previous = self._labels
+        picked = torch.from_numpy(rows)
+        device = self._faiss_device(pl_module)
+        centroids, metrics = {}, {"kmeans/samples": float(len(rows))}
+        start = time.perf_counter()
+        with faiss_threads(self.threads or available_cores()):
+            for j, (head, k) in enumerate(self._sizes.items()):
+                try:
+                    c, a, objective = kmeans(
+                        features[head],
+                        k,
+                        self.niter,
+                        self.nredo,
+                        self.seed + epoch,
+                        device,
+                        self._gpu_resources,
+                    )
+                except ValueError as e:
+                    msg = f"k-means pseudo-labels of head {head!r} (K = {k}) at epoch {epoch}: {e}"
+                    return {"error": msg}
+                centroids[head] = torch.from_numpy(c)
+                labels[picked, j] = torch.from_numpy(a)
+                prev = previous[picked, j].numpy() if previous is not None else None
+                head_true = true[rows, HEAD_NAMES.index(head)] if head in HEAD_NAMES else None
+                stats = {"objective": objective, **clustering_metrics(a, prev, head_true, k)}
+                metrics.update({f"kmeans/{head}/{name}": v for name, v in stats.items()})
+        metrics["kmeans/seconds"] = time.perf_counter() - start
+        return {"error": None, "labels": labels, "centroids": centroids, "metrics": metrics}
+
+    def _faiss_device(self, pl_module: L.LightningModule) -> int | None:
+        """This rank's CUDA ordinal when the module is on a GPU and FAISS has GPU support."""
+        if pl_module.device.type != "cuda" or faiss.get_num_gpus() == 0:
+            return None
+        if self._gpu_resources is None:
+            self._gpu_resources = faiss.StandardGpuResources()
+        return torch.cuda.current_device()
+
+    def _apply(self, pl_module: L.LightningModule) -> None:
+        assert self._labels is not None
+        device = pl_module.device
+        centroids = {h: c.to(device) for h, c in self._centroids.items()}
+        pl_module.set_clusters(centroids, self._labels.to(device))
+
+    # --------------------------------------------------------------- features
+    def _features(
+        self, trainer: L.Trainer, pl_module: L.LightningModule
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Training rows (sorted, unique) and, on rank 0, each head's features [rows, D].
+
+        From the memory bank when it holds every training case, else from a pass (which then
+        fills the bank).
+        """
+        rows = self._rows
+        if self.features == "memory_bank" and rows is not None and self._filled is not None:
+            picked = torch.from_numpy(rows)
+            if bool(self._filled[picked].all()):
+                if not trainer.is_global_zero:
+                    return rows, {}
+                return rows, {h: self._bank[h][picked].numpy() for h in self._sizes}
+        rows, features = self._pass(trainer, pl_module)
+        self._rows = rows
+        if self.features == "memory_bank":
+            num_cases, picked = self._num_cases(trainer), torch.from_numpy(rows)
+            self._filled = torch.zeros(num_cases, dtype=torch.bool)
+            self._filled[picked] = True
+            self._bank = {}
+            for h, f in features.items():  # rank 0 only
+                self._bank[h] = torch.zeros(num_cases, f.shape[1], dtype=torch.float32)
+                self._bank[h][picked] = torch.from_numpy(f)
+        return rows, features
+
+    def _pass(
+        self, trainer: L.Trainer, pl_module: L.LightningModule
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Eval-mode, no-grad embeddings of the training split, gathered and deduplicated."""
+        dm = trainer.datamodule
+        dataset = dm.dataset("train", train=False)
+        sampler = None
+        if trainer.world_size > 1:
+            sampler = DistributedSampler(
+                dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+            )
+        loader = DataLoader(
+            dataset,
+            batch_size=dm.eval_batch_size,
+            sampler=sampler,
+            num_workers=dm.num_workers,
+            pin_memory=pl_module.device.type == "cuda",
+        )
+        index: list[Tensor] = []
+        emb: dict[str, list[Tensor]] = {h: [] for h in self._sizes}
+        with (
+            eval_mode(pl_module),
+            torch.no_grad(),
+            trainer.precision_plugin.forward_context(),
+        ):
+            for batch in loader:
+                batch = dm.on_after_batch_transfer(move_data_to_device(batch, pl_module.device), 0)
+                out = pl_module.cluster_embeddings(batch)
+                missing = [h for h in self._sizes if h not in out]
+                if missing:
+                    raise ValueError(f"cluster_embeddings() returned no embeddings for {missing}")
+                index.append(batch["index"])
+                for h in self._sizes:
+                    emb[h].append(out[h].float())
+        return self._collect(trainer, index, emb)
+
+    def _collect(
+        self, trainer: L.Trainer, index: list[Tensor], emb: dict[str, list[Tensor]]
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Gather across ranks; one row per index (the sampler pads by repeating some)."""
+        all_index = gather(torch.cat(index)).cpu().numpy()
+        rows, first = np.unique(all_index, return_index=True)
+        features = {}
+        for h, parts in emb.items():
+            gathered = gather(torch.cat(parts))  # every rank takes part in the collective
+            if trainer.is_global_zero:
+                features[h] = gathered.cpu().numpy()[first]
+        return rows, features
+
+    def _merge_bank(self, trainer: L.Trainer) -> None:
+        """Write the last epoch's training embeddings into the bank (rank 0), by case index.
+
+        Every rank runs the same number of training batches (Lightning's distributed sampler),
+        so all take part in the same collectives.
+        """
+        if not self._chunks:
+            return
+        index = gather(torch.cat([i for i, _ in self._chunks])).cpu()
+        if self._filled is None:
+            self._filled = torch.zeros(self._num_cases(trainer), dtype=torch.bool)
+        self._filled[index] = True
+        for h in self._sizes:
+            emb = gather(torch.cat([e[h] for _, e in self._chunks]).float())
+            if trainer.is_global_zero:
+                if h not in self._bank:
+                    self._bank[h] = torch.zeros(len(self._filled), emb.shape[1])
+                self._bank[h][index] = emb.cpu()
+        self._chunks = []
+
+    def _num_cases(self, trainer: L.Trainer) -> int:
+        return len(trainer.datamodule.cases)
+
+    # ---------------------------------------------------------------- logging
+    def _log(self, trainer: L.Trainer, metrics: dict[str, float], rows: np.ndarray) -> None:
+        """Scalars to every logger; cluster-size histograms to TensorBoard (rank 0)."""
+        assert self._labels is not None
+        step = trainer.global_step
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+            if isinstance(logger, TensorBoardLogger):
+                for j, (head, k) in enumerate(self._sizes.items()):
+                    logger.experiment.add_histogram(
+                        f"kmeans/{head}/cluster_sizes",
+                        self._labels[torch.from_numpy(rows), j].numpy(),
+                        global_step=step,
+                        bins=np.arange(k + 1) - 0.5,
+                    )

@@ -1,0 +1,65 @@
+"""Loading parts of this framework's checkpoints into other models, with clear mismatch errors."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(state_dict, hyper_parameters) of a Lightning checkpoint, loaded with weights_only."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if "state_dict" not in ckpt:
+        raise ValueError(f"{path} is not a Lightning checkpoint of skinssl (no 'state_dict')")
+    return ckpt["state_dict"], dict(ckpt.get("hyper_parameters", {}))
+
+
+def check_hparams(hparams: Mapping, expected: Mapping[str, object], path: str | Path) -> None:
+    """Error naming every setting in which the checkpoint differs from this model."""
+    diffs = [
+        f"{k}: checkpoint {hparams[k]!r}, this model {v!r}"
+        for k, v in expected.items()
+        if k in hparams and hparams[k] != v
+    ]
+    if diffs:
+        raise ValueError(f"{path} does not fit this model: " + "; ".join(diffs))
+
+
+def load_part(
+    target: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    prefix: str,
+    path: str | Path,
+    optional: tuple[str, ...] = (),
+) -> list[str]:
+    """Load ``state``'s ``prefix.*`` tensors into ``target``; return the target keys left as is.
+
+    Keys starting with one of ``optional`` may be on one side only (per-head parameters: heads
+    that only the pretraining or only this model has); any other absent, unexpected or
+    differently shaped tensor is an error that names it.
+    """
+    part = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    if not part:
+        found = sorted({k.split(".")[0] for k in state})
+        raise ValueError(f"{path} holds no '{prefix}*' weights; its parts are {found}")
+    own = target.state_dict()
+    shapes = [
+        f"{prefix}{k}: checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)}"
+        for k, v in part.items()
+        if k in own and own[k].shape != v.shape
+    ]
+    missing = [k for k in own if k not in part and not k.startswith(optional)]
+    unexpected = [k for k in part if k not in own and not k.startswith(optional)]
+    if shapes or missing or unexpected:
+        raise ValueError(
+            f"{path} does not fit this model ({prefix.rstrip('.')}): "
+            f"shape differs {shapes[:5]}, missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    target.load_state_dict({k: v for k, v in part.items() if k in own}, strict=False)
+    return [k for k in own if k not in part]

@@ -1,0 +1,237 @@
+"""The downstream multi-label classifier: supervised baseline and fine-tuning from pretraining.
+
+Two trunks give the fused feature of both modalities. With ``head_input: fused`` each head is a
+linear layer on the fused feature (the supervised baseline, and a linear probe of stage 1).
+With ``head_input: tokens`` each head reads its own token of SM3's label-relation module.
+``init_from`` loads a checkpoint of this framework (stage 1, stage 2 or a classifier); heads that
+stage 2 clustered start from its last centroids.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+
+from skinssl.labels import HEAD_NAMES, NUM_CLASSES, check_heads
+from skinssl.lightning_modules.checkpoints import check_hparams, load_part, read_checkpoint
+from skinssl.lightning_modules.losses import multi_head_cross_entropy
+from skinssl.lightning_modules.metrics import MultiHeadMetrics, per_class_rows, scalar_logs
+from skinssl.lightning_modules.nets import Arch, PairEncoder
+from skinssl.lightning_modules.optim import Schedule, adamw, schedule_steps
+from skinssl.lightning_modules.relation import LabelTokens, Relation
+
+Batch = dict[str, Any]
+Setting = Literal["linear", "projector", "finetune"]
+HeadInput = Literal["fused", "tokens"]
+
+
+class MultiLabelClassifier(L.LightningModule):
+    """One classification head per label on two modality trunks; loss = mean per-head CE.
+
+    Validation logs ``val/auc_mean`` (mean of per-head macro AUCs), the number to select
+    checkpoints on. ``setting`` decides what trains: ``linear`` the heads only; ``projector``
+    the label projectors, relation module and heads (trunks frozen, the authors' "linear");
+    ``finetune`` everything, the trunks at ``trunk_lr``. Frozen parts stay in eval mode.
+
+    Args:
+        backbone: torchvision ResNet of each trunk.
+        weights: trunk initialisation without ``init_from``: None, ``"imagenet"`` or a file.
+        share_trunk: one trunk for both modalities instead of two.
+        heads: heads to predict (default: all 8).
+        head_input: ``fused`` (heads on the fused feature) or ``tokens`` (SM3's graph: label
+            projectors and relation module before the heads).
+        relation: relation module of the tokens: ``transformer`` or ``none`` (the ablation).
+        embed_dim: token size of the label projectors.
+        relation_layers: relation layers.
+        relation_heads: attention heads per relation layer.
+        relation_ffn: feed-forward width of the relation layers.
+        relation_dropout: dropout of the relation layers.
+        label_embedding: add a learned per-label embedding to each token.
+        init_from: checkpoint of this framework to start from (None: ``weights``).
+        setting: ``linear``, ``projector`` or ``finetune``.
+        lr: learning rate of everything but the trunks.
+        trunk_lr: learning rate of the trunks in ``finetune`` (default: ``lr``).
+        freeze_stem: keep the trunks' first conv + BN frozen in ``finetune`` (as the authors).
+        weight_decay: AdamW weight decay.
+        schedule: ``constant`` or ``cosine`` (per step, after warm-up).
+        warmup_epochs: epochs of linear warm-up.
+        dropout: dropout on the fused feature.
+    """
+
+    def __init__(
+        self,
+        backbone: Arch = "resnet50",
+        weights: str | None = None,
+        share_trunk: bool = False,
+        heads: tuple[str, ...] = HEAD_NAMES,
+        head_input: HeadInput = "fused",
+        relation: Relation = "transformer",
+        embed_dim: int = 512,
+        relation_layers: int = 1,
+        relation_heads: int = 1,
+        relation_ffn: int = 128,
+        relation_dropout: float = 0.1,
+        label_embedding: bool = False,
+        init_from: str | None = None,
+        setting: Setting = "finetune",
+        lr: float = 1e-3,
+        trunk_lr: float | None = None,
+        freeze_stem: bool = False,
+        weight_decay: float = 0.05,
+        schedule: Schedule = "constant",
+        warmup_epochs: int = 0,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.heads = check_heads(heads)
+        self.encoder = PairEncoder(backbone, None if init_from else weights, share_trunk)
+        self.relation = (
+            LabelTokens(
+                self.encoder.out_dim,
+                self.heads,
+                embed_dim,
+                relation,
+                relation_layers,
+                relation_heads,
+                relation_ffn,
+                relation_dropout,
+                label_embedding,
+            )
+            if head_input == "tokens"
+            else None
+        )
+        in_dim = embed_dim if self.relation is not None else self.encoder.out_dim
+        self.dropout = nn.Dropout(dropout)
+        self.classifiers = nn.ModuleDict({h: nn.Linear(in_dim, NUM_CLASSES[h]) for h in self.heads})
+        if init_from:
+            self._init_from(init_from)
+        self.val_metrics = MultiHeadMetrics(self.heads)
+        self.test_metrics = MultiHeadMetrics(self.heads)
+        self.test_results: dict | None = None
+        self._apply_setting()
+
+    # ---------------------------------------------------------------- set-up
+    def _init_from(self, path: str) -> None:
+        state, hparams = read_checkpoint(path)
+        hp = self.hparams
+        check_hparams(hparams, {"backbone": hp.backbone, "share_trunk": hp.share_trunk}, path)
+        load_part(self.encoder, state, "encoder.", path)
+        loaded = ["trunks"]
+        has_relation = any(k.startswith("relation.") for k in state)
+        if self.relation is not None and not has_relation and hp.setting == "linear":
+            raise ValueError(
+                f"{path} has no label-relation module to freeze for setting 'linear' with "
+                "head_input 'tokens'; use setting 'projector' or head_input 'fused'"
+            )
+        if self.relation is not None and has_relation:
+            expected = {
+                k: hp[k]
+                for k in (
+                    "embed_dim",
+                    "relation",
+                    "relation_layers",
+                    "relation_heads",
+                    "relation_ffn",
+                    "label_embedding",
+                )
+            }
+            check_hparams(hparams, expected, path)
+            fresh = load_part(
+                self.relation, state, "relation.", path, optional=("projectors.", "embeddings.")
+            )
+            loaded.append(f"relation module (new: {sorted({k.split('.')[1] for k in fresh})})")
+        with torch.no_grad():
+            for h in self.heads:
+                proto = state.get(f"prototypes.{h}.weight")
+                clf = self.classifiers[h]
+                if proto is not None and proto.shape == clf.weight.shape:
+                    clf.weight.copy_(proto)
+                    clf.bias.zero_()
+                    loaded.append(f"{h} head from centroids")
+        rank_zero_info(f"init_from {path}: loaded {', '.join(loaded)}")
+
+    def _frozen(self) -> list[nn.Module]:
+        """Parts that do not train in this setting."""
+        setting = self.hparams.setting
+        if setting == "finetune":
+            stems = [m for t in (self.encoder.derm, self.encoder.clinic) for m in (t.conv1, t.bn1)]
+            return stems if self.hparams.freeze_stem else []
+        frozen: list[nn.Module] = [self.encoder]
+        if setting == "linear" and self.relation is not None:
+            frozen.append(self.relation)
+        return frozen
+
+    def _apply_setting(self) -> None:
+        for part in self._frozen():
+            part.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> MultiLabelClassifier:
+        """Frozen parts stay in eval mode (no BatchNorm statistics or dropout change)."""
+        super().train(mode)
+        for part in self._frozen():
+            part.eval()
+        return self
+
+    def on_train_epoch_start(self) -> None:
+        self.train()  # Lightning restores per-module modes; frozen parts must stay in eval
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, derm: torch.Tensor, clinic: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits per head."""
+        fused = self.dropout(self.encoder(derm, clinic))
+        if self.relation is None:
+            return {h: layer(fused) for h, layer in self.classifiers.items()}
+        tokens = self.relation(fused)
+        return {h: self.classifiers[h](tokens[:, i]) for i, h in enumerate(self.heads)}
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        logits = self(batch["derm"], batch["clinic"])
+        loss = multi_head_cross_entropy(logits, batch["labels"], self.heads)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["index"]))
+        return loss
+
+    def _update(self, metrics: MultiHeadMetrics, batch: Batch) -> None:
+        logits = self(batch["derm"], batch["clinic"])
+        probs = {h: v.float().softmax(dim=1) for h, v in logits.items()}
+        labels = {h: batch["labels"][:, HEAD_NAMES.index(h)] for h in self.heads}
+        metrics.update(probs, labels)
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._update(self.val_metrics, batch)
+
+    def on_validation_epoch_end(self) -> None:
+        results = self.val_metrics.compute()
+        self.val_metrics.reset()
+        self.log_dict(scalar_logs(results, "val"))
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._update(self.test_metrics, batch)
+
+    def on_test_epoch_end(self) -> None:
+        results = self.test_metrics.compute()
+        self.test_metrics.reset()
+        self.log_dict(scalar_logs(results, "test"))
+        self.test_results = {"per_class": per_class_rows(results), **results}
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        logits = self(batch["derm"], batch["clinic"])
+        return {"index": batch["index"], **{h: v.float().softmax(dim=1) for h, v in logits.items()}}
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        trunk_lr = hp.lr if hp.trunk_lr is None else hp.trunk_lr
+        head_params = list(self.classifiers.parameters())
+        if self.relation is not None:
+            head_params += list(self.relation.parameters())
+        groups = [
+            {"params": head_params, "lr": hp.lr},
+            {"params": list(self.encoder.parameters()), "lr": trunk_lr},
+        ]
+        return adamw(
+            groups, hp.weight_decay, hp.schedule, *schedule_steps(self.trainer, hp.warmup_epochs)
+        )

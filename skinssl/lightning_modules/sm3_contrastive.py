@@ -1,0 +1,126 @@
+"""SM3 stage 1: multi-modal contrastive pretraining (two trunks, intra- and cross-modal NT-Xent).
+
+loss = intra_weight * [NT-Xent(derm v1, derm v2) + NT-Xent(clinic v1, clinic v2)]
+     + cross_weight * [NT-Xent(derm v1, clinic v1) + NT-Xent(derm v2, clinic v2)]
+
+with separate intra-modal (g) and cross-modal (p) projectors per modality. Cross-modal pairs
+whose clinical image is a stand-in (``pair_valid`` False) are not used as positives.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+
+from skinssl.lightning_modules.losses import alignment, nt_xent, uniformity
+from skinssl.lightning_modules.nets import Arch, PairEncoder, projector
+from skinssl.lightning_modules.optim import Schedule, adamw, schedule_steps
+
+
+class SM3Contrastive(L.LightningModule):
+    """Stage 1 of SM3. Needs two views per modality (``Views.simclr()`` in the data config).
+
+    Args:
+        backbone: torchvision ResNet of each trunk.
+        weights: trunk initialisation: None, ``"imagenet"`` or a local state-dict file.
+        share_trunk: one trunk for both modalities instead of two.
+        proj_hidden: hidden width of the projectors.
+        proj_dim: output size of the projectors.
+        proj_layers: linear layers per projector.
+        temperature: NT-Xent temperature.
+        intra_weight: weight of each intra-modal term.
+        cross_weight: weight of each of the two cross-modal terms.
+        gather_negatives: use the other devices' samples as negatives too.
+        lr: AdamW learning rate (the authors used a constant 1e-6 for 400 epochs).
+        weight_decay: AdamW weight decay.
+        schedule: ``constant`` or ``cosine`` (per step, after warm-up).
+        warmup_epochs: epochs of linear warm-up.
+    """
+
+    def __init__(
+        self,
+        backbone: Arch = "resnet50",
+        weights: str | None = None,
+        share_trunk: bool = False,
+        proj_hidden: int = 2048,
+        proj_dim: int = 128,
+        proj_layers: int = 3,
+        temperature: float = 0.1,
+        intra_weight: float = 1.0,
+        cross_weight: float = 0.5,
+        gather_negatives: bool = True,
+        lr: float = 1e-4,
+        weight_decay: float = 0.05,
+        schedule: Schedule = "constant",
+        warmup_epochs: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.encoder = PairEncoder(backbone, weights, share_trunk)
+        d = self.encoder.feature_dim
+        self.intra_derm = projector(d, proj_hidden, proj_dim, proj_layers)
+        self.intra_clinic = projector(d, proj_hidden, proj_dim, proj_layers)
+        self.cross_derm = projector(d, proj_hidden, proj_dim, proj_layers)
+        self.cross_clinic = projector(d, proj_hidden, proj_dim, proj_layers)
+
+    @staticmethod
+    def _two_views(views: Any, name: str) -> list[torch.Tensor]:
+        if not isinstance(views, list) or len(views) != 2:
+            raise ValueError(
+                f"SM3Contrastive needs 2 views of the {name} image per case; set the data's "
+                f"{name}_views.n: 2 (e.g. the simclr views)"
+            )
+        return views
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        hp = self.hparams
+        derm = self._two_views(batch["derm"], "derm")
+        clinic = self._two_views(batch["clinic"], "clinic")
+        n = derm[0].shape[0]
+        h_derm = self.encoder.derm(torch.cat(derm))  # both views in one pass
+        h_clinic = self.encoder.clinic(torch.cat(clinic))
+        zd, zc = self.intra_derm(h_derm), self.intra_clinic(h_clinic)
+        pd, pc = self.cross_derm(h_derm), self.cross_clinic(h_clinic)
+        valid = batch["pair_valid"]
+
+        def ntx(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None):
+            return nt_xent(a, b, hp.temperature, mask, gather=hp.gather_negatives)
+
+        intra_derm = ntx(zd[:n], zd[n:])
+        intra_clinic = ntx(zc[:n], zc[n:])
+        cross = ntx(pd[:n], pc[:n], valid) + ntx(pd[n:], pc[n:], valid)
+        loss = hp.intra_weight * (intra_derm + intra_clinic) + hp.cross_weight * cross
+        self._log_terms(loss, intra_derm, intra_clinic, cross, zd, zc, pd, pc, valid, n)
+        return loss
+
+    @torch.no_grad()
+    def _log_terms(self, loss, intra_derm, intra_clinic, cross, zd, zc, pd, pc, valid, n) -> None:
+        """Each loss term, positive-pair cosine, alignment and uniformity of the embeddings."""
+        pairs = {
+            "intra_derm": (zd[:n], zd[n:]),
+            "intra_clinic": (zc[:n], zc[n:]),
+            "cross": (pd[:n][valid], pc[:n][valid]),
+        }
+        logs = {
+            "train/loss": loss,
+            "train/loss_intra_derm": intra_derm,
+            "train/loss_intra_clinic": intra_clinic,
+            "train/loss_cross": cross,
+        }
+        for name, (a, b) in pairs.items():
+            if len(a) < 2:
+                continue
+            logs[f"train/pos_cos_{name}"] = torch.cosine_similarity(a.float(), b.float()).mean()
+            logs[f"train/align_{name}"] = alignment(a, b)
+            logs[f"train/uniform_{name}"] = uniformity(torch.cat([a, b]))
+        self.log_dict(logs, batch_size=n, prog_bar=False)
+        self.log("loss", loss, batch_size=n, prog_bar=True, logger=False)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        groups = [{"params": list(self.parameters()), "lr": hp.lr}]
+        return adamw(
+            groups, hp.weight_decay, hp.schedule, *schedule_steps(self.trainer, hp.warmup_epochs)
+        )

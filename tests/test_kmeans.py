@@ -1,0 +1,292 @@
+"""K-means pseudo-labels: the FAISS function, the callback in a fit, two ranks, resuming, bank."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import write_jpeg
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from sklearn.metrics import normalized_mutual_info_score
+from torch import nn
+
+import skinssl.callbacks.kmeans as km
+from skinssl.callbacks import KMeansPseudoLabels
+from skinssl.datamodules import PairedCSVDataModule
+
+HEADS = {"PN": 3, "BWV": 2}
+
+
+class ToyModule(L.LightningModule):
+    """The clustering protocol over a tiny net: a frozen trunk kept in eval mode, a BN in train
+    mode, per-head linear projections and bias-free prototype heads."""
+
+    def __init__(self, out_dir: str | None = None, nan: bool = False) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(
+            nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+        )
+        self.trunk.requires_grad_(False).eval()
+        self.norm = nn.BatchNorm1d(8)
+        self.proj = nn.ModuleDict({h: nn.Linear(8, 16) for h in HEADS})
+        self.protos = nn.ModuleDict({h: nn.Linear(16, k, bias=False) for h, k in HEADS.items()})
+        self.out_dir, self.nan = out_dir, nan
+        self.pseudo: torch.Tensor | None = None
+        self.calls: list[int] = []
+        self.pass_modes: list[bool] = []  # True: no grad and every submodule in eval mode
+
+    def embed(self, batch: dict) -> dict[str, torch.Tensor]:
+        u = self.norm(torch.cat([self.trunk(batch["derm"]), self.trunk(batch["clinic"])], 1))
+        return {h: p(u) * (float("nan") if self.nan else 1.0) for h, p in self.proj.items()}
+
+    def cluster_sizes(self) -> dict[str, int]:
+        return dict(HEADS)
+
+    def cluster_embeddings(self, batch: dict) -> dict[str, torch.Tensor]:
+        self.pass_modes.append(
+            not torch.is_grad_enabled() and not any(m.training for m in self.modules())
+        )
+        return self.embed(batch)
+
+    def set_clusters(self, centroids: dict[str, torch.Tensor], labels: torch.Tensor) -> None:
+        for h, c in centroids.items():
+            self.protos[h].weight.data.copy_(c)
+        self.pseudo = labels
+        self.calls.append(self.trainer.current_epoch)
+        if self.out_dir:
+            torch.save(labels, Path(self.out_dir) / f"rank{self.global_rank}_{len(self.calls)}.pt")
+
+    def training_step(self, batch: dict, batch_idx: int) -> dict:
+        emb = self.embed(batch)
+        y = self.pseudo[batch["index"]]
+        losses = [
+            F.cross_entropy(self.protos[h](F.normalize(e, dim=1)), y[:, j], ignore_index=-1)
+            for j, (h, e) in enumerate(emb.items())
+        ]
+        return {"loss": sum(losses), "embeddings": {h: e.detach() for h, e in emb.items()}}
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD([p for p in self.parameters() if p.requires_grad], lr=0.1)
+
+
+def make_dm(root: Path, n_train: int, batch_size: int = 2) -> PairedCSVDataModule:
+    """Paired CSV data: ``n_train`` training cases, 2 valid, 2 test; PN known on 2 of 3."""
+    rng = np.random.default_rng(0)
+    splits = ["train"] * n_train + ["valid", "valid", "test", "test"]
+    path = root / "pairs.csv"
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["derm", "clinic", "PN", "split"])
+        for i, split in enumerate(splits):
+            for name in (f"d{i}.jpg", f"c{i}.jpg"):
+                write_jpeg(root / name, rng, (32, 32))
+            w.writerow([f"d{i}.jpg", f"c{i}.jpg", ["absent", "ATP", ""][i % 3], split])
+    return PairedCSVDataModule(
+        csv_path=str(path),
+        border_crop=2,
+        image_size=24,
+        cache_size=28,
+        batch_size=batch_size,
+        num_workers=0,
+        keep_unlabelled=True,
+    )
+
+
+def trainer(root: Path, callbacks: list, max_epochs: int = 2, **kw) -> L.Trainer:
+    args = dict(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=max_epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        default_root_dir=str(root),
+    )
+    args.update(kw)
+    return L.Trainer(callbacks=callbacks, **args)
+
+
+def train_rows(dm: PairedCSVDataModule) -> np.ndarray:
+    return dm.cases.splits["train"]
+
+
+def check_labels(labels: torch.Tensor, rows: np.ndarray) -> None:
+    """Every training row labelled in range, every other row -1."""
+    other = np.setdiff1d(np.arange(len(labels)), rows)
+    for j, k in enumerate(HEADS.values()):
+        assert ((labels[rows, j] >= 0) & (labels[rows, j] < k)).all()
+        assert (labels[other, j] == -1).all()
+
+
+# ------------------------------------------------------------------ the k-means function
+def blobs(n_per: int, k: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(k, d))
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    truth = np.repeat(np.arange(k), n_per)
+    x = centers[truth] + 0.15 * rng.normal(size=(k * n_per, d)) / np.sqrt(d)
+    return x.astype(np.float32), truth
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_kmeans_recovers_blobs_deterministically(k: int) -> None:
+    x, truth = blobs(60, k, 32, seed=k)
+    centroids, assign, objective = km.kmeans(x, k, niter=20, nredo=3, seed=7)
+    assert centroids.shape == (k, 32) and centroids.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1, atol=1e-5)
+    assert assign.shape == (len(x),) and assign.dtype == np.int64
+    assert normalized_mutual_info_score(truth, assign) > 0.95
+    assert 0.9 < objective <= 1
+    again = km.kmeans(x, k, niter=20, nredo=3, seed=7)
+    np.testing.assert_array_equal(again[1], assign)
+    np.testing.assert_array_equal(again[0], centroids)
+
+
+def test_kmeans_errors() -> None:
+    with pytest.raises(ValueError, match="K = 5 clusters needs at least 5 samples, got 3"):
+        km.kmeans(np.ones((3, 4), np.float32), 5)
+    x = np.ones((10, 4), np.float32)
+    x[2, 1] = np.nan
+    with pytest.raises(ValueError, match=r"1 non-finite \(NaN/inf\) values in the 10 x 4"):
+        km.kmeans(x, 2)
+
+
+# ------------------------------------------------------------------ the callback in a fit
+def test_callback_fit_labels_logs_and_clean_pass(tmp_path: Path) -> None:
+    dm = make_dm(tmp_path, n_train=8)
+    model, cb = ToyModule(), KMeansPseudoLabels()
+    logger = TensorBoardLogger(str(tmp_path), name="tb", version=0)
+    t = trainer(tmp_path, [cb], logger=logger)
+    t.fit(model, dm)
+    assert model.calls == [0, 1]
+    assert model.pass_modes and all(model.pass_modes)
+    check_labels(model.pseudo, train_rows(dm))
+    for h, c in cb.state_dict()["centroids"].items():  # L2-normalised [K, D]
+        assert c.shape == (HEADS[h], 16)
+        torch.testing.assert_close(c.norm(dim=1), torch.ones(HEADS[h]))
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(logger.log_dir, size_guidance={"scalars": 0, "histograms": 0})
+    tags = events.Reload().Tags()
+    for name in ("PN/objective", "PN/size_min", "PN/size_max", "PN/nmi_true", "seconds"):
+        assert len(events.Scalars(f"kmeans/{name}")) == 2
+    assert len(events.Scalars("kmeans/PN/nmi_prev")) == 1  # from the second clustering on
+    assert "kmeans/BWV/nmi_true" not in tags["scalars"]  # no BWV column in the CSV
+    assert "kmeans/BWV/ari_prev" in tags["scalars"]
+    assert {"kmeans/PN/cluster_sizes", "kmeans/BWV/cluster_sizes"} <= set(tags["histograms"])
+
+    # A direct pass leaves every train/eval flag and the BN statistics exactly as they were.
+    model.train()
+    model.trunk.eval()
+    flags = {n: m.training for n, m in model.named_modules()}
+    stats = {n: b.clone() for n, b in model.named_buffers()}
+    cb.cluster(t, model)
+    assert flags == {n: m.training for n, m in model.named_modules()}
+    assert all(torch.equal(stats[n], b) for n, b in model.named_buffers())
+
+
+def test_every_n_epochs(tmp_path: Path) -> None:
+    model = ToyModule()
+    cb = KMeansPseudoLabels(every_n_epochs=2)
+    trainer(tmp_path, [cb], max_epochs=4).fit(model, make_dm(tmp_path, n_train=6))
+    assert model.calls == [0, 2]
+
+
+def test_callback_names_head_and_epoch_on_bad_features(tmp_path: Path) -> None:
+    dm = make_dm(tmp_path, n_train=4)
+    with pytest.raises(ValueError, match="head 'PN' \\(K = 3\\) at epoch 0: .*non-finite"):
+        trainer(tmp_path, [KMeansPseudoLabels()]).fit(ToyModule(nan=True), dm)
+    dm = make_dm(tmp_path, n_train=2)
+    with pytest.raises(ValueError, match="head 'PN' \\(K = 3\\) at epoch 0: .*got 2"):
+        trainer(tmp_path, [KMeansPseudoLabels()]).fit(ToyModule(), dm)
+
+
+# ------------------------------------------------------------------ two ranks
+def test_two_ranks_identical_labels(tmp_path: Path) -> None:
+    """ddp_spawn on gloo, 7 training cases (the sampler pads one); pass, then the bank."""
+    dm = make_dm(tmp_path, n_train=7)
+    out = tmp_path / "labels"
+    out.mkdir()
+    t = trainer(
+        tmp_path,
+        [KMeansPseudoLabels(features="memory_bank")],
+        devices=2,
+        strategy="ddp_spawn",
+        logger=CSVLogger(str(tmp_path), name="csv", version=0),
+    )
+    t.fit(ToyModule(out_dir=str(out)), dm)
+    dm.setup()
+    for call in (1, 2):
+        labels = [torch.load(out / f"rank{r}_{call}.pt", weights_only=True) for r in (0, 1)]
+        assert torch.equal(labels[0], labels[1])
+        check_labels(labels[0], train_rows(dm))
+    with (tmp_path / "csv" / "version_0" / "metrics.csv").open() as f:
+        samples = [float(r["kmeans/samples"]) for r in csv.DictReader(f) if r["kmeans/samples"]]
+    assert samples == [7.0, 7.0]  # one row per case, the padded duplicate dropped
+
+
+# ------------------------------------------------------------------ resuming
+def test_resume_mid_epoch_keeps_boundary_reclusters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dm = make_dm(tmp_path, n_train=8)  # 4 steps per epoch
+    ck = tmp_path / "ck"
+    saves = [
+        ModelCheckpoint(dirpath=ck, filename="mid", every_n_train_steps=6),
+        ModelCheckpoint(dirpath=ck, filename="end-{epoch}", save_top_k=-1),
+    ]
+    trainer(tmp_path, [KMeansPseudoLabels(), *saves], enable_checkpointing=True).fit(
+        ToyModule(), dm
+    )
+    mid = torch.load(ck / "mid.ckpt", weights_only=True)
+    state = mid["callbacks"]["KMeansPseudoLabels"]
+    assert state["epoch"] == 1 and mid["global_step"] == 6
+    assert state["settings"]["heads"] == HEADS and state["labels"].shape == (12, 2)
+
+    runs: list[int] = []
+    real = km.kmeans
+    monkeypatch.setattr(km, "kmeans", lambda *a, **k: runs.append(1) or real(*a, **k))
+
+    model = ToyModule()
+    trainer(tmp_path, [KMeansPseudoLabels()]).fit(model, dm, ckpt_path=str(ck / "mid.ckpt"))
+    assert runs == [] and model.calls == [1]  # mid-epoch: the epoch's labels kept
+    assert torch.equal(model.pseudo, state["labels"])
+
+    model = ToyModule()
+    end0 = ck / "end-epoch=0.ckpt"
+    trainer(tmp_path, [KMeansPseudoLabels()]).fit(model, dm, ckpt_path=str(end0))
+    assert len(runs) == len(HEADS) and model.calls == [1]  # boundary: clustered anew
+    saved0 = torch.load(end0, weights_only=True)["callbacks"]["KMeansPseudoLabels"]
+    assert saved0["epoch"] == 0
+
+    with pytest.raises(ValueError, match="niter: checkpoint 10, this run 5"):
+        trainer(tmp_path, [KMeansPseudoLabels(niter=5)]).fit(ToyModule(), dm, ckpt_path=str(end0))
+
+
+# ------------------------------------------------------------------ memory bank
+def test_memory_bank_labels_every_training_case(tmp_path: Path) -> None:
+    dm = make_dm(tmp_path, n_train=8, batch_size=3)  # drop_last: 2 cases unseen per epoch
+    passes = []
+    real = dm.dataset
+
+    def counting(split: str, train: bool):
+        passes.append(train)
+        return real(split, train)
+
+    dm.dataset = counting
+    model = ToyModule(out_dir=str(tmp_path))
+    trainer(tmp_path, [KMeansPseudoLabels(features="memory_bank")], max_epochs=3).fit(model, dm)
+    assert model.calls == [0, 1, 2]
+    assert passes.count(False) == 1  # only the first clustering needed a pass
+    for call in (1, 2, 3):
+        check_labels(torch.load(tmp_path / f"rank0_{call}.pt", weights_only=True), train_rows(dm))

@@ -1,0 +1,141 @@
+"""SM3 end to end on tiny data: stage 1, stage 2 with k-means, every fine-tune setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from test_pipeline import make_csv
+
+from skinssl.callbacks import KMeansPseudoLabels
+from skinssl.datamodules import PairedCSVDataModule, Views
+from skinssl.labels import CRITERIA, HEAD_NAMES
+from skinssl.lightning_modules import MultiLabelClassifier, SM3Contrastive, SM3PseudoLabels
+
+SMALL = dict(backbone="resnet18")
+
+
+def data(root: Path, views: Views) -> PairedCSVDataModule:
+    return PairedCSVDataModule(
+        csv_path=str(root / "pairs.csv"),
+        border_crop=2,
+        image_size=32,
+        cache_size=36,
+        batch_size=4,
+        num_workers=0,
+        derm_views=views,
+    )
+
+
+def fit(module: L.LightningModule, dm: PairedCSVDataModule, root: Path, name: str, **kw) -> Path:
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        default_root_dir=root,
+        **kw,
+    )
+    trainer.fit(module, dm)
+    path = root / f"{name}.ckpt"
+    trainer.save_checkpoint(path)
+    torch.load(path, weights_only=True)  # plain tensors and values only
+    return path
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(data root, stage-1 checkpoint, stage-2 checkpoint) of a tiny run."""
+    root = tmp_path_factory.mktemp("sm3")
+    make_csv(root, n=20)
+    torch.manual_seed(0)
+    s1 = SM3Contrastive(proj_hidden=64, proj_dim=16, **SMALL)
+    before = s1.encoder.derm.conv1.weight.clone()
+    stage1 = fit(s1, data(root, Views.simclr()), root, "stage1")
+    assert not torch.equal(before, s1.encoder.derm.conv1.weight)
+    s2 = SM3PseudoLabels(pretrained=str(stage1), embed_dim=32, relation_ffn=16, **SMALL)
+    trunk = {k: v.clone() for k, v in s2.encoder.state_dict().items()}
+    callback = KMeansPseudoLabels()
+    stage2 = fit(s2, data(root, Views.cluster()), root, "stage2", callbacks=[callback])
+    # trunks frozen: weights and BatchNorm statistics untouched
+    for k, v in s2.encoder.state_dict().items():
+        assert torch.equal(v, trunk[k]), k
+    assert s2.pseudo_labels.shape == (20, len(CRITERIA))
+    # make_csv puts rows 0-15 in train, 16-19 in valid/test
+    assert (s2.pseudo_labels[:16] >= 0).all() and (s2.pseudo_labels[16:] == -1).all()
+    return root, stage1, stage2
+
+
+def test_stage1_needs_two_views(pretrained, tmp_path: Path) -> None:
+    root, _, _ = pretrained
+    with pytest.raises(ValueError, match="needs 2 views of the derm image"):
+        fit(SM3Contrastive(proj_hidden=16, proj_dim=8, **SMALL), data(root, Views()), tmp_path, "x")
+
+
+def test_stage2_without_callback_is_a_clear_error(pretrained, tmp_path: Path) -> None:
+    root, stage1, _ = pretrained
+    module = SM3PseudoLabels(pretrained=str(stage1), embed_dim=32, **SMALL)
+    with pytest.raises(RuntimeError, match="add the KMeansPseudoLabels callback"):
+        fit(module, data(root, Views.cluster()), tmp_path, "x")
+
+
+@pytest.mark.parametrize("setting", ["linear", "projector", "finetune"])
+def test_finetune_settings_from_stage2(pretrained, tmp_path: Path, setting: str) -> None:
+    root, _, stage2 = pretrained
+    model = MultiLabelClassifier(
+        head_input="tokens",
+        embed_dim=32,
+        relation_ffn=16,
+        init_from=str(stage2),
+        setting=setting,
+        trunk_lr=1e-4,
+        **SMALL,
+    )
+    state = torch.load(stage2, weights_only=True)["state_dict"]
+    for h in CRITERIA:  # clustered heads start from the last centroids
+        torch.testing.assert_close(model.classifiers[h].weight, state[f"prototypes.{h}.weight"])
+    trunk = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    relation = {k: v.clone() for k, v in model.relation.state_dict().items()}
+    heads = model.classifiers["PN"].weight.clone()
+    fit(model, data(root, Views()), tmp_path, setting)
+    trunk_moved = any(not torch.equal(v, trunk[k]) for k, v in model.encoder.state_dict().items())
+    rel_moved = any(not torch.equal(v, relation[k]) for k, v in model.relation.state_dict().items())
+    assert trunk_moved == (setting == "finetune")
+    assert rel_moved == (setting != "linear")
+    assert not torch.equal(heads, model.classifiers["PN"].weight)
+
+
+def test_linear_probe_of_stage1_and_mismatch_errors(pretrained, tmp_path: Path) -> None:
+    root, stage1, stage2 = pretrained
+    probe = MultiLabelClassifier(init_from=str(stage1), setting="linear", **SMALL)
+    fit(probe, data(root, Views()), tmp_path, "probe")
+    with pytest.raises(ValueError, match="backbone: checkpoint 'resnet18', this model 'resnet34'"):
+        MultiLabelClassifier(backbone="resnet34", init_from=str(stage1))
+    with pytest.raises(ValueError, match="embed_dim: checkpoint 32, this model 64"):
+        MultiLabelClassifier(head_input="tokens", embed_dim=64, init_from=str(stage2), **SMALL)
+    with pytest.raises(ValueError, match="no label-relation module to freeze"):
+        MultiLabelClassifier(head_input="tokens", init_from=str(stage1), setting="linear", **SMALL)
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        MultiLabelClassifier(init_from=str(tmp_path / "missing.ckpt"), **SMALL)
+
+
+def test_diagnosis_as_eighth_clustered_head(pretrained, tmp_path: Path) -> None:
+    root, stage1, _ = pretrained
+    module = SM3PseudoLabels(
+        pretrained=str(stage1), heads=HEAD_NAMES, num_clusters={"PN": 4}, embed_dim=32, **SMALL
+    )
+    assert module.cluster_sizes() == {
+        "DIAG": 5,
+        "PN": 4,
+        "BWV": 2,
+        "VS": 3,
+        "PIG": 3,
+        "STR": 3,
+        "DaG": 3,
+        "RS": 2,
+    }
+    fit(module, data(root, Views.cluster()), tmp_path, "eight", callbacks=[KMeansPseudoLabels()])
+    assert module.pseudo_labels.shape == (20, 8)
