@@ -58,7 +58,6 @@ def main() -> None:
         image_size=args.image_size,
         cache_size=256,
         derm_views=Views.simclr(),
-        border_crop=25,
     )
     cores = default_workers()
     rows = []

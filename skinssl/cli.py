@@ -17,10 +17,12 @@ class SkinSSLCLI(LightningCLI):
         parser.add_lightning_class_args(TestReport, "report")
 
 
-def main() -> None:
+def main(args: list[str] | None = None) -> None:
+    """Run the CLI on ``args`` (default: the command line)."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     torch.set_float32_matmul_precision("high")
     SkinSSLCLI(
+        args=args,
         model_class=None,
         datamodule_class=None,
         subclass_mode_model=True,

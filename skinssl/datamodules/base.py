@@ -11,6 +11,7 @@ from abc import abstractmethod
 from dataclasses import replace
 from typing import Any
 
+import cv2
 import lightning as L
 import numpy as np
 import torch
@@ -63,7 +64,8 @@ class PairedDataModule(L.LightningDataModule):
         image_size: side of the square views fed to the model.
         derm_views: training views of the dermoscopic image (count and augmentations).
         clinic_views: training views of the clinical image (default: same as ``derm_views``).
-        border_crop: pixels cropped from every border when decoding (Derm7pt's black frame).
+        border_crop: pixels cropped from every border when decoding (default: the data source's,
+            25 for Derm7pt's black frame).
         cache: ``memory`` decodes every image once; ``disk`` also keeps ``.npy`` files in
             ``cache_dir`` for later runs; ``none`` decodes on every access.
         cache_size: shorter side of the cached images (a bit larger than ``image_size``).
@@ -87,7 +89,7 @@ class PairedDataModule(L.LightningDataModule):
         image_size: int = 224,
         derm_views: Views = FINETUNE_VIEWS,
         clinic_views: Views | None = None,
-        border_crop: int = 25,
+        border_crop: int | None = None,
         cache: CacheMode = "memory",
         cache_size: int = 256,
         cache_dir: str | None = None,
@@ -112,7 +114,7 @@ class PairedDataModule(L.LightningDataModule):
         self.image_size = image_size
         self.derm_views = replace(derm_views)
         self.clinic_views = replace(clinic_views or derm_views)
-        self.border_crop = border_crop
+        self.border_crop = self.default_border_crop() if border_crop is None else border_crop
         self.cache = cache
         self.cache_size = cache_size
         self.cache_dir = cache_dir
@@ -128,6 +130,10 @@ class PairedDataModule(L.LightningDataModule):
         self._store: ImageStore | None = None
         self._ids: tuple[np.ndarray, np.ndarray] | None = None
 
+    def default_border_crop(self) -> int:
+        """Border crop when the config sets none (no crop unless the data source has a frame)."""
+        return 0
+
     @abstractmethod
     def load_cases(self) -> Cases:
         """Read the case table (paths, labels, splits) of this data source."""
@@ -136,6 +142,9 @@ class PairedDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.cases is not None:
             return
+        # Forked loader workers hang on their first parallel OpenCV call if this process has
+        # started OpenCV's thread pool; the decode below is parallel through our own threads.
+        cv2.setNumThreads(1)
         cases = self.load_cases()
         cases.check_images_exist()
         paths = list(dict.fromkeys(cases.derm + cases.clinic))

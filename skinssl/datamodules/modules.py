@@ -20,8 +20,11 @@ class Derm7ptDataModule(PairedDataModule):
     """
 
     def __init__(self, root: str = "data/derm7pt", **kwargs: Any) -> None:
-        super().__init__(**kwargs)
         self.root = root
+        super().__init__(**kwargs)
+
+    def default_border_crop(self) -> int:
+        return 25  # the authors' crop of Derm7pt's black frame (768 x 512 images)
 
     def load_cases(self) -> Cases:
         return read_derm7pt(self.root)
@@ -83,11 +86,13 @@ class SyntheticDerm7ptDataModule(Derm7ptDataModule):
         synthetic_seed: int = 0,
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("border_crop", max(1, round(25 * synthetic_size / 512)))
-        super().__init__(root=root, **kwargs)
         self.num_cases = num_cases
         self.synthetic_size = synthetic_size
         self.synthetic_seed = synthetic_seed
+        super().__init__(root=root, **kwargs)
+
+    def default_border_crop(self) -> int:
+        return max(1, round(25 * self.synthetic_size / 512))  # the frame scales with the size
 
     def prepare_data(self) -> None:
         from skinssl.datamodules.synthetic import generate
