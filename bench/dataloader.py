@@ -67,8 +67,12 @@ def main() -> None:
                 dm = Derm7ptDataModule(root=args.root, cache=cache, num_workers=workers, **common)
             else:
                 dm = SyntheticDerm7ptDataModule(
-                    root=args.synthetic_root, num_cases=args.num_cases, synthetic_size=512,
-                    cache=cache, num_workers=workers, **common,
+                    root=args.synthetic_root,
+                    num_cases=args.num_cases,
+                    synthetic_size=512,
+                    cache=cache,
+                    num_workers=workers,
+                    **common,
                 )
             torch.manual_seed(0)
             t0 = time.perf_counter()

@@ -7,29 +7,30 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from test_pipeline import make_csv
 
 from skinssl.callbacks import KMeansPseudoLabels
-from skinssl.datamodules import PairedCSVDataModule, Views
+from skinssl.datamodules import SyntheticDerm7ptDataModule, Views
 from skinssl.labels import CRITERIA, HEAD_NAMES
 from skinssl.lightning_modules import MultiLabelClassifier, SM3Contrastive, SM3PseudoLabels
 
 SMALL = dict(backbone="resnet18")
 
 
-def data(root: Path, views: Views) -> PairedCSVDataModule:
-    return PairedCSVDataModule(
-        csv_path=str(root / "pairs.csv"),
-        border_crop=2,
+def data(root: Path, views: Views) -> SyntheticDerm7ptDataModule:
+    """A tiny synthetic Derm7pt-shaped set (40 cases, 64 px), generated once per root."""
+    return SyntheticDerm7ptDataModule(
+        root=str(root / "synthetic"),
+        num_cases=40,
+        synthetic_size=64,
         image_size=32,
         cache_size=36,
-        batch_size=4,
+        batch_size=8,
         num_workers=0,
         derm_views=views,
     )
 
 
-def fit(module: L.LightningModule, dm: PairedCSVDataModule, root: Path, name: str, **kw) -> Path:
+def fit(module: L.LightningModule, dm: L.LightningDataModule, root: Path, name: str, **kw) -> Path:
     trainer = L.Trainer(
         max_epochs=2,
         accelerator="cpu",
@@ -50,22 +51,25 @@ def fit(module: L.LightningModule, dm: PairedCSVDataModule, root: Path, name: st
 def pretrained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """(data root, stage-1 checkpoint, stage-2 checkpoint) of a tiny run."""
     root = tmp_path_factory.mktemp("sm3")
-    make_csv(root, n=20)
     torch.manual_seed(0)
     s1 = SM3Contrastive(proj_hidden=64, proj_dim=16, **SMALL)
     before = s1.encoder.derm.conv1.weight.clone()
     stage1 = fit(s1, data(root, Views.simclr()), root, "stage1")
     assert not torch.equal(before, s1.encoder.derm.conv1.weight)
-    s2 = SM3PseudoLabels(pretrained=str(stage1), embed_dim=32, relation_ffn=16, **SMALL)
+    s2 = SM3PseudoLabels(
+        pretrained=str(stage1), embed_dim=32, relation_ffn=16, input_norm=True, **SMALL
+    )
     trunk = {k: v.clone() for k, v in s2.encoder.state_dict().items()}
     callback = KMeansPseudoLabels()
-    stage2 = fit(s2, data(root, Views.cluster()), root, "stage2", callbacks=[callback])
+    dm = data(root, Views.cluster())
+    stage2 = fit(s2, dm, root, "stage2", callbacks=[callback])
     # trunks frozen: weights and BatchNorm statistics untouched
     for k, v in s2.encoder.state_dict().items():
         assert torch.equal(v, trunk[k]), k
-    assert s2.pseudo_labels.shape == (20, len(CRITERIA))
-    # make_csv puts rows 0-15 in train, 16-19 in valid/test
-    assert (s2.pseudo_labels[:16] >= 0).all() and (s2.pseudo_labels[16:] == -1).all()
+    assert s2.pseudo_labels.shape == (40, len(CRITERIA))
+    train = torch.zeros(40, dtype=torch.bool)
+    train[torch.from_numpy(dm.cases.splits["train"])] = True
+    assert (s2.pseudo_labels[train] >= 0).all() and (s2.pseudo_labels[~train] == -1).all()
     return root, stage1, stage2
 
 
@@ -89,6 +93,7 @@ def test_finetune_settings_from_stage2(pretrained, tmp_path: Path, setting: str)
         head_input="tokens",
         embed_dim=32,
         relation_ffn=16,
+        input_norm=True,
         init_from=str(stage2),
         setting=setting,
         trunk_lr=1e-4,
@@ -116,6 +121,10 @@ def test_linear_probe_of_stage1_and_mismatch_errors(pretrained, tmp_path: Path) 
         MultiLabelClassifier(backbone="resnet34", init_from=str(stage1))
     with pytest.raises(ValueError, match="embed_dim: checkpoint 32, this model 64"):
         MultiLabelClassifier(head_input="tokens", embed_dim=64, init_from=str(stage2), **SMALL)
+    with pytest.raises(ValueError, match="input_norm: checkpoint True, this model False"):
+        MultiLabelClassifier(
+            head_input="tokens", embed_dim=32, relation_ffn=16, init_from=str(stage2), **SMALL
+        )
     with pytest.raises(ValueError, match="no label-relation module to freeze"):
         MultiLabelClassifier(head_input="tokens", init_from=str(stage1), setting="linear", **SMALL)
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
@@ -138,4 +147,4 @@ def test_diagnosis_as_eighth_clustered_head(pretrained, tmp_path: Path) -> None:
         "RS": 2,
     }
     fit(module, data(root, Views.cluster()), tmp_path, "eight", callbacks=[KMeansPseudoLabels()])
-    assert module.pseudo_labels.shape == (20, 8)
+    assert module.pseudo_labels.shape == (40, 8)

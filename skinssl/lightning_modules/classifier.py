@@ -51,6 +51,7 @@ class MultiLabelClassifier(L.LightningModule):
         relation_ffn: feed-forward width of the relation layers.
         relation_dropout: dropout of the relation layers.
         label_embedding: add a learned per-label embedding to each token.
+        input_norm: standardise the fused feature (BatchNorm) before the label projectors.
         init_from: checkpoint of this framework to start from (None: ``weights``).
         setting: ``linear``, ``projector`` or ``finetune``.
         lr: learning rate of everything but the trunks.
@@ -76,6 +77,7 @@ class MultiLabelClassifier(L.LightningModule):
         relation_ffn: int = 128,
         relation_dropout: float = 0.1,
         label_embedding: bool = False,
+        input_norm: bool = False,
         init_from: str | None = None,
         setting: Setting = "finetune",
         lr: float = 1e-3,
@@ -101,6 +103,7 @@ class MultiLabelClassifier(L.LightningModule):
                 relation_ffn,
                 relation_dropout,
                 label_embedding,
+                input_norm,
             )
             if head_input == "tokens"
             else None
@@ -138,6 +141,7 @@ class MultiLabelClassifier(L.LightningModule):
                     "relation_heads",
                     "relation_ffn",
                     "label_embedding",
+                    "input_norm",
                 )
             }
             check_hparams(hparams, expected, path)

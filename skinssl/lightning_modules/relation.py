@@ -56,6 +56,8 @@ class LabelTokens(nn.Module):
         ffn: feed-forward width.
         dropout: dropout in the relation layers.
         label_embedding: add a learned per-label embedding to each token.
+        input_norm: standardise the fused feature (BatchNorm) before the projectors. Pooled
+            ReLU features share a large mean, which otherwise makes all tokens nearly parallel.
     """
 
     def __init__(
@@ -69,9 +71,11 @@ class LabelTokens(nn.Module):
         ffn: int = 128,
         dropout: float = 0.1,
         label_embedding: bool = False,
+        input_norm: bool = False,
     ) -> None:
         super().__init__()
         self.heads = list(heads)
+        self.input_norm = nn.BatchNorm1d(in_dim) if input_norm else nn.Identity()
         self.projectors = nn.ModuleDict({h: nn.Linear(in_dim, dim) for h in self.heads})
         self.embeddings = (
             nn.ParameterDict({h: nn.Parameter(torch.zeros(dim)) for h in self.heads})
@@ -87,6 +91,7 @@ class LabelTokens(nn.Module):
         self, fused: torch.Tensor
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Fused feature [B, F] -> (tokens [B, L, D], one attention map [B, L, L] per layer)."""
+        fused = self.input_norm(fused)
         tokens = torch.stack([self.projectors[h](fused) for h in self.heads], dim=1)
         if self.embeddings is not None:
             tokens = tokens + torch.stack([self.embeddings[h] for h in self.heads])

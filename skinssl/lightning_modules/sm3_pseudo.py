@@ -40,6 +40,7 @@ class SM3PseudoLabels(L.LightningModule):
         relation_ffn: feed-forward width of the relation layers.
         relation_dropout: dropout of the relation layers.
         label_embedding: add a learned per-label embedding to each token.
+        input_norm: standardise the fused feature (BatchNorm) before the label projectors.
         l2_norm: L2-normalise tokens before the prototypes (the authors kept it off).
         temperature: softmax temperature T of the prototype logits.
         train_trunks: train the trunks too (joint variant; default frozen, in eval mode).
@@ -65,6 +66,7 @@ class SM3PseudoLabels(L.LightningModule):
         relation_ffn: int = 128,
         relation_dropout: float = 0.1,
         label_embedding: bool = False,
+        input_norm: bool = False,
         l2_norm: bool = False,
         temperature: float = 1.0,
         train_trunks: bool = False,
@@ -97,6 +99,7 @@ class SM3PseudoLabels(L.LightningModule):
             relation_ffn,
             relation_dropout,
             label_embedding,
+            input_norm,
         )
         self.prototypes = nn.ModuleDict(
             {h: nn.Linear(embed_dim, k, bias=False) for h, k in sizes.items()}
