@@ -79,12 +79,18 @@ def nt_xent(
     logits = logits.index_put((rows, self_cols), torch.tensor(float("-inf"), device=a.device))
     per_anchor = F.cross_entropy(logits, pos_cols, reduction="none")
     weight = torch.ones(2 * n, device=a.device) if valid is None else valid.float().repeat(2)
-    count = weight.sum()
-    if gather and _world()[1] > 1:
-        count = count.detach().clone()
-        torch.distributed.all_reduce(count)
-        count = count / _world()[1]
-    return (per_anchor * weight).sum() / count.clamp(min=1.0)
+    total_loss = (per_anchor * weight).sum()
+    world = _world()[1] if gather else 1
+    if world == 1:
+        return total_loss / weight.sum().clamp(min=1.0)
+    # Scaled so that DDP's gradient averaging over ranks gives the whole-batch gradient ...
+    count = weight.sum().detach().clone()
+    torch.distributed.all_reduce(count)
+    loss = total_loss * world / count.clamp(min=1.0)
+    # ... while every rank reports the whole-batch value.
+    mean = loss.detach().clone()
+    torch.distributed.all_reduce(mean)
+    return loss + (mean / world - loss.detach())
 
 
 def alignment(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
