@@ -159,7 +159,7 @@ class PairedDataModule(L.LightningDataModule):
             self.cache_size,
             self.cache,
             self.cache_dir,
-            threads=self.num_workers,
+            threads=default_workers(),
         )
         self.cases = cases
 

@@ -22,6 +22,7 @@ from skinssl.lightning_modules.losses import multi_head_cross_entropy
 from skinssl.lightning_modules.metrics import MultiHeadMetrics, per_class_rows, scalar_logs
 from skinssl.lightning_modules.nets import Arch, PairEncoder
 from skinssl.lightning_modules.optim import Schedule, adamw, schedule_steps
+from skinssl.lightning_modules.relation import HPARAMS as RELATION_HPARAMS
 from skinssl.lightning_modules.relation import LabelTokens, Relation
 
 Batch = dict[str, Any]
@@ -93,18 +94,7 @@ class MultiLabelClassifier(L.LightningModule):
         self.heads = check_heads(heads)
         self.encoder = PairEncoder(backbone, None if init_from else weights, share_trunk)
         self.relation = (
-            LabelTokens(
-                self.encoder.out_dim,
-                self.heads,
-                embed_dim,
-                relation,
-                relation_layers,
-                relation_heads,
-                relation_ffn,
-                relation_dropout,
-                label_embedding,
-                input_norm,
-            )
+            LabelTokens.from_hparams(self.encoder.out_dim, self.heads, self.hparams)
             if head_input == "tokens"
             else None
         )
@@ -132,19 +122,8 @@ class MultiLabelClassifier(L.LightningModule):
                 "head_input 'tokens'; use setting 'projector' or head_input 'fused'"
             )
         if self.relation is not None and has_relation:
-            expected = {
-                k: hp[k]
-                for k in (
-                    "embed_dim",
-                    "relation",
-                    "relation_layers",
-                    "relation_heads",
-                    "relation_ffn",
-                    "label_embedding",
-                    "input_norm",
-                )
-            }
-            check_hparams(hparams, expected, path)
+            structure = [k for k in RELATION_HPARAMS if k != "relation_dropout"]
+            check_hparams(hparams, {k: hp[k] for k in structure}, path)
             fresh = load_part(
                 self.relation, state, "relation.", path, optional=("projectors.", "embeddings.")
             )

@@ -8,7 +8,7 @@ the paper visualises as relations between criteria and with the diagnosis.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -16,6 +16,11 @@ import torch.nn.functional as F
 from torch import nn
 
 Relation = Literal["transformer", "none"]
+HPARAMS = (
+    "embed_dim", "relation", "relation_layers", "relation_heads", "relation_ffn",
+    "relation_dropout", "label_embedding", "input_norm",
+)  # fmt: skip
+"""The hyper-parameters of a module that builds :class:`LabelTokens` (same names everywhere)."""
 
 
 class RelationLayer(nn.Module):
@@ -86,6 +91,11 @@ class LabelTokens(nn.Module):
         self.layers = nn.ModuleList(
             RelationLayer(dim, nhead, ffn, dropout) for _ in range(n_layers)
         )
+
+    @classmethod
+    def from_hparams(cls, in_dim: int, heads: Sequence[str], hp: Mapping) -> LabelTokens:
+        """Built from a module's hyper-parameters named as in ``HPARAMS``."""
+        return cls(in_dim, heads, *(hp[k] for k in HPARAMS))
 
     def forward_with_attention(
         self, fused: torch.Tensor

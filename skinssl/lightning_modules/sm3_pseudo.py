@@ -89,18 +89,7 @@ class SM3PseudoLabels(L.LightningModule):
             state, hparams = read_checkpoint(pretrained)
             check_hparams(hparams, {"backbone": backbone, "share_trunk": share_trunk}, pretrained)
             load_part(self.encoder, state, "encoder.", pretrained)
-        self.relation = LabelTokens(
-            self.encoder.out_dim,
-            self.heads,
-            embed_dim,
-            relation,
-            relation_layers,
-            relation_heads,
-            relation_ffn,
-            relation_dropout,
-            label_embedding,
-            input_norm,
-        )
+        self.relation = LabelTokens.from_hparams(self.encoder.out_dim, self.heads, self.hparams)
         self.prototypes = nn.ModuleDict(
             {h: nn.Linear(embed_dim, k, bias=False) for h, k in sizes.items()}
         )
