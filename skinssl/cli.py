@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import os
 
+import lightning as L
 import torch
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from skinssl.callbacks import TestReport
+
+
+class SaveStageConfig(SaveConfigCallback):
+    """Saves ``config.yaml`` for ``fit`` and ``<stage>_config.yaml`` otherwise, so that testing
+    in a run directory does not overwrite the record of how its model was trained."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        name = str(getattr(stage, "value", stage))  # Lightning passes a TrainerFn enum
+        if name != "fit":
+            self.config_filename = f"{name}_config.yaml"
+        super().setup(trainer, pl_module, stage)
 
 
 class SkinSSLCLI(LightningCLI):
@@ -28,6 +40,7 @@ def main(args: list[str] | None = None) -> None:
         subclass_mode_model=True,
         subclass_mode_data=True,
         seed_everything_default=0,
+        save_config_callback=SaveStageConfig,
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
     )

@@ -154,8 +154,6 @@ HEAD_NAMES: tuple[str, ...] = tuple(h.name for h in HEADS)
 CRITERIA: tuple[str, ...] = HEAD_NAMES[1:]
 """The seven checklist criteria (every head except the diagnosis)."""
 NUM_CLASSES: dict[str, int] = {h.name: h.num_classes for h in HEADS}
-MELANOMA = ("DIAG", 2)
-"""(head, class) of melanoma."""
 
 
 def head(name: str) -> Head:
@@ -193,8 +191,3 @@ def seven_point_score(criteria: np.ndarray) -> np.ndarray:
         weights = np.array(head(name).score + (0,), dtype=np.int64)  # index -1 -> 0
         total += weights[criteria[..., j]]
     return total
-
-
-def score_weights(name: str) -> np.ndarray:
-    """Seven-point score per class of a criterion head, as a float array (for expected scores)."""
-    return np.asarray(head(name).score, dtype=np.float64)

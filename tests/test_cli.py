@@ -73,6 +73,9 @@ def test_quickstart_chain_writes_test_table(quickstart_run: Path, capsys) -> Non
     runs = quickstart_run / "runs" / "quickstart"
     for stage in ("stage1", "stage2", "finetune"):
         assert (runs / stage / "checkpoints" / "last.ckpt").is_file()
+    # testing in the run directory keeps the fit's config next to its own
+    assert (runs / "finetune" / "config.yaml").is_file()
+    assert (runs / "finetune" / "test_config.yaml").is_file()
     tables = list((runs / "finetune").rglob("per_class.csv"))
     assert len(tables) == 1
     rows = tables[0].read_text().splitlines()

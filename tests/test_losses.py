@@ -49,6 +49,15 @@ def test_nt_xent_ignores_invalid_pairs_as_positives() -> None:
     assert zero.item() == 0 and a.grad is not None
 
 
+def test_nt_xent_under_autocast_is_float32() -> None:
+    torch.manual_seed(2)
+    a, b = torch.randn(6, 16), torch.randn(6, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lin = torch.nn.Linear(16, 16)
+        loss = nt_xent(lin(a), lin(b), 0.1, torch.tensor([True] * 5 + [False]))
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+
+
 def test_nt_xent_perfect_pairs_low_loss() -> None:
     x = torch.eye(4) * 5
     assert float(nt_xent(x, x, 0.05)) < 1e-3

@@ -29,7 +29,9 @@ def test_per_class_metrics_match_sklearn() -> None:
     target[::7] = -1  # unknown labels are ignored
     metrics = MultiHeadMetrics(["DIAG"])
     for chunk in torch.arange(n).split(64):  # several batches
-        metrics.update({"DIAG": probs[chunk]}, {"DIAG": target[chunk]})
+        metrics.update({"DIAG": probs[chunk]}, {"DIAG": target[chunk]}, chunk)
+    # a distributed sampler's padding repeats cases: they are counted once
+    metrics.update({"DIAG": probs[:5]}, {"DIAG": target[:5]}, torch.arange(5))
     res = metrics.compute()["heads"]["DIAG"]
     known = target >= 0
     y, p = target[known].numpy(), probs[known].numpy()
@@ -53,7 +55,7 @@ def test_absent_class_gives_nan_and_is_left_out_of_means() -> None:
     probs = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.1, 0.8, 0.1]])
     target = torch.tensor([0, 1, 0, 1])  # class 2 never occurs
     metrics = MultiHeadMetrics(["PN"])
-    metrics.update({"PN": probs}, {"PN": target})
+    metrics.update({"PN": probs}, {"PN": target}, torch.arange(4))
     out = metrics.compute()
     res = out["heads"]["PN"]
     assert math.isnan(res["classes"][2]["auc"]) and math.isnan(res["classes"][2]["sensitivity"])

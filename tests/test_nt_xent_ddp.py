@@ -7,12 +7,10 @@ ones, with and without a ``valid`` mask that differs between the ranks' shards.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from helpers import run_gloo
 
 from skinssl.lightning_modules.losses import nt_xent
 
@@ -53,38 +51,32 @@ def loss_and_grads(
     }
 
 
-def worker(rank: int, init_file: str, out_dir: str) -> None:
-    """One rank: gathered loss and gradients of its shard, DDP-averaged, saved to ``out_dir``."""
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    try:
-        x_a, x_b, _ = make_batch()
-        rows = slice(rank * B, (rank + 1) * B)
-        results = {}
-        for case in CASES:
-            valid = MASK[rows] if case == "masked" else None
-            r = loss_and_grads(x_a[rows], x_b[rows], valid, gather=True)
-            # DDP all-reduces parameter gradients and divides by the world size.
-            for k in ("weight", "bias"):
-                dist.all_reduce(r[k])
-                r[k] /= WORLD
-            # The input rows are never averaged by DDP, but their gradient here is already
-            # d(sum_q L_q)/dx_r: the all_gather backward sums every rank's loss's gradient into
-            # the owner. DDP optimises the mean over ranks, so the single-process equivalent
-            # of the row gradient is this divided by the world size.
-            for k in ("x_a", "x_b"):
-                r[k] /= WORLD
-            results[case] = r
-        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def worker(rank: int) -> dict[str, dict[str, torch.Tensor]]:
+    """One rank: gathered loss and gradients of its shard, DDP-averaged."""
+    x_a, x_b, _ = make_batch()
+    rows = slice(rank * B, (rank + 1) * B)
+    results = {}
+    for case in CASES:
+        valid = MASK[rows] if case == "masked" else None
+        r = loss_and_grads(x_a[rows], x_b[rows], valid, gather=True)
+        # DDP all-reduces parameter gradients and divides by the world size.
+        for k in ("weight", "bias"):
+            dist.all_reduce(r[k])
+            r[k] /= WORLD
+        # The input rows are never averaged by DDP, but their gradient here is already
+        # d(sum_q L_q)/dx_r: the all_gather backward sums every rank's loss's gradient into
+        # the owner. DDP optimises the mean over ranks, so the single-process equivalent
+        # of the row gradient is this divided by the world size.
+        for k in ("x_a", "x_b"):
+            r[k] /= WORLD
+        results[case] = r
+    return results
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, dict[str, torch.Tensor]]]:
     """Each rank's results for every case (spawned once for the module)."""
-    tmp = tmp_path_factory.mktemp("ddp")
-    mp.spawn(worker, args=(str(tmp / "pg_init"), str(tmp)), nprocs=WORLD, join=True)
-    return [torch.load(tmp / f"rank{r}.pt") for r in range(WORLD)]
+    return run_gloo(worker, WORLD, tmp_path_factory.mktemp("ddp"))
 
 
 def single(case: str) -> dict[str, torch.Tensor]:

@@ -54,7 +54,8 @@ def pretrained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Pa
     torch.manual_seed(0)
     s1 = SM3Contrastive(proj_hidden=64, proj_dim=16, **SMALL)
     before = s1.encoder.derm.conv1.weight.clone()
-    stage1 = fit(s1, data(root, Views.simclr()), root, "stage1")
+    # bf16 autocast on the CPU exercises the mixed-precision path of the published recipe
+    stage1 = fit(s1, data(root, Views.simclr()), root, "stage1", precision="bf16-mixed")
     assert not torch.equal(before, s1.encoder.derm.conv1.weight)
     s2 = SM3PseudoLabels(
         pretrained=str(stage1), embed_dim=32, relation_ffn=16, input_norm=True, **SMALL
@@ -97,9 +98,12 @@ def test_finetune_settings_from_stage2(pretrained, tmp_path: Path, setting: str)
         init_from=str(stage2),
         setting=setting,
         trunk_lr=1e-4,
+        # linear keeps the projectors frozen: only the heads stage 2 pretrained
+        heads=CRITERIA if setting == "linear" else HEAD_NAMES,
         **SMALL,
     )
     state = torch.load(stage2, weights_only=True)["state_dict"]
+    assert not model.encoder.training or setting == "finetune"  # frozen parts in eval mode
     for h in CRITERIA:  # clustered heads start from the last centroids
         torch.testing.assert_close(model.classifiers[h].weight, state[f"prototypes.{h}.weight"])
     trunk = {k: v.clone() for k, v in model.encoder.state_dict().items()}
@@ -127,6 +131,16 @@ def test_linear_probe_of_stage1_and_mismatch_errors(pretrained, tmp_path: Path) 
         )
     with pytest.raises(ValueError, match="no label-relation module to freeze"):
         MultiLabelClassifier(head_input="tokens", init_from=str(stage1), setting="linear", **SMALL)
+    with pytest.raises(ValueError, match=r"no label projector for \['DIAG'\]; setting 'linear'"):
+        MultiLabelClassifier(
+            head_input="tokens",
+            embed_dim=32,
+            relation_ffn=16,
+            input_norm=True,
+            init_from=str(stage2),
+            setting="linear",
+            **SMALL,
+        )
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         MultiLabelClassifier(init_from=str(tmp_path / "missing.ckpt"), **SMALL)
 

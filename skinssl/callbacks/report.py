@@ -39,6 +39,17 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _nan_to_none(value: object) -> object:
+    """NaN (a metric undefined on this data) as JSON null."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(v) for v in value]
+    return value
+
+
 def log_dir(trainer: L.Trainer) -> Path:
     """The run's log directory (the logger's, else the trainer's root)."""
     path = trainer.log_dir if trainer.log_dir is not None else trainer.default_root_dir
@@ -68,6 +79,6 @@ class TestReport(L.Callback):
             writer.writerows(results["per_class"])
         table = markdown_table(results)
         (out / "per_class.md").write_text(table)
-        (out / "test_metrics.json").write_text(json.dumps(results, indent=2, allow_nan=True))
+        (out / "test_metrics.json").write_text(json.dumps(_nan_to_none(results), indent=2))
         if self.print_table:
             print(f"\nTest results ({out}):\n\n{table}")

@@ -200,19 +200,20 @@ class PairedDataModule(L.LightningDataModule):
             pipes = (eval_pipeline(self.image_size), eval_pipeline(self.image_size))
             n_views = (1, 1)
         ds = PairDataset(rows, self._store, *self._ids, labels, cases.pair_valid, *pipes, n_views)
-        ds.seed(torch.initial_seed() % 2**32)
+        ds.seed((torch.initial_seed() + 1_000_003 * self._rank()) % 2**32)  # used without workers
         return ds
 
     def loader(self, dataset: PairDataset, train: bool) -> DataLoader:
         """A DataLoader with seeded workers (distinct per rank), pinned memory, kept workers."""
-        rank = self.trainer.global_rank if self.trainer is not None else 0
         generator = torch.Generator()
-        generator.manual_seed((torch.initial_seed() + 1_000_003 * rank) % 2**63)
+        generator.manual_seed((torch.initial_seed() + 1_000_003 * self._rank()) % 2**63)
+        world = self.trainer.world_size if self.trainer is not None else 1
+        per_rank = -(-len(dataset) // world)
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
-            drop_last=train and self.drop_last and len(dataset) > self.batch_size,
+            drop_last=train and self.drop_last and per_rank > self.batch_size,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
@@ -241,6 +242,9 @@ class PairedDataModule(L.LightningDataModule):
             else:
                 batch[key] = self.normalize(views)
         return batch
+
+    def _rank(self) -> int:
+        return self.trainer.global_rank if self.trainer is not None else 0
 
     def _cases(self) -> Cases:
         if self.cases is None:

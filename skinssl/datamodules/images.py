@@ -8,6 +8,7 @@ that happens once per image; every epoch then only augments uint8 arrays.
 from __future__ import annotations
 
 import hashlib
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
@@ -104,7 +105,7 @@ class ImageStore:
             return np.load(cached, mmap_mode="r")
         img = decode(path, self.border, self.size)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".tmp.npy")
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp.npy")  # ranks may write at once
         np.save(tmp, img)
         tmp.replace(cached)
         return img

@@ -3,8 +3,8 @@
 Two trunks give the fused feature of both modalities. With ``head_input: fused`` each head is a
 linear layer on the fused feature (the supervised baseline, and a linear probe of stage 1).
 With ``head_input: tokens`` each head reads its own token of SM3's label-relation module.
-``init_from`` loads a checkpoint of this framework (stage 1, stage 2 or a classifier); heads that
-stage 2 clustered start from its last centroids.
+``init_from`` loads a checkpoint of this framework (stage 1, stage 2 or a classifier: its trunks
+and label-relation module); heads that stage 2 clustered start from its last centroids.
 """
 
 from __future__ import annotations
@@ -107,6 +107,7 @@ class MultiLabelClassifier(L.LightningModule):
         self.test_metrics = MultiHeadMetrics(self.heads)
         self.test_results: dict | None = None
         self._apply_setting()
+        self.train(self.training)  # frozen parts in eval mode from the start
 
     # ---------------------------------------------------------------- set-up
     def _init_from(self, path: str) -> None:
@@ -127,7 +128,13 @@ class MultiLabelClassifier(L.LightningModule):
             fresh = load_part(
                 self.relation, state, "relation.", path, optional=("projectors.", "embeddings.")
             )
-            loaded.append(f"relation module (new: {sorted({k.split('.')[1] for k in fresh})})")
+            new_heads = sorted({k.split(".")[1] for k in fresh})
+            if new_heads and hp.setting == "linear":
+                raise ValueError(
+                    f"{path} has no label projector for {new_heads}; setting 'linear' would keep "
+                    "them random and frozen: use setting 'projector', or only the pretrained heads"
+                )
+            loaded.append(f"relation module (new: {new_heads})")
         with torch.no_grad():
             for h in self.heads:
                 proto = state.get(f"prototypes.{h}.weight")
@@ -182,7 +189,7 @@ class MultiLabelClassifier(L.LightningModule):
         logits = self(batch["derm"], batch["clinic"])
         probs = {h: v.float().softmax(dim=1) for h, v in logits.items()}
         labels = {h: batch["labels"][:, HEAD_NAMES.index(h)] for h in self.heads}
-        metrics.update(probs, labels)
+        metrics.update(probs, labels, batch["index"])
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._update(self.val_metrics, batch)

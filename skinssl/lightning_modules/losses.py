@@ -16,16 +16,30 @@ def multi_head_cross_entropy(
     """Mean over ``heads`` of each head's cross-entropy on its known labels.
 
     ``labels`` is [B, 8] in schema order with -1 for unknown. Heads with no known label in the
-    batch are left out of the mean; with none at all the loss is a zero that keeps the graph.
+    batch are left out of the mean but stay in the graph with zero weight (DDP expects every
+    parameter to receive a gradient); with none at all the loss is that zero.
     """
-    losses = []
-    for h in heads:
-        target = labels[:, HEAD_NAMES.index(h)]
-        if (target != UNKNOWN).any():
-            losses.append(F.cross_entropy(logits[h].float(), target, ignore_index=UNKNOWN))
-    if not losses:
-        return sum(v.sum() for v in logits.values()) * 0.0
-    return torch.stack(losses).mean()
+    pairs = [(logits[h], labels[:, HEAD_NAMES.index(h)]) for h in heads]
+    return mean_known_ce(pairs, temperature=1.0)[0]
+
+
+def mean_known_ce(
+    pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], temperature: float
+) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+    """(mean, each) of CE(logits / T, target) over (logits, target) pairs (targets -1 = unknown).
+
+    Pairs without a known target give None and are left out of the mean, but their logits stay
+    in the graph with zero weight (DDP expects every parameter to receive a gradient).
+    """
+    each = [
+        F.cross_entropy(logits.float() / temperature, target, ignore_index=UNKNOWN)
+        if (target != UNKNOWN).any()
+        else None
+        for logits, target in pairs
+    ]
+    known = [loss for loss in each if loss is not None]
+    zero = sum(logits.float().sum() for logits, _ in pairs) * 0.0
+    return zero + (torch.stack(known).mean() if known else 0.0), each
 
 
 def _world() -> tuple[int, int]:
@@ -62,8 +76,15 @@ def nt_xent(
     cross-modal pairs whose clinical image is a stand-in; they stay as negatives. The result
     equals the mean over all ranks' valid anchors, as one process with the whole batch.
     """
-    a = F.normalize(a.float(), dim=1)
-    b = F.normalize(b.float(), dim=1)
+    with torch.autocast(a.device.type, enabled=False):  # similarities in float32
+        return _nt_xent(
+            F.normalize(a.float(), dim=1), F.normalize(b.float(), dim=1), temperature, valid, gather
+        )
+
+
+def _nt_xent(
+    a: torch.Tensor, b: torch.Tensor, temperature: float, valid: torch.Tensor | None, gather: bool
+) -> torch.Tensor:
     n = a.shape[0]
     if gather:
         all_a, offset = gather_with_grad(a)

@@ -22,7 +22,11 @@ NAN = float("nan")
 
 
 class Predictions(Metric):
-    """Every (probabilities, target) pair of an epoch, gathered from all ranks on compute."""
+    """Every (probabilities, target) pair of an epoch, gathered from all ranks on compute.
+
+    Each pair carries its case ``index``: a distributed sampler pads the last batches with
+    repeated cases, and only the first prediction of each case is kept.
+    """
 
     full_state_update = False
 
@@ -31,16 +35,27 @@ class Predictions(Metric):
         self.num_classes = num_classes
         self.add_state("probs", default=[], dist_reduce_fx="cat")
         self.add_state("target", default=[], dist_reduce_fx="cat")
+        self.add_state("index", default=[], dist_reduce_fx="cat")
 
-    def update(self, probs: torch.Tensor, target: torch.Tensor) -> None:
+    def update(self, probs: torch.Tensor, target: torch.Tensor, index: torch.Tensor) -> None:
         known = target >= 0
         self.probs.append(probs[known].detach().float())
         self.target.append(target[known].detach().long())
+        self.index.append(index[known].detach().long())
 
     def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.probs:
+        # after a multi-device sync the list states are already concatenated tensors
+        if isinstance(self.probs, list) and not self.probs:
             return torch.zeros(0, self.num_classes), torch.zeros(0, dtype=torch.long)
-        return dim_zero_cat(self.probs), dim_zero_cat(self.target)
+        probs = dim_zero_cat(self.probs).reshape(-1, self.num_classes)
+        target = dim_zero_cat(self.target).reshape(-1)
+        index = dim_zero_cat(self.index).reshape(-1)
+        unique, inverse = torch.unique(index, return_inverse=True)
+        first = torch.full((len(unique),), len(index), device=index.device)
+        first = first.scatter_reduce(
+            0, inverse, torch.arange(len(index), device=index.device), "amin"
+        )
+        return probs[first], target[first]
 
     def gathered(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(probs [N, K], target [N]) of all ranks; ``compute`` may squeeze a single case."""
@@ -99,9 +114,12 @@ class MultiHeadMetrics(torch.nn.Module):
         self.heads = list(heads)
         self.store = torch.nn.ModuleDict({h: Predictions(head(h).num_classes) for h in self.heads})
 
-    def update(self, probs: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> None:
+    def update(
+        self, probs: dict[str, torch.Tensor], labels: dict[str, torch.Tensor], index: torch.Tensor
+    ) -> None:
+        """Probabilities and labels per head, and the cases' ``index`` (duplicates dropped)."""
         for h in self.heads:
-            self.store[h].update(probs[h], labels[h])
+            self.store[h].update(probs[h], labels[h], index)
 
     def compute(self) -> dict:
         """``{"heads": {head: results}, "auc_mean": float, "accuracy_mean": float}``."""

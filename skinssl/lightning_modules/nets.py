@@ -11,20 +11,24 @@ from torchvision import models
 
 Arch = Literal["resnet18", "resnet34", "resnet50"]
 FEATURE_DIM = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
+TORCHVISION_WEIGHTS = {"imagenet": "IMAGENET1K_V1", "imagenet_v2": "IMAGENET1K_V2"}
 
 
 def build_trunk(arch: Arch, weights: str | None = None) -> nn.Module:
     """A ResNet without its classifier (outputs the pooled feature).
 
-    ``weights``: None (random init), ``"imagenet"`` (torchvision's ImageNet weights, which must be
-    downloadable or already in the torch hub cache), or the path of a local file holding a
+    ``weights``: None (random init), ``"imagenet"`` (torchvision's ``IMAGENET1K_V1``, as the SM3
+    authors used; it must be downloadable or already in the torch hub cache), ``"imagenet_v2"``
+    (``IMAGENET1K_V2``, ResNet-50 only), or the path of a local file holding a
     ResNet state dict (torchvision's format, with or without ``fc``; a ``state_dict`` or
     ``model`` entry is unwrapped).
     """
     if arch not in FEATURE_DIM:
         raise ValueError(f"unknown backbone {arch!r}; valid: {', '.join(FEATURE_DIM)}")
-    if weights == "imagenet":
-        net = getattr(models, arch)(weights="DEFAULT")
+    if weights in ("imagenet", "imagenet_v2"):
+        net = getattr(models, arch)(
+            weights="IMAGENET1K_V2" if weights.endswith("v2") else "IMAGENET1K_V1"
+        )
     else:
         net = getattr(models, arch)(weights=None)
         if weights is not None:

@@ -13,11 +13,11 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from skinssl.labels import CRITERIA, NUM_CLASSES, check_heads
 from skinssl.lightning_modules.checkpoints import check_hparams, load_part, read_checkpoint
+from skinssl.lightning_modules.losses import mean_known_ce
 from skinssl.lightning_modules.nets import Arch, PairEncoder
 from skinssl.lightning_modules.optim import Schedule, adamw, schedule_steps
 from skinssl.lightning_modules.relation import LabelTokens, Relation, normalize_tokens
@@ -97,6 +97,7 @@ class SM3PseudoLabels(L.LightningModule):
         self.register_buffer("pseudo_labels", empty, persistent=False)  # the callback keeps them
         if not train_trunks:
             self.encoder.requires_grad_(False)
+        self.train(self.training)  # frozen trunks in eval mode from the start
 
     def train(self, mode: bool = True) -> SM3PseudoLabels:
         """Frozen trunks stay in eval mode (BatchNorm statistics untouched)."""
@@ -138,16 +139,15 @@ class SM3PseudoLabels(L.LightningModule):
             )
         tokens = self.tokens(batch)
         targets = self.pseudo_labels[batch["index"]]
-        losses = []
-        for i, h in enumerate(self.heads):
-            logits = self.prototypes[h](tokens[:, i]).float() / self.hparams.temperature
-            target = targets[:, i]
-            if (target >= 0).any():
-                loss_h = F.cross_entropy(logits, target, ignore_index=-1)
-                losses.append(loss_h)
-                self.log(f"train/loss_{h}", loss_h, batch_size=len(target))
-        loss = torch.stack(losses).mean() if losses else tokens.sum() * 0.0
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(targets))
+        pairs = [
+            (self.prototypes[h](tokens[:, i]), targets[:, i]) for i, h in enumerate(self.heads)
+        ]
+        loss, each = mean_known_ce(pairs, self.hparams.temperature)
+        n = len(targets)
+        for h, loss_h in zip(self.heads, each, strict=True):
+            if loss_h is not None:
+                self.log(f"train/loss_{h}", loss_h, batch_size=n)
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
         embeddings = {h: tokens[:, i].detach() for i, h in enumerate(self.heads)}
         return {"loss": loss, "embeddings": embeddings}
 
