@@ -4,7 +4,9 @@ loss = intra_weight * [NT-Xent(derm v1, derm v2) + NT-Xent(clinic v1, clinic v2)
      + cross_weight * [NT-Xent(derm v1, clinic v1) + NT-Xent(derm v2, clinic v2)]
 
 with separate intra-modal (g) and cross-modal (p) projectors per modality. Cross-modal pairs
-whose clinical image is a stand-in (``pair_valid`` False) are not used as positives.
+whose clinical image is a stand-in (``pair_valid`` False) are not used as positives. Both views
+of a modality go through its trunk in one pass (one BatchNorm batch of 2N; the authors' code
+makes one pass per view).
 """
 
 from __future__ import annotations
