@@ -29,12 +29,13 @@ class SkinSSLCLI(LightningCLI):
         parser.add_lightning_class_args(TestReport, "report")
 
 
-def main(args: list[str] | None = None) -> None:
-    """Run the CLI on ``args`` (default: the command line)."""
+def main(args: list[str] | None = None, run: bool = True) -> SkinSSLCLI:
+    """Run the CLI on ``args`` (default: the command line); ``run=False`` only builds it."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     torch.set_float32_matmul_precision("high")
-    SkinSSLCLI(
+    return SkinSSLCLI(
         args=args,
+        run=run,
         model_class=None,
         datamodule_class=None,
         subclass_mode_model=True,

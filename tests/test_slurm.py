@@ -1,0 +1,65 @@
+"""The SLURM templates' command line under the environment a 2-task SLURM job sets."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from lightning.fabric.plugins.environments import SLURMEnvironment
+
+from skinssl.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def srun_arguments(template: Path, env: dict[str, str]) -> list[str]:
+    """The ``skinssl`` arguments of the template's ``srun`` line, variables expanded."""
+    text = template.read_text().replace("\\\n", " ")
+    line = next(ln for ln in text.splitlines() if ln.startswith("srun skinssl"))
+    line = line.replace('"$@"', "")  # the job's extra arguments: none here
+    line = re.sub(r"\$\{?(\w+)\}?", lambda m: env[m.group(1)], line)
+    return shlex.split(line)[2:]
+
+
+# the second task of a 2-task job: on one node with 2 GPUs, or on 2 nodes with 1 GPU each
+LAYOUTS = {
+    "single_node.sbatch": dict(nodes=1, per_node=2, local_rank=1, node_id=0),
+    "multi_node.sbatch": dict(nodes=2, per_node=1, local_rank=0, node_id=1),
+}
+
+
+@pytest.mark.parametrize("template", sorted(LAYOUTS))
+def test_lightning_picks_up_a_two_task_job(
+    template: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    layout = LAYOUTS[template]
+    env = {
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NAME": "skinssl",
+        "SLURM_NTASKS": "2",
+        "SLURM_NTASKS_PER_NODE": str(layout["per_node"]),
+        "SLURM_NNODES": str(layout["nodes"]),
+        "SLURM_NODELIST": "node[001-002]" if layout["nodes"] == 2 else "node001",
+        "SLURM_PROCID": "1",
+        "SLURM_LOCALID": str(layout["local_rank"]),
+        "SLURM_NODEID": str(layout["node_id"]),
+        "config": str(REPO / "configs/quickstart/stage1.yaml"),
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.chdir(tmp_path)
+    args = srun_arguments(REPO / "scripts/slurm" / template, env)
+    assert args[:3] == ["fit", "-c", env["config"]]
+    # the test machine has no GPU: same layout with gloo on the CPU
+    args = [a.replace("accelerator=gpu", "accelerator=cpu") for a in args[1:]]
+    cli = main([*args, "--data.init_args.num_workers=0"], run=False)
+    trainer = cli.trainer
+    cluster = trainer.strategy.cluster_environment
+    assert isinstance(cluster, SLURMEnvironment)
+    assert (trainer.world_size, trainer.global_rank) == (2, 1)
+    assert (trainer.local_rank, trainer.node_rank) == (layout["local_rank"], layout["node_id"])
+    assert trainer.num_nodes == layout["nodes"] and trainer.num_devices == layout["per_node"]
+    assert cluster.main_address == "node001"
+    assert Path(trainer.default_root_dir).name == "slurm-4242"  # requeue checkpoints go here
