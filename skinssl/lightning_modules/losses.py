@@ -16,8 +16,8 @@ def multi_head_cross_entropy(
     """Mean over ``heads`` of each head's cross-entropy on its known labels.
 
     ``labels`` is [B, 8] in schema order with -1 for unknown. Heads with no known label in the
-    batch are left out of the mean but stay in the graph with zero weight (DDP expects every
-    parameter to receive a gradient); with none at all the loss is that zero.
+    batch are left out of the mean but stay in the graph (DDP expects every parameter to
+    receive a gradient); with none at all the loss is a zero that keeps the graph.
     """
     pairs = [(logits[h], labels[:, HEAD_NAMES.index(h)]) for h in heads]
     return mean_known_ce(pairs, temperature=1.0)[0]
@@ -25,21 +25,22 @@ def multi_head_cross_entropy(
 
 def mean_known_ce(
     pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], temperature: float
-) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """(mean, each) of CE(logits / T, target) over (logits, target) pairs (targets -1 = unknown).
 
-    Pairs without a known target give None and are left out of the mean, but their logits stay
-    in the graph with zero weight (DDP expects every parameter to receive a gradient).
+    A pair without a known target has CE 0 and is left out of the mean, yet its logits stay in
+    the graph (DDP expects every parameter to receive a gradient). No host-device sync.
     """
-    each = [
-        F.cross_entropy(logits.float() / temperature, target, ignore_index=UNKNOWN)
-        if (target != UNKNOWN).any()
-        else None
-        for logits, target in pairs
-    ]
-    known = [loss for loss in each if loss is not None]
-    zero = sum(logits.float().sum() for logits, _ in pairs) * 0.0
-    return zero + (torch.stack(known).mean() if known else 0.0), each
+    each, known = [], []
+    for logits, target in pairs:
+        total = F.cross_entropy(
+            logits.float() / temperature, target, ignore_index=UNKNOWN, reduction="sum"
+        )
+        count = (target != UNKNOWN).sum()
+        each.append(total / count.clamp(min=1))
+        known.append((count > 0).float())
+    has = torch.stack(known)
+    return (torch.stack(each) * has).sum() / has.sum().clamp(min=1), each
 
 
 def _world() -> tuple[int, int]:

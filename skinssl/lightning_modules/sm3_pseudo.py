@@ -144,9 +144,9 @@ class SM3PseudoLabels(L.LightningModule):
         ]
         loss, each = mean_known_ce(pairs, self.hparams.temperature)
         n = len(targets)
-        for h, loss_h in zip(self.heads, each, strict=True):
-            if loss_h is not None:
-                self.log(f"train/loss_{h}", loss_h, batch_size=n)
+        self.log_dict(
+            {f"train/loss_{h}": v for h, v in zip(self.heads, each, strict=True)}, batch_size=n
+        )
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         embeddings = {h: tokens[:, i].detach() for i, h in enumerate(self.heads)}
         return {"loss": loss, "embeddings": embeddings}
