@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_info
 
 from skinssl.callbacks import TestReport
 
@@ -23,10 +25,29 @@ class SaveStageConfig(SaveConfigCallback):
 
 
 class SkinSSLCLI(LightningCLI):
-    """LightningCLI with the test report always attached (configurable as ``report``)."""
+    """LightningCLI with the test report always attached (configurable as ``report``) and
+    ``fit --resume true``: continue from the run directory's ``last.ckpt`` when there is one."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(TestReport, "report")
+        parser.add_argument(
+            "--resume",
+            type=bool,
+            default=False,
+            help="fit: continue from checkpoints/last.ckpt of this run's directory if it exists, "
+            "so that restarting the same command resumes it",
+        )
+
+    def before_fit(self) -> None:
+        config = self.config_init[self.subcommand]
+        if not config.get("resume") or config.get("ckpt_path"):
+            return
+        callback = self.trainer.checkpoint_callback
+        folder = getattr(callback, "dirpath", None) or Path(self.trainer.log_dir) / "checkpoints"
+        last = Path(folder) / "last.ckpt"
+        if last.is_file():
+            rank_zero_info(f"resume: continuing from {last}")
+            config["ckpt_path"] = str(last)
 
 
 def main(args: list[str] | None = None, run: bool = True) -> SkinSSLCLI:

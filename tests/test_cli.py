@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from skinssl.cli import main
 
@@ -124,3 +125,23 @@ def test_published_configs_fast_dev_run(
     if "stage2" not in config and "finetune" not in config:
         shrink.append("--model.init_args.weights=null")  # no download in tests
     run("fit", config, *ON_CPU, *shrink, *(e.format(**paths) for e in extra))
+
+
+def test_fit_resume_continues_from_last_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Restarting the same command with --resume true continues the run instead of restarting."""
+    monkeypatch.chdir(tmp_path)
+    args = [*TINY_SYNTHETIC, "--trainer.limit_train_batches=2", "--resume=true"]
+    last = tmp_path / "runs" / "quickstart" / "stage1" / "checkpoints" / "last.ckpt"
+    run("fit", "configs/quickstart/stage1.yaml", *args, "--trainer.max_epochs=1")
+    first = torch.load(last, weights_only=True)
+    assert first["global_step"] == 2
+    with caplog.at_level("INFO"):
+        run("fit", "configs/quickstart/stage1.yaml", *args, "--trainer.max_epochs=2")
+    assert f"resume: continuing from {Path('runs/quickstart/stage1/checkpoints/last.ckpt')}" in (
+        caplog.text
+    )
+    ckpt = torch.load(last, weights_only=True)
+    # one more epoch on top of the first run's
+    assert (ckpt["epoch"], ckpt["global_step"]) == (first["epoch"] + 1, 4)
