@@ -162,3 +162,19 @@ def test_diagnosis_as_eighth_clustered_head(pretrained, tmp_path: Path) -> None:
     }
     fit(module, data(root, Views.cluster()), tmp_path, "eight", callbacks=[KMeansPseudoLabels()])
     assert module.pseudo_labels.shape == (40, 8)
+
+
+def test_lr_scaled_with_global_batch(pretrained) -> None:
+    root, _, _ = pretrained
+    model = MultiLabelClassifier(lr=1e-3, trunk_lr=1e-4, lr_reference_batch=4, **SMALL)
+    trainer = L.Trainer(
+        fast_dev_run=True,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        accumulate_grad_batches=2,
+    )
+    trainer.fit(model, data(root, Views()))
+    scale = 8 * 1 * 2 / 4  # batch 8 x 1 device x 2 accumulated / reference 4
+    rates = [g["initial_lr"] for g in trainer.optimizers[0].param_groups]
+    assert rates == pytest.approx([1e-3 * scale, 1e-4 * scale])

@@ -21,7 +21,7 @@ from skinssl.lightning_modules.checkpoints import check_hparams, load_part, read
 from skinssl.lightning_modules.losses import multi_head_cross_entropy
 from skinssl.lightning_modules.metrics import MultiHeadMetrics, per_class_rows, scalar_logs
 from skinssl.lightning_modules.nets import Arch, PairEncoder
-from skinssl.lightning_modules.optim import Schedule, adamw, schedule_steps
+from skinssl.lightning_modules.optim import Schedule, configure_adamw
 from skinssl.lightning_modules.relation import HPARAMS as RELATION_HPARAMS
 from skinssl.lightning_modules.relation import LabelTokens, Relation
 
@@ -61,6 +61,8 @@ class MultiLabelClassifier(L.LightningModule):
         weight_decay: AdamW weight decay.
         schedule: ``constant`` or ``cosine`` (per step, after warm-up).
         warmup_epochs: epochs of linear warm-up.
+        lr_reference_batch: if set, learning rates are multiplied by global batch size / this
+            (linear scaling); None keeps them as given.
         dropout: dropout on the fused feature.
     """
 
@@ -87,6 +89,7 @@ class MultiLabelClassifier(L.LightningModule):
         weight_decay: float = 0.05,
         schedule: Schedule = "constant",
         warmup_epochs: int = 0,
+        lr_reference_batch: int | None = None,
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
@@ -222,6 +225,4 @@ class MultiLabelClassifier(L.LightningModule):
             {"params": head_params, "lr": hp.lr},
             {"params": list(self.encoder.parameters()), "lr": trunk_lr},
         ]
-        return adamw(
-            groups, hp.weight_decay, hp.schedule, *schedule_steps(self.trainer, hp.warmup_epochs)
-        )
+        return configure_adamw(self, groups)

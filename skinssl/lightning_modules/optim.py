@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 
 Schedule = Literal["constant", "cosine"]
 
@@ -51,3 +52,24 @@ def schedule_steps(trainer: L.Trainer, warmup_epochs: float) -> tuple[int, int]:
     if not math.isfinite(total) or epochs <= 0:
         return 0, 0
     return round(warmup_epochs * total / epochs), int(total)
+
+
+def global_batch_size(trainer: L.Trainer) -> int:
+    """Cases per optimizer step: per-device batch x devices x nodes x accumulated batches."""
+    per_device = trainer.datamodule.batch_size
+    return per_device * trainer.world_size * trainer.accumulate_grad_batches
+
+
+def configure_adamw(module: L.LightningModule, groups: list[dict[str, Any]]) -> dict[str, Any]:
+    """``adamw`` from a module's hyper-parameters ``weight_decay``, ``schedule``,
+    ``warmup_epochs`` and ``lr_reference_batch``.
+
+    With ``lr_reference_batch`` set, every group's rate is scaled by the global batch size over
+    it (the linear scaling rule), so a recipe keeps its rates on any number of devices.
+    """
+    hp, trainer = module.hparams, module.trainer
+    if hp.lr_reference_batch:
+        scale = global_batch_size(trainer) / hp.lr_reference_batch
+        rank_zero_info(f"learning rates x {scale:g} (global batch / {hp.lr_reference_batch})")
+        groups = [{**g, "lr": g["lr"] * scale} for g in groups]
+    return adamw(groups, hp.weight_decay, hp.schedule, *schedule_steps(trainer, hp.warmup_epochs))

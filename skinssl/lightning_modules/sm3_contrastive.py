@@ -18,7 +18,7 @@ import torch
 
 from skinssl.lightning_modules.losses import alignment, nt_xent, uniformity
 from skinssl.lightning_modules.nets import Arch, PairEncoder, projector
-from skinssl.lightning_modules.optim import Schedule, adamw, schedule_steps
+from skinssl.lightning_modules.optim import Schedule, configure_adamw
 
 
 class SM3Contrastive(L.LightningModule):
@@ -39,6 +39,8 @@ class SM3Contrastive(L.LightningModule):
         weight_decay: AdamW weight decay.
         schedule: ``constant`` or ``cosine`` (per step, after warm-up).
         warmup_epochs: epochs of linear warm-up.
+        lr_reference_batch: if set, learning rates are multiplied by global batch size / this
+            (linear scaling); None keeps them as given.
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class SM3Contrastive(L.LightningModule):
         weight_decay: float = 0.05,
         schedule: Schedule = "constant",
         warmup_epochs: int = 0,
+        lr_reference_batch: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -123,6 +126,4 @@ class SM3Contrastive(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         groups = [{"params": list(self.parameters()), "lr": hp.lr}]
-        return adamw(
-            groups, hp.weight_decay, hp.schedule, *schedule_steps(self.trainer, hp.warmup_epochs)
-        )
+        return configure_adamw(self, groups)

@@ -19,7 +19,7 @@ from skinssl.labels import CRITERIA, NUM_CLASSES, check_heads
 from skinssl.lightning_modules.checkpoints import check_hparams, load_part, read_checkpoint
 from skinssl.lightning_modules.losses import mean_known_ce
 from skinssl.lightning_modules.nets import Arch, PairEncoder
-from skinssl.lightning_modules.optim import Schedule, adamw, schedule_steps
+from skinssl.lightning_modules.optim import Schedule, configure_adamw
 from skinssl.lightning_modules.relation import LabelTokens, Relation, normalize_tokens
 
 
@@ -49,6 +49,8 @@ class SM3PseudoLabels(L.LightningModule):
         weight_decay: AdamW weight decay.
         schedule: ``constant`` or ``cosine``.
         warmup_epochs: epochs of linear warm-up.
+        lr_reference_batch: if set, learning rates are multiplied by global batch size / this
+            (linear scaling); None keeps them as given.
     """
 
     def __init__(
@@ -75,6 +77,7 @@ class SM3PseudoLabels(L.LightningModule):
         weight_decay: float = 0.05,
         schedule: Schedule = "constant",
         warmup_epochs: int = 0,
+        lr_reference_batch: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -160,6 +163,4 @@ class SM3PseudoLabels(L.LightningModule):
             },
             {"params": list(self.encoder.parameters()), "lr": hp.trunk_lr},
         ]
-        return adamw(
-            groups, hp.weight_decay, hp.schedule, *schedule_steps(self.trainer, hp.warmup_epochs)
-        )
+        return configure_adamw(self, groups)
