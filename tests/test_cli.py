@@ -145,3 +145,28 @@ def test_fit_resume_continues_from_last_checkpoint(
     ckpt = torch.load(last, weights_only=True)
     # one more epoch on top of the first run's
     assert (ckpt["epoch"], ckpt["global_step"]) == (first["epoch"] + 1, 4)
+
+
+def test_same_seed_same_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One seed fixes data order, augmentations in every worker and initialisation."""
+    weights = []
+    for run_dir, seed in (("a", 0), ("b", 0), ("c", 1)):
+        monkeypatch.chdir(tmp_path)
+        (tmp_path / run_dir).mkdir()
+        monkeypatch.chdir(tmp_path / run_dir)
+        run(
+            "fit",
+            "configs/quickstart/stage1.yaml",
+            *TINY_SYNTHETIC,
+            "--data.init_args.num_workers=2",
+            "--data.init_args.root=../synthetic",
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=2",
+            "--trainer.deterministic=true",
+            f"--seed_everything={seed}",
+        )
+        last = Path("runs/quickstart/stage1/checkpoints/last.ckpt")
+        weights.append(torch.load(last, weights_only=True)["state_dict"])
+    same = all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    other = all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
+    assert same and not other
