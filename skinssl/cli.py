@@ -50,8 +50,13 @@ class SkinSSLCLI(LightningCLI):
             config["ckpt_path"] = str(last)
 
 
-def main(args: list[str] | None = None, run: bool = True) -> SkinSSLCLI:
-    """Run the CLI on ``args`` (default: the command line); ``run=False`` only builds it."""
+def main(args: list[str] | None = None) -> None:
+    """The ``skinssl`` command: run the CLI on ``args`` (default: the command line)."""
+    build_cli(args)  # returns None: a console script's return value becomes its exit status
+
+
+def build_cli(args: list[str] | None = None, run: bool = True) -> SkinSSLCLI:
+    """The CLI on ``args``, run as a subcommand; ``run=False`` only builds it."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     torch.set_float32_matmul_precision("high")
     return SkinSSLCLI(

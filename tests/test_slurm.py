@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from lightning.fabric.plugins.environments import SLURMEnvironment
 
-from skinssl.cli import main
+from skinssl.cli import build_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,7 +54,7 @@ def test_lightning_picks_up_a_two_task_job(
     assert args[:3] == ["fit", "-c", env["config"]]
     # the test machine has no GPU: same layout with gloo on the CPU
     args = [a.replace("accelerator=gpu", "accelerator=cpu") for a in args[1:]]
-    cli = main([*args, "--data.init_args.num_workers=0"], run=False)
+    cli = build_cli([*args, "--data.init_args.num_workers=0"], run=False)
     trainer = cli.trainer
     cluster = trainer.strategy.cluster_environment
     assert isinstance(cluster, SLURMEnvironment)
