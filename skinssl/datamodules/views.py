@@ -108,6 +108,6 @@ class Normalize(torch.nn.Module):
         self.register_buffer("std", torch.tensor(std).view(3, 1, 1) * 255, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = self.mean.to(x.device)
-        std = self.std.to(x.device)
-        return (x.float() - mean) / std
+        if self.mean.device != x.device:  # the datamodule is not moved with the model
+            self.to(x.device)
+        return (x.float() - self.mean) / self.std

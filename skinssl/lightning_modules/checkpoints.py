@@ -63,3 +63,16 @@ def load_part(
         )
     target.load_state_dict({k: v for k, v in part.items() if k in own}, strict=False)
     return [k for k in own if k not in part]
+
+
+def load_trunks(
+    encoder: nn.Module, path: str | Path, backbone: str, share_trunk: bool
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """Load a checkpoint's ``encoder.*`` trunks after checking backbone and trunk sharing.
+
+    Returns the checkpoint's (state_dict, hyper_parameters) for the caller's other parts.
+    """
+    state, hparams = read_checkpoint(path)
+    check_hparams(hparams, {"backbone": backbone, "share_trunk": share_trunk}, path)
+    load_part(encoder, state, "encoder.", path)
+    return state, hparams

@@ -17,7 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from skinssl.labels import HEAD_NAMES, NUM_CLASSES, check_heads
-from skinssl.lightning_modules.checkpoints import check_hparams, load_part, read_checkpoint
+from skinssl.lightning_modules.checkpoints import check_hparams, load_part, load_trunks
 from skinssl.lightning_modules.losses import multi_head_cross_entropy
 from skinssl.lightning_modules.metrics import MultiHeadMetrics, per_class_rows, scalar_logs
 from skinssl.lightning_modules.nets import Arch, PairEncoder
@@ -114,10 +114,8 @@ class MultiLabelClassifier(L.LightningModule):
 
     # ---------------------------------------------------------------- set-up
     def _init_from(self, path: str) -> None:
-        state, hparams = read_checkpoint(path)
         hp = self.hparams
-        check_hparams(hparams, {"backbone": hp.backbone, "share_trunk": hp.share_trunk}, path)
-        load_part(self.encoder, state, "encoder.", path)
+        state, hparams = load_trunks(self.encoder, path, hp.backbone, hp.share_trunk)
         loaded = ["trunks"]
         has_relation = any(k.startswith("relation.") for k in state)
         if self.relation is not None and not has_relation and hp.setting == "linear":

@@ -89,32 +89,41 @@ class SM3Contrastive(L.LightningModule):
         zd, zc = self.intra_derm(h_derm), self.intra_clinic(h_clinic)
         pd, pc = self.cross_derm(h_derm), self.cross_clinic(h_clinic)
         valid = batch["pair_valid"]
-
-        def ntx(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None):
-            return nt_xent(a, b, hp.temperature, mask, gather=hp.gather_negatives)
-
-        intra_derm = ntx(zd[:n], zd[n:])
-        intra_clinic = ntx(zc[:n], zc[n:])
-        cross = ntx(pd[:n], pc[:n], valid) + ntx(pd[n:], pc[n:], valid)
-        loss = hp.intra_weight * (intra_derm + intra_clinic) + hp.cross_weight * cross
-        self._log_terms(loss, intra_derm, intra_clinic, cross, zd, zc, pd, pc, valid, n)
+        pairs = {  # name: (a, b, valid pairs or None)
+            "intra_derm": (zd[:n], zd[n:], None),
+            "intra_clinic": (zc[:n], zc[n:], None),
+            "cross_v1": (pd[:n], pc[:n], valid),
+            "cross_v2": (pd[n:], pc[n:], valid),
+        }
+        terms = {
+            name: nt_xent(a, b, hp.temperature, mask, gather=hp.gather_negatives)
+            for name, (a, b, mask) in pairs.items()
+        }
+        intra = terms["intra_derm"] + terms["intra_clinic"]
+        cross = terms["cross_v1"] + terms["cross_v2"]
+        loss = hp.intra_weight * intra + hp.cross_weight * cross
+        self._log_terms(loss, terms, pairs, n)
         return loss
 
     @torch.no_grad()
-    def _log_terms(self, loss, intra_derm, intra_clinic, cross, zd, zc, pd, pc, valid, n) -> None:
-        """Each loss term, positive-pair cosine, alignment and uniformity of the embeddings."""
-        pairs = {
-            "intra_derm": (zd[:n], zd[n:]),
-            "intra_clinic": (zc[:n], zc[n:]),
-            "cross": (pd[:n][valid], pc[:n][valid]),
-        }
+    def _log_terms(
+        self,
+        loss: torch.Tensor,
+        terms: dict[str, torch.Tensor],
+        pairs: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
+        n: int,
+    ) -> None:
+        """Each loss term; positive-pair cosine, alignment and uniformity of the embeddings."""
         logs = {
             "train/loss": loss,
-            "train/loss_intra_derm": intra_derm,
-            "train/loss_intra_clinic": intra_clinic,
-            "train/loss_cross": cross,
+            "train/loss_intra_derm": terms["intra_derm"],
+            "train/loss_intra_clinic": terms["intra_clinic"],
+            "train/loss_cross": terms["cross_v1"] + terms["cross_v2"],
         }
-        for name, (a, b) in pairs.items():
+        for name, key in (("intra_derm",) * 2, ("intra_clinic",) * 2, ("cross", "cross_v1")):
+            a, b, mask = pairs[key]
+            if mask is not None:
+                a, b = a[mask], b[mask]
             if len(a) < 2:
                 continue
             logs[f"train/pos_cos_{name}"] = torch.cosine_similarity(a.float(), b.float()).mean()

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from skinssl.labels import CRITERIA, NUM_CLASSES, check_heads
-from skinssl.lightning_modules.checkpoints import check_hparams, load_part, read_checkpoint
+from skinssl.lightning_modules.checkpoints import load_trunks
 from skinssl.lightning_modules.losses import mean_known_ce
 from skinssl.lightning_modules.nets import Arch, PairEncoder
 from skinssl.lightning_modules.optim import Schedule, configure_adamw
@@ -89,9 +89,7 @@ class SM3PseudoLabels(L.LightningModule):
         self.sizes = sizes
         self.encoder = PairEncoder(backbone, None if pretrained else weights, share_trunk)
         if pretrained:
-            state, hparams = read_checkpoint(pretrained)
-            check_hparams(hparams, {"backbone": backbone, "share_trunk": share_trunk}, pretrained)
-            load_part(self.encoder, state, "encoder.", pretrained)
+            load_trunks(self.encoder, pretrained, backbone, share_trunk)
         self.relation = LabelTokens.from_hparams(self.encoder.out_dim, self.heads, self.hparams)
         self.prototypes = nn.ModuleDict(
             {h: nn.Linear(embed_dim, k, bias=False) for h, k in sizes.items()}
