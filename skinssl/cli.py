@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
-from skinssl.callbacks import TestReport
+from skinssl.callbacks import Explanations, PredictionWriter, SampleViews, TestReport
 
 
 class SaveStageConfig(SaveConfigCallback):
@@ -25,11 +25,17 @@ class SaveStageConfig(SaveConfigCallback):
 
 
 class SkinSSLCLI(LightningCLI):
-    """LightningCLI with the test report always attached (configurable as ``report``) and
-    ``fit --resume true``: continue from the run directory's ``last.ckpt`` when there is one."""
+    """LightningCLI with skinssl's callbacks always attached, each configurable under its name:
+    ``report`` (test report), ``explain`` (attention maps, Grad-CAM), ``predictions`` (the
+    predict CSV), ``views`` (sample training views). ``fit --resume true`` continues from the
+    run directory's ``last.ckpt`` when there is one. ``validate``/``test``/``predict`` with a
+    ``ckpt_path`` take every weight from it, so ``init_from`` and ``weights`` are not read."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(TestReport, "report")
+        parser.add_lightning_class_args(Explanations, "explain")
+        parser.add_lightning_class_args(PredictionWriter, "predictions")
+        parser.add_lightning_class_args(SampleViews, "views")
         parser.add_argument(
             "--resume",
             type=bool,
@@ -37,6 +43,25 @@ class SkinSSLCLI(LightningCLI):
             help="fit: continue from checkpoints/last.ckpt of this run's directory if it exists, "
             "so that restarting the same command resumes it",
         )
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(self.subcommand, {})
+        if self.subcommand == "fit" or not config.get("ckpt_path"):
+            return
+        init_args = config.get("model", {}).get("init_args") or {}
+        for key in ("init_from", "weights"):
+            if init_args.get(key):
+                rank_zero_info(f"{key}={init_args[key]!r} not loaded: weights come from ckpt_path")
+                init_args[key] = None
+
+    def after_predict(self) -> None:
+        writer = next(c for c in self.trainer.callbacks if isinstance(c, PredictionWriter))
+        if writer.failed:
+            listed = "\n  ".join(f"case {r['case']}: {r['status']}" for r in writer.failed)
+            raise SystemExit(
+                f"predict: {len(writer.failed)} case(s) failed (rows kept with status in "
+                f"{writer.path}):\n  {listed}"
+            )
 
     def before_fit(self) -> None:
         config = self.config_init[self.subcommand]

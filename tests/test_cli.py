@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -51,6 +52,7 @@ def quickstart_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(cwd)
         short = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2"]
+        short += ["--trainer.log_every_n_steps=1"]
         for stage in ("stage1", "stage2", "finetune"):
             config = f"configs/quickstart/{stage}.yaml"
             run("fit", config, *TINY_SYNTHETIC, "--trainer.fast_dev_run=true")
@@ -70,20 +72,86 @@ def quickstart_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cwd
 
 
-def test_quickstart_chain_writes_test_table(quickstart_run: Path, capsys) -> None:
+def tensorboard_tags(run_dir: Path) -> dict[str, set[str]]:
+    """Scalar and image tags of a run directory's event files, read by TensorBoard itself."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0}).Reload()
+    tags = events.Tags()
+    return {"scalars": set(tags["scalars"]), "images": set(tags["images"])}
+
+
+def test_quickstart_chain_writes_the_report(quickstart_run: Path) -> None:
     runs = quickstart_run / "runs" / "quickstart"
     for stage in ("stage1", "stage2", "finetune"):
         assert (runs / stage / "checkpoints" / "last.ckpt").is_file()
+    run_dir = runs / "finetune"
     # testing in the run directory keeps the fit's config next to its own
-    assert (runs / "finetune" / "config.yaml").is_file()
-    assert (runs / "finetune" / "test_config.yaml").is_file()
-    tables = list((runs / "finetune").rglob("per_class.csv"))
-    assert len(tables) == 1
-    rows = tables[0].read_text().splitlines()
-    assert rows[0] == "head,class,auc,sensitivity,specificity,precision,support"
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "test_config.yaml").is_file()
+    rows = (run_dir / "per_class.csv").read_text().splitlines()
+    assert rows[0] == "head,class,auc,sensitivity,specificity,precision,f1,support"
     assert len(rows) == 1 + 24  # every class of the 8 heads
-    metrics = json.loads((tables[0].parent / "test_metrics.json").read_text())
-    assert set(metrics["heads"]) == {"DIAG", "PN", "BWV", "VS", "PIG", "STR", "DaG", "RS"}
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert list(metrics["heads"]) == ["DIAG", "PN", "BWV", "VS", "PIG", "STR", "DaG", "RS"]
+    assert metrics["bootstrap"]["resamples"] == 1000
+    summary = metrics["summary"]
+    for name in ("auc_all_classes", "auc_criteria_classes", "auc_key_classes", "auc_diag_macro"):
+        lo, hi = summary[name]["ci"]
+        assert lo <= summary[name]["value"] <= hi
+    assert {"expected_score", "hard_score", "mel_probability"} <= set(metrics["melanoma"])
+    assert "## Melanoma detection" in (run_dir / "report.md").read_text()
+    figures = {p.name for p in (run_dir / "figures").glob("*.png")}
+    for h in metrics["heads"]:
+        assert {f"roc_{h}.png", f"confusion_{h}.png"} <= figures
+    assert {"attention.png", "attention_by_diagnosis.png", "gradcam_DIAG_MEL.png"} <= figures
+    assert {"views_derm.png", "views_clinic.png"} <= figures
+
+    tags = tensorboard_tags(run_dir)
+    assert {"train/loss", "val/auc_mean", "val/DIAG/auc", "hp_metric", "test/auc_mean"} <= tags[
+        "scalars"
+    ]
+    assert any(t.startswith("lr-AdamW") for t in tags["scalars"])
+    assert {"views/derm", "views/clinic", "test/roc/DIAG", "test/confusion/RS"} <= tags["images"]
+    assert {"test/attention", "test/attention_by_diagnosis", "test/gradcam/DIAG_MEL"} <= tags[
+        "images"
+    ]
+    stage1 = tensorboard_tags(runs / "stage1")["scalars"]
+    assert {"train/loss_intra_derm", "train/loss_intra_clinic", "train/loss_cross"} <= stage1
+    assert any(t.startswith("kmeans/") for t in tensorboard_tags(runs / "stage2")["scalars"])
+
+
+def test_predict_with_a_run_config_and_checkpoint(quickstart_run: Path, monkeypatch) -> None:
+    """New pairs from a CSV, with the fine-tuning run's config and checkpoint; one image missing."""
+    monkeypatch.chdir(quickstart_run)
+    images = sorted((quickstart_run / "data" / "synthetic" / "images").rglob("*.jpg"))[:4]
+    csv_path = quickstart_run / "new_pairs.csv"
+    lines = ["derm,clinic", f"{images[0]},{images[1]}", f"{images[2]},missing/clinic.jpg"]
+    csv_path.write_text("\n".join([*lines, f"{images[3]},{images[0]}"]) + "\n")
+    out = quickstart_run / "predictions.csv"
+    with pytest.raises(SystemExit) as failed:
+        run(
+            "predict",
+            "configs/quickstart/finetune.yaml",
+            "--ckpt_path=runs/quickstart/finetune/checkpoints/best.ckpt",
+            "--data=skinssl.datamodules.PairedCSVDataModule",
+            f"--data.csv_path={csv_path}",
+            "--data.predict_split=all",
+            "--data.num_workers=0",
+            f"--predictions.output={out}",
+            "--trainer.enable_progress_bar=false",
+        )
+    assert "1 case(s) failed" in str(failed.value.code) and "missing/clinic.jpg" in str(
+        failed.value.code
+    )
+    rows = list(csv.DictReader(out.open()))
+    assert [r["status"] for r in rows][::2] == ["ok", "ok"]
+    assert "image file not found" in rows[1]["status"] and "missing/clinic.jpg" in rows[1]["status"]
+    assert rows[1]["p_DIAG_MEL"] == ""
+    for r in (rows[0], rows[2]):
+        assert sum(float(r[f"p_PN_{c}"]) for c in ("ABS", "TYP", "ATP")) == pytest.approx(
+            1, abs=1e-4
+        )
+        assert r["melanoma_checklist"] == str(int(int(r["seven_point_score"]) >= 3))
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,9 @@
-"""Metrics against scikit-learn on random predictions; the multi-head loss."""
+"""Report numbers against scikit-learn or a direct computation on fixed predictions; the
+per-case store that gathers them; the multi-head loss."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -11,57 +13,157 @@ import torch.nn.functional as F
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
     precision_score,
     recall_score,
     roc_auc_score,
+    roc_curve,
 )
 
-from skinssl.labels import HEAD_NAMES
+from skinssl.evaluation import CaseOutputs
+from skinssl.evaluation.classification import class_auc_summary, evaluate_heads, roc_auc
+from skinssl.evaluation.figures import roc_points
+from skinssl.evaluation.report import build_report, markdown, write_report
+from skinssl.labels import CRITERIA, HEAD_NAMES, HEADS
 from skinssl.lightning_modules.losses import multi_head_cross_entropy
-from skinssl.lightning_modules.metrics import MultiHeadMetrics
+from skinssl.lightning_modules.metrics import HeadOutputs, scalar_logs
 
 
-def test_per_class_metrics_match_sklearn() -> None:
-    rng = np.random.default_rng(0)
-    n = 300
-    probs = torch.tensor(rng.dirichlet(np.ones(5), size=n), dtype=torch.float32)
-    target = torch.tensor(rng.integers(0, 5, size=n))
-    target[::7] = -1  # unknown labels are ignored
-    metrics = MultiHeadMetrics(["DIAG"])
-    for chunk in torch.arange(n).split(64):  # several batches
-        metrics.update({"DIAG": probs[chunk]}, {"DIAG": target[chunk]}, chunk)
-    # a distributed sampler's padding repeats cases: they are counted once
-    metrics.update({"DIAG": probs[:5]}, {"DIAG": target[:5]}, torch.arange(5))
-    res = metrics.compute()["heads"]["DIAG"]
-    known = target >= 0
-    y, p = target[known].numpy(), probs[known].numpy()
-    pred = p.argmax(1)
-    for c, row in enumerate(res["classes"]):
-        pos = (y == c).astype(int)
-        hit = (pred == c).astype(int)
-        assert row["auc"] == pytest.approx(roc_auc_score(pos, p[:, c]), abs=1e-6)
-        assert row["sensitivity"] == pytest.approx(recall_score(pos, hit))
-        assert row["specificity"] == pytest.approx(recall_score(1 - pos, 1 - hit))
-        assert row["precision"] == pytest.approx(precision_score(pos, hit))
-        assert row["support"] == pos.sum()
-    assert res["accuracy"] == pytest.approx(accuracy_score(y, pred))
-    assert res["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
-    macro = np.mean([roc_auc_score((y == c).astype(int), p[:, c]) for c in range(5)])
-    assert res["auc_macro"] == pytest.approx(macro, abs=1e-6)
-    assert res["n"] == int(known.sum())
+def fake_outputs(n: int, seed: int = 0, signal: float = 1.0, unknown_every: int = 0) -> CaseOutputs:
+    """Predictions of all 8 heads that are better than chance by ``signal``."""
+    rng = np.random.default_rng(seed)
+    labels = np.stack([rng.integers(0, h.num_classes, n) for h in HEADS], axis=1)
+    probs = {}
+    for j, h in enumerate(HEADS):
+        logits = rng.normal(size=(n, h.num_classes))
+        logits[np.arange(n), labels[:, j]] += signal
+        probs[h.name] = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    if unknown_every:
+        labels[::unknown_every, 1] = -1  # some PN labels unknown
+    return CaseOutputs(np.arange(n), probs, labels)
+
+
+def test_per_class_and_per_head_numbers_match_sklearn() -> None:
+    outputs = fake_outputs(300, unknown_every=7)
+    heads = evaluate_heads(outputs)
+    for h in outputs.heads:
+        res, target = heads[h], outputs.target(h)
+        known = target >= 0
+        y, p = target[known], outputs.probs[h][known]
+        pred = p.argmax(1)
+        k = p.shape[1]
+        for c, row in enumerate(res["classes"]):
+            pos, hit = (y == c).astype(int), (pred == c).astype(int)
+            assert row["auc"] == pytest.approx(roc_auc_score(pos, p[:, c]), abs=1e-12)
+            assert row["sensitivity"] == pytest.approx(recall_score(pos, hit))
+            assert row["specificity"] == pytest.approx(recall_score(1 - pos, 1 - hit))
+            assert row["precision"] == pytest.approx(precision_score(pos, hit))
+            assert row["f1"] == pytest.approx(f1_score(pos, hit))
+            assert row["support"] == pos.sum()
+        assert res["n"] == known.sum()
+        assert res["accuracy"] == pytest.approx(accuracy_score(y, pred))
+        assert res["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
+        assert res["f1_macro"] == pytest.approx(f1_score(y, pred, average="macro"))
+        # binary heads: both one-vs-rest AUCs equal the AUC of class 1
+        macro = roc_auc_score(y, p[:, 1] if k == 2 else p, multi_class="ovr", average="macro")
+        assert res["auc_macro"] == pytest.approx(macro, abs=1e-12)
+        assert res["confusion"] == confusion_matrix(y, pred, labels=range(k)).tolist()
+
+
+def test_summary_rows_are_the_papers_means() -> None:
+    outputs = fake_outputs(200, seed=1)
+    summary = class_auc_summary(evaluate_heads(outputs))
+
+    def auc(h: str, c: str) -> float:
+        head = HEADS[HEAD_NAMES.index(h)]
+        y = outputs.target(h) == head.classes.index(c)
+        return roc_auc_score(y, outputs.probs[h][:, head.classes.index(c)])
+
+    every = [(h.name, c) for h in HEADS for c in h.classes]
+    assert len(every) == 24
+    assert summary["auc_all_classes"] == pytest.approx(np.mean([auc(*hc) for hc in every]))
+    criteria = [(h, c) for h, c in every if h != "DIAG"]
+    assert len(criteria) == 19
+    assert summary["auc_criteria_classes"] == pytest.approx(np.mean([auc(*hc) for hc in criteria]))
+    key = [("DIAG", "MEL"), ("PN", "ATP"), ("BWV", "PRS"), ("VS", "IR"), ("PIG", "IR"),
+           ("STR", "IR"), ("DaG", "IR"), ("RS", "PRS")]  # fmt: skip
+    assert summary["auc_key_classes"] == pytest.approx(np.mean([auc(*hc) for hc in key]))
+    assert summary["auc_key_criteria"] == pytest.approx(np.mean([auc(*hc) for hc in key[1:]]))
+    authors = [("DIAG", "NEV"), *key[1:]]
+    assert summary["auc_key_authors"] == pytest.approx(np.mean([auc(*hc) for hc in authors]))
+    diag = [auc("DIAG", c) for c in HEADS[0].classes]
+    assert summary["auc_diag_macro"] == pytest.approx(np.mean(diag))
+
+
+def test_auc_with_ties_and_roc_points_match_sklearn() -> None:
+    rng = np.random.default_rng(2)
+    score = rng.integers(0, 5, 80) / 4  # many ties
+    positive = rng.random(80) < 0.3
+    assert roc_auc(score, positive) == pytest.approx(roc_auc_score(positive, score))
+    fpr, tpr = roc_points(score, positive)
+    want_fpr, want_tpr, _ = roc_curve(positive, score, drop_intermediate=False)
+    np.testing.assert_allclose(fpr, want_fpr)
+    np.testing.assert_allclose(tpr, want_tpr)
+    assert math.isnan(roc_auc(score, np.zeros(80, bool)))
 
 
 def test_absent_class_gives_nan_and_is_left_out_of_means() -> None:
-    probs = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.1, 0.8, 0.1]])
-    target = torch.tensor([0, 1, 0, 1])  # class 2 never occurs
-    metrics = MultiHeadMetrics(["PN"])
-    metrics.update({"PN": probs}, {"PN": target}, torch.arange(4))
-    out = metrics.compute()
-    res = out["heads"]["PN"]
+    probs = np.array([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.1, 0.8, 0.1]])
+    labels = np.full((4, 8), -1)
+    labels[:, 1] = [0, 1, 0, 1]  # PN class 2 never occurs
+    res = evaluate_heads(CaseOutputs(np.arange(4), {"PN": probs}, labels))["PN"]
     assert math.isnan(res["classes"][2]["auc"]) and math.isnan(res["classes"][2]["sensitivity"])
+    assert math.isnan(res["classes"][2]["f1"])  # neither true nor predicted
     assert res["auc_macro"] == pytest.approx(1.0)
     assert res["balanced_accuracy"] == pytest.approx(1.0)
-    assert out["auc_mean"] == pytest.approx(1.0)
+    assert res["f1_macro"] == pytest.approx(1.0)
+
+
+def test_case_store_keeps_each_case_once_in_index_order() -> None:
+    outputs = fake_outputs(50, seed=3)
+    store = HeadOutputs(HEAD_NAMES)
+    order = np.random.default_rng(0).permutation(50)
+    labels = torch.as_tensor(outputs.labels)
+    for chunk in np.array_split(order, 4):
+        idx = torch.as_tensor(chunk)
+        store.update(
+            idx, {h: torch.as_tensor(p)[idx] for h, p in outputs.probs.items()}, labels[idx]
+        )
+    # a distributed sampler's padding repeats cases: they are counted once
+    idx = torch.as_tensor(order[:3])
+    store.update(idx, {h: torch.as_tensor(p)[idx] for h, p in outputs.probs.items()}, labels[idx])
+    got = store.compute()
+    np.testing.assert_array_equal(got.index, np.arange(50))
+    np.testing.assert_array_equal(got.labels, outputs.labels)
+    for h in HEAD_NAMES:
+        np.testing.assert_allclose(got.probs[h], outputs.probs[h], rtol=1e-6)
+    logs = scalar_logs(got, "val")
+    heads = evaluate_heads(outputs)
+    assert logs["val/auc_mean"] == pytest.approx(np.mean([r["auc_macro"] for r in heads.values()]))
+    assert logs["val/PN/bacc"] == pytest.approx(heads["PN"]["balanced_accuracy"])
+
+
+def test_report_files(tmp_path) -> None:
+    outputs = fake_outputs(120, seed=4)
+    outputs.labels[:, HEAD_NAMES.index("VS")] = 0  # one class only: AUC undefined -> null
+    report = build_report(outputs, resamples=50, seed=0)
+    text = markdown(report, figures=["figures/roc_DIAG.png"])
+    paths = write_report(report, tmp_path, text)
+    assert [p.name for p in paths] == ["metrics.json", "report.md", "per_class.csv"]
+    data = json.loads((tmp_path / "metrics.json").read_text())
+    assert data["heads"]["VS"]["auc_macro"] is None
+    assert data["summary"]["auc_all_classes"]["value"] == pytest.approx(
+        report["summary"]["auc_all_classes"]["value"]
+    )
+    assert len(data["summary"]["auc_all_classes"]["ci"]) == 2
+    assert set(data["melanoma"]) == {"expected_score", "hard_score", "annotated_score",
+                                     "mel_probability"}  # fmt: skip
+    rows = (tmp_path / "per_class.csv").read_text().splitlines()
+    assert rows[0] == "head,class,auc,sensitivity,specificity,precision,f1,support"
+    assert len(rows) == 25
+    assert "| auc_key_classes |" in text and "![roc_DIAG](figures/roc_DIAG.png)" in text
+    assert all(c in text for c in CRITERIA)
 
 
 def test_multi_head_cross_entropy() -> None:

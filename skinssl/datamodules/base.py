@@ -77,7 +77,8 @@ class PairedDataModule(L.LightningDataModule):
         split_seed: seed of the label subset.
         mean: per-channel mean used to normalise (0-1 scale).
         std: per-channel standard deviation used to normalise (0-1 scale).
-        predict_split: split that ``predict`` runs on.
+        predict_split: split that ``predict`` runs on (``all``: every case). Prediction does
+            not stop at a missing or unreadable image: the case is reported as failed.
         drop_last: drop the last incomplete training batch.
     """
 
@@ -129,6 +130,7 @@ class PairedDataModule(L.LightningDataModule):
         self.cases: Cases | None = None
         self._store: ImageStore | None = None
         self._ids: tuple[np.ndarray, np.ndarray] | None = None
+        self._tolerant = False
 
     def default_border_crop(self) -> int:
         """Border crop when the config sets none (no crop unless the data source has a frame)."""
@@ -146,7 +148,9 @@ class PairedDataModule(L.LightningDataModule):
         # started OpenCV's thread pool; the decode below is parallel through our own threads.
         cv2.setNumThreads(1)
         cases = self.load_cases()
-        cases.check_images_exist()
+        self._tolerant = stage == "predict"  # report unreadable images per case, go on
+        if not self._tolerant:
+            cases.check_images_exist()
         paths = list(dict.fromkeys(cases.derm + cases.clinic))
         position = {p: i for i, p in enumerate(paths)}
         self._ids = (
@@ -160,16 +164,21 @@ class PairedDataModule(L.LightningDataModule):
             self.cache,
             self.cache_dir,
             threads=default_workers(),
+            strict=not self._tolerant,
         )
         self.cases = cases
 
     def split_rows(self, split: str) -> np.ndarray:
         """Row positions of ``split``; a clear error if the data has no such split."""
         cases = self._cases()
+        if split == "all":
+            return np.arange(len(cases))
         rows = cases.splits.get(split)
         if rows is None or len(rows) == 0:
             available = [s for s, r in cases.splits.items() if len(r)]
-            raise DataError(f"{cases.source}: no cases in split {split!r}; available: {available}")
+            raise DataError(
+                f"{cases.source}: no cases in split {split!r}; available: {available + ['all']}"
+            )
         return rows
 
     def train_labels(self) -> tuple[np.ndarray, np.ndarray]:
@@ -199,7 +208,11 @@ class PairedDataModule(L.LightningDataModule):
         else:
             pipes = (eval_pipeline(self.image_size), eval_pipeline(self.image_size))
             n_views = (1, 1)
-        ds = PairDataset(rows, self._store, *self._ids, labels, cases.pair_valid, *pipes, n_views)
+        tolerant = self._tolerant and not train
+        ds = PairDataset(
+            rows, self._store, *self._ids, labels, cases.pair_valid, *pipes, n_views,
+            tolerant, self.image_size,
+        )  # fmt: skip
         ds.seed((torch.initial_seed() + 1_000_003 * self._rank()) % 2**32)  # used without workers
         return ds
 

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
+from skinssl.datamodules.cases import DataError
 from skinssl.datamodules.images import ImageStore
 from skinssl.datamodules.views import seed_pipeline, to_chw_uint8
 
@@ -19,6 +20,8 @@ class PairDataset(Dataset):
     ``derm``/``clinic`` are one uint8 CHW tensor when ``n_views`` is 1, else a list of them.
     ``index`` is the case's row in its data source, the key pseudo-labels are looked up by.
     ``store`` holds the unique images; ``derm_ids``/``clinic_ids`` point into it per row.
+    With ``tolerant`` (prediction), a case whose image cannot be read still gives an item: black
+    images of ``image_size`` and the reason in ``error`` (empty for the others).
     """
 
     def __init__(
@@ -32,6 +35,8 @@ class PairDataset(Dataset):
         derm_pipeline: A.Compose,
         clinic_pipeline: A.Compose,
         n_views: tuple[int, int] = (1, 1),
+        tolerant: bool = False,
+        image_size: int = 224,
     ) -> None:
         self.rows = np.asarray(rows, dtype=np.int64)
         self.store = store
@@ -41,21 +46,27 @@ class PairDataset(Dataset):
         self.pair_valid = torch.as_tensor(pair_valid, dtype=torch.bool)
         self.pipelines = (derm_pipeline, clinic_pipeline)
         self.n_views = n_views
+        self.tolerant = tolerant
+        self.image_size = image_size
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: int) -> Item:
         row = int(self.rows[i])
-        derm = self._views(self.store[self.derm_ids[row]], 0)
-        clinic = self._views(self.store[self.clinic_ids[row]], 1)
-        return {
-            "index": row,
-            "derm": derm,
-            "clinic": clinic,
-            "labels": self.labels[row],
-            "pair_valid": self.pair_valid[row],
-        }
+        item: Item = {"index": row, "labels": self.labels[row], "pair_valid": self.pair_valid[row]}
+        try:
+            item["derm"] = self._views(self.store[self.derm_ids[row]], 0)
+            item["clinic"] = self._views(self.store[self.clinic_ids[row]], 1)
+        except DataError as error:
+            if not self.tolerant:
+                raise
+            blank = torch.zeros(3, self.image_size, self.image_size, dtype=torch.uint8)
+            item.update(derm=blank, clinic=blank.clone(), error=str(error))
+            return item
+        if self.tolerant:
+            item["error"] = ""
+        return item
 
     def _views(self, image: np.ndarray, modality: int) -> torch.Tensor | list[torch.Tensor]:
         pipeline, n = self.pipelines[modality], self.n_views[modality]

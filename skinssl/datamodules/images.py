@@ -64,7 +64,8 @@ class ImageStore:
 
     ``memory``: all images decoded once (in threads) and kept as uint8 arrays; ``disk``: the same,
     also saved as ``.npy`` under ``cache_dir`` and memory-mapped on later runs; ``none``: decoded
-    on every access (the per-sample reference behaviour).
+    on every access (the per-sample reference behaviour). A missing or unreadable image is an
+    error at construction, or with ``strict=False`` on access (prediction reports it per case).
     """
 
     def __init__(
@@ -75,6 +76,7 @@ class ImageStore:
         mode: CacheMode = "memory",
         cache_dir: str | Path | None = None,
         threads: int = 2,
+        strict: bool = True,
     ) -> None:
         if mode == "disk" and cache_dir is None:
             raise ValueError("cache='disk' needs a cache_dir")
@@ -83,18 +85,32 @@ class ImageStore:
         self.size = size
         self.mode = mode
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self._arrays: list[np.ndarray] | None = None
+        self.strict = strict
+        self._arrays: list[np.ndarray | DataError] | None = None
         if mode != "none":
             with ThreadPoolExecutor(max(1, threads)) as pool:
-                self._arrays = list(pool.map(self._load, paths))
+                self._arrays = list(pool.map(self._load_or_keep_error, paths))
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        if self._arrays is not None:
-            return self._arrays[i]
-        return decode(self.paths[i], self.border, self.size)
+        """The decoded image; DataError if it cannot be read."""
+        if self._arrays is None:
+            return decode(self.paths[i], self.border, self.size)
+        item = self._arrays[i]
+        if isinstance(item, DataError):
+            raise item
+        return item
+
+    def _load_or_keep_error(self, path: Path) -> np.ndarray | DataError:
+        """``_load``; when not ``strict`` a failure is kept (raised on access) instead."""
+        try:
+            return self._load(path)
+        except DataError as error:
+            if self.strict:
+                raise
+            return error
 
     def _load(self, path: Path) -> np.ndarray:
         if self.mode != "disk":

@@ -111,3 +111,12 @@ class Normalize(torch.nn.Module):
         if self.mean.device != x.device:  # the datamodule is not moved with the model
             self.to(x.device)
         return (x.float() - self.mean) / self.std
+
+    def inverse(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised float -> uint8 image (for showing what the model was fed)."""
+        return (
+            (x.float() * self.std.to(x.device) + self.mean.to(x.device))
+            .round()
+            .clamp(0, 255)
+            .byte()
+        )

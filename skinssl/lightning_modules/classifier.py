@@ -16,10 +16,11 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
+from skinssl.evaluation import CaseOutputs
 from skinssl.labels import HEAD_NAMES, NUM_CLASSES, check_heads
 from skinssl.lightning_modules.checkpoints import check_hparams, load_part, load_trunks
 from skinssl.lightning_modules.losses import multi_head_cross_entropy
-from skinssl.lightning_modules.metrics import MultiHeadMetrics, per_class_rows, scalar_logs
+from skinssl.lightning_modules.metrics import HeadOutputs, scalar_logs
 from skinssl.lightning_modules.nets import Arch, PairEncoder
 from skinssl.lightning_modules.optim import Schedule, configure_adamw
 from skinssl.lightning_modules.relation import HPARAMS as RELATION_HPARAMS
@@ -106,9 +107,10 @@ class MultiLabelClassifier(L.LightningModule):
         self.classifiers = nn.ModuleDict({h: nn.Linear(in_dim, NUM_CLASSES[h]) for h in self.heads})
         if init_from:
             self._init_from(init_from)
-        self.val_metrics = MultiHeadMetrics(self.heads)
-        self.test_metrics = MultiHeadMetrics(self.heads)
-        self.test_results: dict | None = None
+        has_attention = self.relation is not None and len(self.relation.layers) > 0
+        self.val_store = HeadOutputs(self.heads)
+        self.test_store = HeadOutputs(self.heads, attention=has_attention)
+        self.test_outputs: CaseOutputs | None = None
         self._apply_setting()
         self.train(self.training)  # frozen parts in eval mode from the start
 
@@ -174,11 +176,18 @@ class MultiLabelClassifier(L.LightningModule):
     # ---------------------------------------------------------------- forward
     def forward(self, derm: torch.Tensor, clinic: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logits per head."""
+        return self.forward_with_attention(derm, clinic)[0]
+
+    def forward_with_attention(
+        self, derm: torch.Tensor, clinic: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """(logits per head, label-relation attention [B, L, L] averaged over layers, or None)."""
         fused = self.dropout(self.encoder(derm, clinic))
         if self.relation is None:
-            return {h: layer(fused) for h, layer in self.classifiers.items()}
-        tokens = self.relation(fused)
-        return {h: self.classifiers[h](tokens[:, i]) for i, h in enumerate(self.heads)}
+            return {h: layer(fused) for h, layer in self.classifiers.items()}, None
+        tokens, maps = self.relation.forward_with_attention(fused)
+        logits = {h: self.classifiers[h](tokens[:, i]) for i, h in enumerate(self.heads)}
+        return logits, torch.stack(maps).mean(dim=0) if maps else None
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         logits = self(batch["derm"], batch["clinic"])
@@ -186,28 +195,28 @@ class MultiLabelClassifier(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["index"]))
         return loss
 
-    def _update(self, metrics: MultiHeadMetrics, batch: Batch) -> None:
-        logits = self(batch["derm"], batch["clinic"])
+    def _update(self, store: HeadOutputs, batch: Batch) -> None:
+        logits, attention = self.forward_with_attention(batch["derm"], batch["clinic"])
         probs = {h: v.float().softmax(dim=1) for h, v in logits.items()}
-        labels = {h: batch["labels"][:, HEAD_NAMES.index(h)] for h in self.heads}
-        metrics.update(probs, labels, batch["index"])
+        store.update(batch["index"], probs, batch["labels"], attention)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._update(self.val_metrics, batch)
+        self._update(self.val_store, batch)
 
     def on_validation_epoch_end(self) -> None:
-        results = self.val_metrics.compute()
-        self.val_metrics.reset()
-        self.log_dict(scalar_logs(results, "val"))
+        logs = scalar_logs(self.val_store.compute(), "val")
+        self.val_store.reset()
+        self.log_dict(logs)
+        self.log("hp_metric", logs["val/auc_mean"])  # TensorBoard's HParams tab
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._update(self.test_metrics, batch)
+        self._update(self.test_store, batch)
 
     def on_test_epoch_end(self) -> None:
-        results = self.test_metrics.compute()
-        self.test_metrics.reset()
-        self.log_dict(scalar_logs(results, "test"))
-        self.test_results = {"per_class": per_class_rows(results), **results}
+        """Keeps the test outputs of all ranks as ``test_outputs`` for the report callbacks."""
+        self.test_outputs = self.test_store.compute()
+        self.test_store.reset()
+        self.log_dict(scalar_logs(self.test_outputs, "test"))
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
         logits = self(batch["derm"], batch["clinic"])

@@ -1,0 +1,44 @@
+"""Where a run's files go, and its TensorBoard writer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+from lightning.pytorch.loggers import TensorBoardLogger
+from matplotlib.figure import Figure
+
+from skinssl.evaluation.figures import save, to_rgb
+
+
+def log_dir(trainer: L.Trainer) -> Path:
+    """The run's log directory (the logger's, else the trainer's root)."""
+    path = trainer.log_dir if trainer.log_dir is not None else trainer.default_root_dir
+    return Path(path)
+
+
+def tensorboard(trainer: L.Trainer):  # noqa: ANN201 (torch.utils.tensorboard.SummaryWriter)
+    """The run's TensorBoard ``SummaryWriter``, or None without a TensorBoard logger."""
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            return logger.experiment
+    return None
+
+
+def publish(trainer: L.Trainer, fig: Figure, name: str, tag: str) -> Path:
+    """Save ``fig`` as ``<run dir>/figures/<name>.png`` and log it to TensorBoard as ``tag``."""
+    path = save(fig, log_dir(trainer) / "figures" / f"{name}.png")
+    writer = tensorboard(trainer)
+    if writer is not None:
+        writer.add_image(tag, to_rgb(fig), trainer.global_step, dataformats="HWC")
+        writer.flush()
+    return path
+
+
+def log_image(trainer: L.Trainer, tag: str, image: np.ndarray) -> None:
+    """An RGB uint8 image [H, W, 3] to TensorBoard (nothing without a TensorBoard logger)."""
+    writer = tensorboard(trainer)
+    if writer is not None:
+        writer.add_image(tag, image, trainer.global_step, dataformats="HWC")
+        writer.flush()
