@@ -151,3 +151,25 @@ def test_views_validation() -> None:
         Views(crop_scale=(0.0, 1.0)).check()
     with pytest.raises(ValueError, match="p_blur"):
         Views(p_blur=2.0).check()
+
+
+@pytest.mark.parametrize("cache", ["memory", "none"])
+def test_predict_reports_unreadable_images_per_case(tmp_path: Path, cache: str) -> None:
+    """Prediction keeps going past a missing and a truncated image, naming each; fit stops."""
+    path = make_csv(tmp_path, n=6)
+    (tmp_path / "img" / "c1.jpg").unlink()
+    truncated = tmp_path / "img" / "d4.jpg"
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    dm = dm_for(path, cache=cache, predict_split="all", eval_batch_size=6)
+    dm.setup("predict")
+    batch = next(iter(dm.predict_dataloader()))
+    assert batch["index"].tolist() == list(range(6))
+    errors = dict(enumerate(batch["error"]))
+    assert "image file not found" in errors[1] and "c1.jpg" in errors[1]
+    assert "cannot decode" in errors[4] and "d4.jpg" in errors[4]
+    assert all(errors[i] == "" for i in (0, 2, 3, 5))
+    assert batch["derm"].shape == (6, 3, 24, 24) and not batch["clinic"][1].any()
+    with pytest.raises(DataError, match="c1.jpg"):
+        strict = dm_for(path, cache=cache)
+        strict.setup("test")
+        next(iter(strict.test_dataloader()))

@@ -103,6 +103,7 @@ class PairedDataModule(L.LightningDataModule):
         drop_last: bool = True,
     ) -> None:
         super().__init__()
+        self.save_hyperparameters()  # with the subclass's arguments; logged with the run
         if not 0 < label_fraction <= 1:
             raise ValueError(
                 f"label_fraction = {label_fraction} is outside (0, 1]; use e.g. 0.1 for 10 %"

@@ -107,8 +107,12 @@ def attention_figure(
 
 
 def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """uint8 RGB image [H, W, 3] with a [0, 1] heatmap [H, W] blended in (jet colours)."""
+    """uint8 RGB image [H, W, 3] with a [0, 1] heatmap [H, W] blended in (jet colours); the
+    image unchanged for an all-zero map (no positive evidence: nothing to show)."""
     from matplotlib import colormaps
+
+    if not cam.any():
+        return image
 
     heat = colormaps["jet"](np.clip(cam, 0, 1))[..., :3]
     return (255 * ((1 - alpha) * image / 255 + alpha * heat)).clip(0, 255).astype(np.uint8)
