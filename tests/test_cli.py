@@ -111,6 +111,7 @@ def test_quickstart_chain_writes_the_report(quickstart_run: Path) -> None:
         "scalars"
     ]
     assert any(t.startswith("lr-AdamW") for t in tags["scalars"])
+    assert {"train/loss_DIAG", "train/loss_RS"} <= tags["scalars"]  # each head's term
     assert {"views/derm", "views/clinic", "test/roc/DIAG", "test/confusion/RS"} <= tags["images"]
     assert {"test/attention", "test/attention_by_diagnosis", "test/gradcam/DIAG_MEL"} <= tags[
         "images"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from abc import abstractmethod
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any
 
 import cv2
@@ -103,7 +103,10 @@ class PairedDataModule(L.LightningDataModule):
         drop_last: bool = True,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()  # with the subclass's arguments; logged with the run
+        # logged with the run and kept in checkpoints as plain values (loadable with weights_only)
+        self.save_hyperparameters(ignore=["derm_views", "clinic_views"])
+        views = {"derm_views": derm_views, "clinic_views": clinic_views or derm_views}
+        self.hparams.update({k: asdict(v) for k, v in views.items()})
         if not 0 < label_fraction <= 1:
             raise ValueError(
                 f"label_fraction = {label_fraction} is outside (0, 1]; use e.g. 0.1 for 10 %"

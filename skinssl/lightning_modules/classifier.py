@@ -19,7 +19,7 @@ from torch import nn
 from skinssl.evaluation import CaseOutputs
 from skinssl.labels import HEAD_NAMES, NUM_CLASSES, check_heads
 from skinssl.lightning_modules.checkpoints import check_hparams, load_part, load_trunks
-from skinssl.lightning_modules.losses import multi_head_cross_entropy
+from skinssl.lightning_modules.losses import mean_known_ce
 from skinssl.lightning_modules.metrics import HeadOutputs, scalar_logs
 from skinssl.lightning_modules.nets import Arch, PairEncoder
 from skinssl.lightning_modules.optim import Schedule, configure_adamw
@@ -191,8 +191,14 @@ class MultiLabelClassifier(L.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         logits = self(batch["derm"], batch["clinic"])
-        loss = multi_head_cross_entropy(logits, batch["labels"], self.heads)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["index"]))
+        labels = batch["labels"]
+        pairs = [(logits[h], labels[:, HEAD_NAMES.index(h)]) for h in self.heads]
+        loss, each = mean_known_ce(pairs, temperature=1.0)
+        n = len(batch["index"])
+        self.log_dict(
+            {f"train/loss_{h}": v for h, v in zip(self.heads, each, strict=True)}, batch_size=n
+        )
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
         return loss
 
     def _update(self, store: HeadOutputs, batch: Batch) -> None:

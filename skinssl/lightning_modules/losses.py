@@ -7,20 +7,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from skinssl.labels import HEAD_NAMES, UNKNOWN
-
-
-def multi_head_cross_entropy(
-    logits: dict[str, torch.Tensor], labels: torch.Tensor, heads: Sequence[str]
-) -> torch.Tensor:
-    """Mean over ``heads`` of each head's cross-entropy on its known labels.
-
-    ``labels`` is [B, 8] in schema order with -1 for unknown. Heads with no known label in the
-    batch are left out of the mean but stay in the graph (DDP expects every parameter to
-    receive a gradient); with none at all the loss is a zero that keeps the graph.
-    """
-    pairs = [(logits[h], labels[:, HEAD_NAMES.index(h)]) for h in heads]
-    return mean_known_ce(pairs, temperature=1.0)[0]
+from skinssl.labels import UNKNOWN
 
 
 def mean_known_ce(
