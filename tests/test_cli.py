@@ -187,6 +187,7 @@ def test_published_configs_fast_dev_run(
         "--data.init_args.image_size=32",
         "--data.init_args.cache_size=36",
         "--data.init_args.batch_size=4",
+        "--data.init_args.eval_batch_size=128",  # stage 2's k-means pass covers all 413 cases
         "--data.init_args.num_workers=0",
         "--model.init_args.backbone=resnet18",
         "--trainer.fast_dev_run=true",
