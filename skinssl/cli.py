@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
-from skinssl.callbacks import Explanations, PredictionWriter, SampleViews, TestReport
+from skinssl.callbacks import Explanations, PredictionWriter, Preemption, SampleViews, TestReport
+from skinssl.callbacks.preemption import checkpoint_dir
 
 
 class SaveStageConfig(SaveConfigCallback):
@@ -27,7 +27,8 @@ class SaveStageConfig(SaveConfigCallback):
 class SkinSSLCLI(LightningCLI):
     """LightningCLI with skinssl's callbacks always attached, each configurable under its name:
     ``report`` (test report), ``explain`` (attention maps, Grad-CAM), ``predictions`` (the
-    predict CSV), ``views`` (sample training views). ``fit --resume true`` continues from the
+    predict CSV), ``views`` (sample training views), ``preemption`` (checkpoint, requeue and
+    exit on SIGUSR1). ``fit --resume true`` continues from the
     run directory's ``last.ckpt`` when there is one. ``validate``/``test``/``predict`` with a
     ``ckpt_path`` take every weight from it, so ``init_from`` and ``weights`` are not read."""
 
@@ -36,6 +37,7 @@ class SkinSSLCLI(LightningCLI):
         parser.add_lightning_class_args(Explanations, "explain")
         parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.add_lightning_class_args(SampleViews, "views")
+        parser.add_lightning_class_args(Preemption, "preemption")
         parser.add_argument(
             "--resume",
             type=bool,
@@ -67,9 +69,7 @@ class SkinSSLCLI(LightningCLI):
         config = self.config_init[self.subcommand]
         if not config.get("resume") or config.get("ckpt_path"):
             return
-        callback = self.trainer.checkpoint_callback
-        folder = getattr(callback, "dirpath", None) or Path(self.trainer.log_dir) / "checkpoints"
-        last = Path(folder) / "last.ckpt"
+        last = checkpoint_dir(self.trainer) / "last.ckpt"
         if last.is_file():
             rank_zero_info(f"resume: continuing from {last}")
             config["ckpt_path"] = str(last)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import cv2
+import lightning as L
 import numpy as np
 
 
@@ -39,3 +42,15 @@ def run_gloo(fn, world: int, out_dir: Path) -> list:
 
     mp.spawn(_gloo_entry, args=(fn, world, str(out_dir)), nprocs=world, join=True)
     return [torch.load(out_dir / f"rank{r}.pt") for r in range(world)]
+
+
+class SignalAt(L.Callback):
+    """Sends this process ``SIGUSR1`` before training step ``step``: a stand-in for SLURM's
+    warning before the time limit (usable from the CLI as ``helpers.SignalAt``)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGUSR1)

@@ -240,3 +240,37 @@ def test_same_seed_same_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     same = all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     other = all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
     assert same and not other
+
+
+def test_signal_mid_epoch_then_same_command_gives_same_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGUSR1 mid-epoch: checkpoint and exit; the same command with --resume true then ends
+    with the weights of an uninterrupted run (deterministic CPU; 0 vs 2 loader workers)."""
+    args = [
+        *TINY_SYNTHETIC,
+        "--data.init_args.root=../synthetic",
+        "--trainer.max_epochs=2",  # 3 batches per epoch
+        "--trainer.deterministic=true",
+        "--resume=true",
+    ]
+    last = Path("runs/quickstart/stage1/checkpoints/last.ckpt")
+    (tmp_path / "whole").mkdir()
+    monkeypatch.chdir(tmp_path / "whole")
+    run("fit", "configs/quickstart/stage1.yaml", *args)
+    whole = torch.load(last, weights_only=True)
+    assert whole["global_step"] == 6
+
+    (tmp_path / "cut").mkdir()
+    monkeypatch.chdir(tmp_path / "cut")
+    cut = [*args, "--data.init_args.num_workers=2"]
+    signal_at = ["--trainer.callbacks+=helpers.SignalAt", "--trainer.callbacks.step=4"]
+    with pytest.raises(SystemExit, match="stopped by SIGUSR1 at step 5"):  # finishes the batch
+        run("fit", "configs/quickstart/stage1.yaml", *cut, *signal_at)
+    stopped = torch.load(last, weights_only=True)
+    assert (stopped["epoch"], stopped["global_step"]) == (1, 5)  # mid-epoch: 2 of 3 batches
+    run("fit", "configs/quickstart/stage1.yaml", *cut)  # the same command, restarted
+    resumed = torch.load(last, weights_only=True)
+    assert resumed["global_step"] == 6
+    for key, value in whole["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key

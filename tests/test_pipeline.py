@@ -123,27 +123,54 @@ def test_disk_cache_reused(tmp_path: Path) -> None:
     assert dm.dataset("train", train=True)[0]["derm"].shape == (3, 24, 24)
 
 
-def _epoch(loader) -> torch.Tensor:
-    return torch.cat([b["derm"].float() for b in loader])
+def _epoch(loader, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(case index, dermoscopic views) of one training epoch, as Lightning runs it."""
+    loader.sampler.set_epoch(epoch)
+    batches = list(loader)
+    return torch.cat([b["index"] for b in batches]), torch.cat([b["derm"] for b in batches])
 
 
-def test_workers_seeded_reproducible_and_distinct(tmp_path: Path) -> None:
+def test_views_follow_seed_epoch_and_case_not_workers(tmp_path: Path) -> None:
     path = make_csv(tmp_path, n=20)
 
-    def run(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def run(seed: int, workers: int, epoch: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         torch.manual_seed(seed)
         views = Views(n=1, p_color_jitter=1.0)
-        dm = dm_for(path, num_workers=2, batch_size=2, derm_views=views, drop_last=False)
+        dm = dm_for(path, num_workers=workers, batch_size=2, derm_views=views, drop_last=False)
         dm.setup("fit")
-        loader = dm.train_dataloader()
-        return _epoch(loader), _epoch(loader)
+        return _epoch(dm.train_dataloader(), epoch)
 
-    a1, a2 = run(0)
-    b1, _ = run(0)
-    c1, _ = run(1)
-    assert torch.equal(a1, b1)  # same seed -> same views
-    assert not torch.equal(a1, c1)  # other seed -> other views
-    assert not torch.equal(a1, a2)  # next epoch -> new views
+    order, views = run(0, workers=2)
+    assert sorted(order.tolist()) == list(range(16))  # the 16 training cases, shuffled
+    same_order, same_views = run(0, workers=0)
+    assert torch.equal(order, same_order) and torch.equal(views, same_views)
+    other_order, other_views = run(1, workers=2)
+    assert not torch.equal(order, other_order)
+    next_order, next_views = run(0, workers=2, epoch=1)
+    assert not torch.equal(order, next_order)
+    # the same case gets new views in the next epoch, and other views under another seed
+    for o, v in ((next_order, next_views), (other_order, other_views)):
+        position = {int(c): i for i, c in enumerate(o)}
+        same_case = v[[position[int(c)] for c in order]]
+        assert all(not torch.equal(a, b) for a, b in zip(views, same_case, strict=True))
+
+
+def test_loader_resumes_mid_epoch(tmp_path: Path) -> None:
+    """After k batches of epoch e, a loader restored from the state gives batches k+1, ..."""
+    torch.manual_seed(0)
+    dm = dm_for(make_csv(tmp_path, n=20), batch_size=2, drop_last=False)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    order, views = _epoch(loader, 3)
+    resumed = dm.train_dataloader()
+    resumed.load_state_dict({"epoch": 3, "batches": 2})
+    rest = list(resumed)
+    assert torch.equal(torch.cat([b["index"] for b in rest]), order[4:])
+    assert torch.equal(torch.cat([b["derm"] for b in rest]), views[4:])
+    # a state taken at the end of an epoch resumes at the start of the next one
+    resumed.load_state_dict({"epoch": 3, "batches": len(resumed)})
+    next_order, _ = _epoch(loader, 4)
+    assert torch.equal(torch.cat([b["index"] for b in resumed]), next_order)
 
 
 def test_views_validation() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from lightning.fabric.plugins.environments import SLURMEnvironment
 
+from skinssl.callbacks import Preemption
 from skinssl.cli import build_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,4 +63,7 @@ def test_lightning_picks_up_a_two_task_job(
     assert (trainer.local_rank, trainer.node_rank) == (layout["local_rank"], layout["node_id"])
     assert trainer.num_nodes == layout["nodes"] and trainer.num_devices == layout["per_node"]
     assert cluster.main_address == "node001"
-    assert Path(trainer.default_root_dir).name == "slurm-4242"  # requeue checkpoints go here
+    # a requeued job runs the same line: it resumes from the run's last.ckpt
+    assert cli.config.resume is True
+    preemption = [c for c in trainer.callbacks if isinstance(c, Preemption)]
+    assert [c.signal_name for c in preemption] == ["SIGUSR1"]

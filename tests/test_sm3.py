@@ -12,6 +12,7 @@ from skinssl.callbacks import KMeansPseudoLabels
 from skinssl.datamodules import SyntheticDerm7ptDataModule, Views
 from skinssl.labels import CRITERIA, HEAD_NAMES
 from skinssl.lightning_modules import MultiLabelClassifier, SM3Contrastive, SM3PseudoLabels
+from skinssl.lightning_modules.optim import schedule_steps
 
 SMALL = dict(backbone="resnet18")
 
@@ -178,3 +179,24 @@ def test_lr_scaled_with_global_batch(pretrained) -> None:
     scale = 8 * 1 * 2 / 4  # batch 8 x 1 device x 2 accumulated / reference 4
     rates = [g["initial_lr"] for g in trainer.optimizers[0].param_groups]
     assert rates == pytest.approx([1e-3 * scale, 1e-4 * scale])
+
+
+class CompareSteps(L.Callback):
+    """Records (our schedule's total steps, Lightning's estimate) once training starts."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.steps = (schedule_steps(trainer, 1)[1], trainer.estimated_stepping_batches)
+
+
+@pytest.mark.parametrize(
+    "limits", [dict(), dict(limit_train_batches=0.5, accumulate_grad_batches=2), dict(max_steps=3)]
+)
+def test_schedule_steps_equal_lightnings_estimate(pretrained, limits: dict) -> None:
+    root, _, _ = pretrained
+    compare = CompareSteps()
+    trainer = L.Trainer(
+        max_epochs=2, limit_val_batches=0, accelerator="cpu", logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, callbacks=[compare], **limits,
+    )  # fmt: skip
+    trainer.fit(MultiLabelClassifier(schedule="cosine", **SMALL), data(root, Views()))
+    assert compare.steps[0] == compare.steps[1]

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from skinssl.datamodules.cases import Cases, DataError
 from skinssl.datamodules.dataset import PairDataset, seed_worker
 from skinssl.datamodules.images import CacheMode, ImageStore
+from skinssl.datamodules.resumable import EpochSampler, ResumableLoader
 from skinssl.datamodules.views import (
     DERM7PT_MEAN,
     DERM7PT_STD,
@@ -215,28 +216,43 @@ class PairedDataModule(L.LightningDataModule):
         tolerant = self._tolerant and not train
         ds = PairDataset(
             rows, self._store, *self._ids, labels, cases.pair_valid, *pipes, n_views,
-            tolerant, self.image_size,
+            tolerant, self.image_size, case_seed=torch.initial_seed() % 2**32,
         )  # fmt: skip
         ds.seed((torch.initial_seed() + 1_000_003 * self._rank()) % 2**32)  # used without workers
         return ds
 
     def loader(self, dataset: PairDataset, train: bool) -> DataLoader:
-        """A DataLoader with seeded workers (distinct per rank), pinned memory, kept workers."""
-        generator = torch.Generator()
-        generator.manual_seed((torch.initial_seed() + 1_000_003 * self._rank()) % 2**63)
+        """A DataLoader with seeded workers, pinned memory and kept workers.
+
+        Training: a :class:`ResumableLoader` whose order (per epoch) and views (per case and
+        epoch) follow from the run's seed alone, whatever the worker count, that shards the
+        cases over the ranks and resumes mid-epoch from a checkpoint.
+        """
         world = self.trainer.world_size if self.trainer is not None else 1
-        per_rank = -(-len(dataset) // world)
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            drop_last=train and self.drop_last and per_rank > self.batch_size,
+        common = dict(
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
             worker_init_fn=seed_worker,
-            generator=generator,
         )
+        if not train:
+            return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, **common)
+        sampler = EpochSampler(dataset, world, self._rank(), shuffle=True, seed=dataset.case_seed)
+        per_rank = len(sampler)
+        return ResumableLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            drop_last=self.drop_last and per_rank > self.batch_size,
+            trained_batches=self._trained_batches,
+            **common,
+        )
+
+    def _trained_batches(self) -> int:
+        """Batches of the current epoch the training loop has finished (for a checkpoint)."""
+        if self.trainer is None:
+            return 0
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def train_dataloader(self) -> DataLoader:
         return self.loader(self.dataset("train", train=True), train=True)

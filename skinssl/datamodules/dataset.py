@@ -20,8 +20,9 @@ class PairDataset(Dataset):
     ``derm``/``clinic`` are one uint8 CHW tensor when ``n_views`` is 1, else a list of them.
     ``index`` is the case's row in its data source, the key pseudo-labels are looked up by.
     ``store`` holds the unique images; ``derm_ids``/``clinic_ids`` point into it per row.
-    With ``tolerant`` (prediction), a case whose image cannot be read still gives an item: black
-    images of ``image_size`` and the reason in ``error`` (empty for the others).
+    ``case_seed`` seeds the views of ``(position, epoch)`` keys. With ``tolerant`` (prediction),
+    a case whose image cannot be read still gives an item: black images of ``image_size`` and
+    the reason in ``error`` (empty for the others).
     """
 
     def __init__(
@@ -37,6 +38,7 @@ class PairDataset(Dataset):
         n_views: tuple[int, int] = (1, 1),
         tolerant: bool = False,
         image_size: int = 224,
+        case_seed: int = 0,
     ) -> None:
         self.rows = np.asarray(rows, dtype=np.int64)
         self.store = store
@@ -47,13 +49,21 @@ class PairDataset(Dataset):
         self.pipelines = (derm_pipeline, clinic_pipeline)
         self.n_views = n_views
         self.tolerant = tolerant
+        self.case_seed = case_seed
         self.image_size = image_size
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int) -> Item:
-        row = int(self.rows[i])
+    def __getitem__(self, key: int | tuple[int, int]) -> Item:
+        """Item at position ``key``. A ``(position, epoch)`` key (from an ``EpochSampler``) seeds
+        the views from (``case_seed``, epoch, case): the same views wherever it is loaded."""
+        if isinstance(key, tuple):
+            i, epoch = key
+            row = int(self.rows[i])
+            self.seed(views_seed(self.case_seed, epoch, row))
+        else:
+            row = int(self.rows[key])
         item: Item = {"index": row, "labels": self.labels[row], "pair_valid": self.pair_valid[row]}
         try:
             item["derm"] = self._views(self.store[self.derm_ids[row]], 0)
@@ -77,6 +87,11 @@ class PairDataset(Dataset):
         """Seed both pipelines (distinct streams per modality)."""
         seed_pipeline(self.pipelines[0], seed)
         seed_pipeline(self.pipelines[1], seed + 1_000_003)
+
+
+def views_seed(seed: int, epoch: int, row: int) -> int:
+    """A well-mixed 32-bit seed for the views of case ``row`` in ``epoch`` of a run."""
+    return int(np.random.SeedSequence([seed, epoch, row]).generate_state(1)[0])
 
 
 def seed_worker(worker_id: int) -> None:

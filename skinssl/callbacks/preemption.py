@@ -1,0 +1,105 @@
+"""Stopping cleanly when the job is about to be killed: checkpoint, requeue, exit.
+
+SLURM sends a signal (``#SBATCH --signal=USR1@120``) some time before the limit. The handler
+only notes it; at the end of the current training batch every rank agrees, ``last.ckpt`` is
+saved where ``fit --resume true`` looks for it, the SLURM job is requeued, and the process
+exits. The restarted job (or the same command run again) continues from that batch, with the
+same data order and views (see :mod:`skinssl.datamodules.resumable`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from skinssl.callbacks.run_dir import log_dir
+
+
+def checkpoint_dir(trainer: L.Trainer) -> Path:
+    """The run's checkpoint folder: the ModelCheckpoint's, else ``<run dir>/checkpoints``."""
+    callback = trainer.checkpoint_callback
+    folder = getattr(callback, "dirpath", None)
+    return Path(folder) if folder else log_dir(trainer) / "checkpoints"
+
+
+def requeue_slurm_job() -> None:
+    """``scontrol requeue`` this SLURM job (array task aware); a warning if it fails."""
+    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    job = (
+        f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+        if array_job
+        else os.environ["SLURM_JOB_ID"]
+    )
+    try:
+        done = subprocess.run(["scontrol", "requeue", job], check=False).returncode
+    except FileNotFoundError:
+        done = -1
+    if done != 0:
+        rank_zero_warn(f"preemption: could not requeue SLURM job {job} (scontrol: {done})")
+
+
+class Preemption(L.Callback):
+    """On ``signal`` during ``fit``: finish the batch, save ``checkpoints/last.ckpt``, requeue
+    (under SLURM) and exit with a message saying how to continue.
+
+    Args:
+        signal_name: the signal to handle (``SIGUSR1``, as the SLURM templates send; ``none``
+            turns this off).
+        check_every_n_batches: with several processes, how often the ranks agree on whether
+            the signal came (a small all-reduce); one process checks every batch.
+    """
+
+    def __init__(self, signal_name: str = "SIGUSR1", check_every_n_batches: int = 10) -> None:
+        if signal_name != "none" and not hasattr(signal, signal_name):
+            raise ValueError(f"preemption: unknown signal {signal_name!r}; e.g. SIGUSR1, SIGTERM")
+        self.signal_name = signal_name
+        self.check_every_n_batches = max(1, check_every_n_batches)
+        self.received = False
+        self._previous: Any = None
+
+    def _note(self, signum: int, frame: Any) -> None:
+        self.received = True
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.signal_name == "none":
+            return
+        self.received = False
+        try:
+            self._previous = signal.signal(getattr(signal, self.signal_name), self._note)
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous = None
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._previous is not None:
+            signal.signal(getattr(signal, self.signal_name), self._previous)
+            self._previous = None
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+        batch_idx: int,
+    ) -> None:  # fmt: skip
+        if self.signal_name == "none":
+            return
+        stop = self.received
+        if trainer.world_size > 1:
+            if (batch_idx + 1) % self.check_every_n_batches:
+                return
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if not stop:
+            return
+        path = checkpoint_dir(trainer) / "last.ckpt"
+        trainer.save_checkpoint(path)
+        rank_zero_info(f"preemption: {self.signal_name} received; saved {path}")
+        if "SLURM_JOB_ID" in os.environ and trainer.is_global_zero:
+            requeue_slurm_job()
+        self.on_fit_end(trainer, pl_module)
+        raise SystemExit(
+            f"stopped by {self.signal_name} at step {trainer.global_step}: checkpoint {path}. "
+            "Run the same command with --resume true to continue."
+        )

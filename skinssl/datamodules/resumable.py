@@ -1,0 +1,59 @@
+"""Training order that is a function of (seed, epoch) and can resume in the middle of an epoch.
+
+The sampler yields ``(position, epoch)`` keys: the dataset seeds each case's augmentations from
+(seed, epoch, case), so a case gets the same views whichever worker, rank or restart loads it.
+The loader implements Lightning's ``state_dict``/``load_state_dict`` protocol: a checkpoint
+taken mid-epoch records the epoch and the batches already trained on, and the resumed loader
+starts with the next batch of the same permutation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+
+class EpochSampler(DistributedSampler):
+    """``DistributedSampler`` (seeded permutation per epoch, one shard per rank) that yields
+    ``(position, epoch)`` and can skip the first ``skip`` keys of its next iteration."""
+
+    def __init__(
+        self, dataset: Dataset, num_replicas: int, rank: int, shuffle: bool, seed: int
+    ) -> None:
+        super().__init__(dataset, num_replicas, rank, shuffle=shuffle, seed=seed)
+        self.skip = 0
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        skip, self.skip = self.skip, 0
+        epoch = self.epoch
+        return iter([(i, epoch) for i in list(super().__iter__())[skip:]])
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader over an :class:`EpochSampler` whose position survives a checkpoint.
+
+    ``trained_batches`` returns how many batches of the current epoch the training loop has
+    finished (the loader itself runs ahead of the loop by its prefetch).
+    """
+
+    def __init__(
+        self, *args: Any, trained_batches: Callable[[], int] = lambda: 0, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.sampler, EpochSampler):
+            raise TypeError("ResumableLoader needs an EpochSampler")
+        self.trained_batches = trained_batches
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.sampler.epoch, "batches": int(self.trained_batches())}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume after ``state["batches"]`` batches of epoch ``state["epoch"]`` (the next
+        epoch from its start when that epoch was complete)."""
+        epoch, batches = state["epoch"], state["batches"]
+        if batches >= len(self):
+            epoch, batches = epoch + 1, 0
+        self.sampler.set_epoch(epoch)
+        self.sampler.skip = batches * self.batch_size
