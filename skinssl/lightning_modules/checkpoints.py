@@ -70,9 +70,16 @@ def load_trunks(
 ) -> tuple[dict[str, torch.Tensor], dict]:
     """Load a checkpoint's ``encoder.*`` trunks after checking backbone and trunk sharing.
 
+    A single-modality pretraining checkpoint (``modality: derm|clinic``) holds its one trunk
+    under both names and initialises both trunks, whatever ``share_trunk``; a checkpoint
+    without ``share_trunk`` (a multi-modal baseline) has two trunks.
     Returns the checkpoint's (state_dict, hyper_parameters) for the caller's other parts.
     """
     state, hparams = read_checkpoint(path)
-    check_hparams(hparams, {"backbone": backbone, "share_trunk": share_trunk}, path)
+    expected: dict[str, object] = {"backbone": backbone}
+    if hparams.get("modality") not in ("derm", "clinic"):
+        hparams = {"share_trunk": False, **hparams}
+        expected["share_trunk"] = share_trunk
+    check_hparams(hparams, expected, path)
     load_part(encoder, state, "encoder.", path)
     return state, hparams

@@ -87,16 +87,29 @@ def _nt_xent(
     pos_cols = torch.cat([own + total, own])
     logits = logits.index_put((rows, self_cols), torch.tensor(float("-inf"), device=a.device))
     per_anchor = F.cross_entropy(logits, pos_cols, reduction="none")
-    weight = torch.ones(2 * n, device=a.device) if valid is None else valid.float().repeat(2)
-    total_loss = (per_anchor * weight).sum()
-    world = _world()[1] if gather else 1
+    weight = None if valid is None else valid.float().repeat(2)
+    return global_mean(per_anchor, weight, across_ranks=gather)
+
+
+def global_mean(
+    values: torch.Tensor, weight: torch.Tensor | None = None, across_ranks: bool = True
+) -> torch.Tensor:
+    """Weighted mean of per-sample ``values`` over all ranks' samples (0 if no weight).
+
+    Each rank passes its own samples. The result is scaled so that DDP's gradient averaging
+    over ranks gives the gradient of the whole-batch mean, even when ranks hold different
+    numbers of valid samples; every rank reports the whole-batch value. Without a process
+    group (or with ``across_ranks`` False) it is the local weighted mean.
+    """
+    if weight is None:
+        weight = torch.ones_like(values)
+    total = (values * weight).sum()
+    world = _world()[1] if across_ranks else 1
     if world == 1:
-        return total_loss / weight.sum().clamp(min=1.0)
-    # Scaled so that DDP's gradient averaging over ranks gives the whole-batch gradient ...
+        return total / weight.sum().clamp(min=1.0)
     count = weight.sum().detach().clone()
     torch.distributed.all_reduce(count)
-    loss = total_loss * world / count.clamp(min=1.0)
-    # ... while every rank reports the whole-batch value.
+    loss = total * world / count.clamp(min=1.0)
     mean = loss.detach().clone()
     torch.distributed.all_reduce(mean)
     return loss + (mean / world - loss.detach())

@@ -1,0 +1,137 @@
+"""What every baseline pretraining method shares: trunks, modality choice, views, loss, optimiser.
+
+A method subclasses :class:`Pretraining` and says only what is its own: the heads it adds,
+``encode`` (a modality's two views -> its outputs), ``intra_loss`` (one modality's two views)
+and, if it has one, ``cross_loss`` (dermoscopic vs clinical views of the same case).
+
+``modality``: ``derm`` or ``clinic`` pretrain one trunk on that modality's images only; the
+trunk is shared by both names of the :class:`PairEncoder`, so the checkpoint holds it as
+``encoder.derm`` and ``encoder.clinic`` and initialises both trunks of a downstream model (every
+row of a comparison then has the same downstream model and inputs). ``both`` trains two trunks:
+each modality's intra-modal loss plus ``cross_weight`` times the cross-modal term.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from skinssl.lightning_modules.nets import Arch, PairEncoder
+from skinssl.lightning_modules.optim import Schedule, configure_adamw
+
+Modality = Literal["derm", "clinic", "both"]
+MODALITIES: tuple[str, ...] = ("derm", "clinic", "both")
+Outputs = dict[str, Tensor]
+
+
+def halves(x: Tensor) -> tuple[Tensor, Tensor]:
+    """(view 1, view 2) rows of a tensor holding both views stacked."""
+    n = x.shape[0] // 2
+    return x[:n], x[n:]
+
+
+class Pretraining(L.LightningModule):
+    """Base of the baseline pretraining methods (not used on its own).
+
+    Args:
+        modality: ``derm``, ``clinic`` (one trunk) or ``both`` (two trunks, cross-modal term).
+        backbone: torchvision ResNet of each trunk.
+        weights: trunk initialisation: None, ``"imagenet"`` or a local state-dict file.
+        cross_weight: weight of the cross-modal term (``both`` only; methods without one: 0).
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        schedule: ``constant`` or ``cosine`` (per step, after warm-up).
+        warmup_epochs: epochs of linear warm-up.
+        lr_reference_batch: if set, learning rates are multiplied by global batch size / this.
+    """
+
+    has_cross: ClassVar[bool] = True
+    """Whether the method defines a cross-modal term (``cross_loss``)."""
+
+    def __init__(
+        self,
+        modality: Modality,
+        backbone: Arch,
+        weights: str | None,
+        cross_weight: float,
+        lr: float,
+        weight_decay: float,
+        schedule: Schedule,
+        warmup_epochs: float,
+        lr_reference_batch: int | None,
+    ) -> None:
+        super().__init__()
+        if modality not in MODALITIES:
+            raise ValueError(f"modality {modality!r} is not one of {', '.join(MODALITIES)}")
+        if cross_weight < 0:
+            raise ValueError(f"cross_weight must be >= 0, got {cross_weight}")
+        # a method without a cross-modal term has no cross_weight argument to record
+        self.save_hyperparameters(ignore=None if self.has_cross else ["cross_weight"])
+        self.cross_weight = cross_weight
+        self.modalities = ("derm", "clinic") if modality == "both" else (modality,)
+        self.encoder = PairEncoder(backbone, weights, share_trunk=modality != "both")
+        self.feature_dim = self.encoder.feature_dim
+
+    @property
+    def uses_cross(self) -> bool:
+        return self.hparams.modality == "both" and self.has_cross and self.cross_weight > 0
+
+    def trunk(self, modality: str) -> nn.Module:
+        return getattr(self.encoder, modality)
+
+    def per_modality(self, make: Callable[[], nn.Module]) -> nn.ModuleDict:
+        """One new module (a head) per trained modality."""
+        return nn.ModuleDict({m: make() for m in self.modalities})
+
+    # ------------------------------------------------------------ per method
+    def encode(self, modality: str, views: Tensor) -> Outputs:
+        """A modality's outputs for its two views stacked [2N, ...] (one trunk pass)."""
+        raise NotImplementedError
+
+    def intra_loss(self, modality: str, out: Outputs) -> Tensor:
+        """The method's loss between the two views of one modality."""
+        raise NotImplementedError
+
+    def cross_loss(self, derm: Outputs, clinic: Outputs, valid: Tensor) -> Tensor:
+        """The method's loss between dermoscopic and clinical views of the same cases, over the
+        cases whose ``valid`` is True, on the scale of one intra-modal term."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- shared
+    def two_views(self, batch: dict[str, Any], modality: str) -> Tensor:
+        """Both views of ``modality`` stacked [2N, 3, H, W]; a clear error without two."""
+        views = batch[modality]
+        if not isinstance(views, list) or len(views) != 2:
+            got = len(views) if isinstance(views, list) else 1
+            raise ValueError(
+                f"{type(self).__name__} needs 2 views of the {modality} image per case, got "
+                f"{got}; set data.init_args.{modality}_views.n: 2 (e.g. the simclr views; "
+                "clinic_views defaults to derm_views)"
+            )
+        return torch.cat(views)
+
+    def loss_terms(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Each unweighted term: ``intra_<modality>`` per modality, ``cross`` if used."""
+        out = {m: self.encode(m, self.two_views(batch, m)) for m in self.modalities}
+        terms = {f"intra_{m}": self.intra_loss(m, out[m]) for m in self.modalities}
+        if self.uses_cross:
+            terms["cross"] = self.cross_loss(out["derm"], out["clinic"], batch["pair_valid"])
+        return terms
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        terms = self.loss_terms(batch)
+        loss = sum(v for k, v in terms.items() if k.startswith("intra_"))
+        if "cross" in terms:
+            loss = loss + self.cross_weight * terms["cross"]
+        n = len(batch["index"])
+        logs = {"train/loss": loss, **{f"train/loss_{k}": v for k, v in terms.items()}}
+        self.log_dict(logs, batch_size=n)
+        self.log("loss", loss, batch_size=n, prog_bar=True, logger=False)
+        return loss
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        return configure_adamw(self, [{"params": list(self.parameters()), "lr": self.hparams.lr}])

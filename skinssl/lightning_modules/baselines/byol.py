@@ -1,0 +1,86 @@
+"""BYOL (Grill et al., 2020): an online network predicts a momentum target's projection.
+
+Per modality: online trunk -> projector -> predictor; the target is the momentum copy of the
+trunk and projector (EMA after every optimiser step, rate rising from ``momentum`` to
+``momentum_end`` on a cosine, as in the paper). Loss: normalised MSE (2 - 2 cos), symmetrised
+over the two views. The saved ``encoder.*`` is the online trunk.
+
+Cross-modal term: each modality's online prediction of the other modality's target projection
+of the same view index (derm -> clinic and clinic -> derm, both views, averaged), over cases with
+a real clinical image.
+"""
+
+from __future__ import annotations
+
+from lightly.models.modules.heads import BYOLPredictionHead, BYOLProjectionHead
+from torch import Tensor
+
+from skinssl.lightning_modules.baselines.base import Modality, Outputs, halves
+from skinssl.lightning_modules.baselines.losses import normalized_mse
+from skinssl.lightning_modules.baselines.momentum import MomentumPretraining
+from skinssl.lightning_modules.nets import Arch
+from skinssl.lightning_modules.optim import Schedule
+
+
+class BYOL(MomentumPretraining):
+    """BYOL, single- or multi-modal (see the module docstring); heads are lightly's.
+
+    Args:
+        modality: ``derm``, ``clinic`` or ``both``.
+        backbone: torchvision ResNet of each trunk.
+        weights: trunk initialisation: None, ``"imagenet"`` or a local state-dict file.
+        cross_weight: weight of the cross-modal term (``both``).
+        proj_hidden: hidden width of projector and predictor (paper: 4096).
+        proj_dim: output size of projector and predictor (paper: 256).
+        momentum: EMA rate of the target at the first step (paper: 0.996).
+        momentum_end: EMA rate at the last step (paper: 1.0).
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        schedule: ``constant`` or ``cosine``.
+        warmup_epochs: epochs of linear warm-up.
+        lr_reference_batch: if set, learning rates are multiplied by global batch size / this.
+    """
+
+    def __init__(
+        self,
+        modality: Modality = "both",
+        backbone: Arch = "resnet50",
+        weights: str | None = None,
+        cross_weight: float = 1.0,
+        proj_hidden: int = 4096,
+        proj_dim: int = 256,
+        momentum: float = 0.99,
+        momentum_end: float = 1.0,
+        lr: float = 1e-4,
+        weight_decay: float = 0.05,
+        schedule: Schedule = "constant",
+        warmup_epochs: float = 0,
+        lr_reference_batch: int | None = None,
+    ) -> None:
+        super().__init__(
+            modality, backbone, weights, cross_weight, lr, weight_decay, schedule,
+            warmup_epochs, lr_reference_batch,
+        )  # fmt: skip
+        self.projectors = self.per_modality(
+            lambda: BYOLProjectionHead(self.feature_dim, proj_hidden, proj_dim)
+        )
+        self.predictors = self.per_modality(
+            lambda: BYOLPredictionHead(proj_dim, proj_hidden, proj_dim)
+        )
+        self.init_momentum()
+
+    def encode(self, modality: str, views: Tensor) -> Outputs:
+        z = self.projectors[modality](self.trunk(modality)(views))
+        return {"p": self.predictors[modality](z), "target": self.momentum_embed(modality, views)}
+
+    def intra_loss(self, modality: str, out: Outputs) -> Tensor:
+        (p1, p2), (t1, t2) = halves(out["p"]), halves(out["target"])
+        return (normalized_mse(p1, t2) + normalized_mse(p2, t1)) / 2
+
+    def cross_loss(self, derm: Outputs, clinic: Outputs, valid: Tensor) -> Tensor:
+        terms = [
+            normalized_mse(p, t, valid)
+            for a, b in ((derm, clinic), (clinic, derm))
+            for p, t in zip(halves(a["p"]), halves(b["target"]), strict=True)
+        ]
+        return sum(terms) / len(terms)

@@ -1,0 +1,113 @@
+"""DeepCluster-v2 (Caron et al., 2020): predict k-means cluster ids of the cases' embeddings.
+
+Per modality: trunk -> projector (lightly's SwAV head) -> L2-normalised embedding, scored
+against the modality's k-means centroids. Every epoch the ``KMeansPseudoLabels`` callback
+(features: a clean eval-mode pass) clusters each modality's embeddings of the training split
+and hands the centroids and assignments over through the clustering protocol
+(``cluster_sizes``/``cluster_embeddings``/``set_clusters``); the loss is the cross-entropy of
+each view's scores / T against its case's cluster id. The prototypes are the centroids and are
+not trained (the released DeepCluster-v2 recipe freezes them for all its iterations). One
+clustering per modality (the callback's k-means seed is shared by its heads, so several
+clusterings of one modality with the same K would coincide).
+
+No cross-modal term: the prototypes are centroids of one modality's embedding space, and
+nothing in DeepCluster-v2 puts the two modalities in a shared space where one modality's cluster
+ids could be predicted from the other's embedding (SwAV, whose prototypes are shared and whose
+codes are online, is the clustering method with a natural cross-modal term).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from lightly.models.modules.heads import SwaVProjectionHead
+from torch import Tensor
+
+from skinssl.lightning_modules.baselines.base import Modality, Pretraining
+from skinssl.lightning_modules.baselines.losses import prototype_cross_entropy
+from skinssl.lightning_modules.nets import Arch
+from skinssl.lightning_modules.optim import Schedule
+
+
+class DeepClusterV2(Pretraining):
+    """DeepCluster-v2, single- or multi-modal; needs the ``KMeansPseudoLabels`` callback.
+
+    Args:
+        modality: ``derm``, ``clinic`` or ``both`` (one clustering per modality).
+        backbone: torchvision ResNet of each trunk.
+        weights: trunk initialisation: None, ``"imagenet"`` or a local state-dict file.
+        proj_hidden: hidden width of the projector (paper: 2048).
+        proj_dim: embedding size (paper: 128).
+        num_clusters: k-means clusters per modality (paper: 3000 for ImageNet; at most the
+            number of training cases).
+        temperature: softmax temperature of the scores (paper: 0.1).
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        schedule: ``constant`` or ``cosine``.
+        warmup_epochs: epochs of linear warm-up.
+        lr_reference_batch: if set, learning rates are multiplied by global batch size / this.
+    """
+
+    has_cross: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        modality: Modality = "both",
+        backbone: Arch = "resnet50",
+        weights: str | None = None,
+        proj_hidden: int = 2048,
+        proj_dim: int = 128,
+        num_clusters: int = 30,
+        temperature: float = 0.1,
+        lr: float = 1e-4,
+        weight_decay: float = 0.05,
+        schedule: Schedule = "constant",
+        warmup_epochs: float = 0,
+        lr_reference_batch: int | None = None,
+    ) -> None:
+        super().__init__(
+            modality, backbone, weights, 0.0, lr, weight_decay, schedule, warmup_epochs,
+            lr_reference_batch,
+        )  # fmt: skip
+        if num_clusters < 2:
+            raise ValueError(f"num_clusters must be >= 2, got {num_clusters}")
+        self.projectors = self.per_modality(
+            lambda: SwaVProjectionHead(self.feature_dim, proj_hidden, proj_dim)
+        )
+        # set by the callback (it keeps them in its own resumable state)
+        empty = torch.zeros(len(self.modalities), num_clusters, proj_dim)
+        self.register_buffer("centroids", empty, persistent=False)
+        self.register_buffer("assignments", torch.empty(0, 0, dtype=torch.long), persistent=False)
+
+    def embed(self, modality: str, images: Tensor) -> Tensor:
+        return F.normalize(self.projectors[modality](self.trunk(modality)(images)), dim=1)
+
+    # ---------------------------------------------------------- clustering protocol
+    def cluster_sizes(self) -> dict[str, int]:
+        return {m: self.hparams.num_clusters for m in self.modalities}
+
+    def cluster_embeddings(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        return {m: self.embed(m, batch[m]) for m in self.modalities}
+
+    def set_clusters(self, centroids: dict[str, Tensor], labels: Tensor) -> None:
+        self.centroids = torch.stack([centroids[m] for m in self.modalities]).to(self.centroids)
+        self.assignments = labels.to(self.device, torch.long)
+
+    # ---------------------------------------------------------------- training
+    def loss_terms(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Per modality: both views predict the case's cluster id (looked up by ``index``)."""
+        if self.assignments.numel() == 0:
+            raise RuntimeError(
+                "DeepClusterV2 has no cluster assignments: add the KMeansPseudoLabels callback "
+                "(skinssl.callbacks.KMeansPseudoLabels) to trainer.callbacks"
+            )
+        targets = self.assignments[batch["index"]]
+        terms = {}
+        for i, m in enumerate(self.modalities):
+            scores = self.embed(m, self.two_views(batch, m)) @ self.centroids[i].T
+            terms[f"intra_{m}"] = prototype_cross_entropy(
+                scores, targets[:, i].repeat(2), self.hparams.temperature
+            )
+        return terms

@@ -1,0 +1,106 @@
+"""MoCo v2 (Chen et al., 2020), symmetrised: queries against momentum keys and a key queue.
+
+Per modality: query = trunk -> 2-layer MLP head; key = the momentum copy of both (EMA after
+every optimiser step; ``momentum == momentum_end`` keeps the rate constant as in MoCo v2). Loss:
+InfoNCE of each view's query against the other view's key, the negatives being that modality's
+queue of earlier keys (lightly's memory bank, filled with the keys of all ranks). The saved
+``encoder.*`` is the query trunk. There is no shuffled BatchNorm: on several GPUs use SyncBN
+(as the published configs and MoCo v3 do).
+
+Cross-modal term: each modality's query against the other modality's key of the same case and
+view index, with the other modality's queue as negatives (both directions and views averaged),
+over cases with a real clinical image.
+"""
+
+from __future__ import annotations
+
+from lightly.models.modules.heads import MoCoProjectionHead
+from lightly.models.modules.memory_bank import MemoryBankModule
+from torch import Tensor, nn
+
+from skinssl.lightning_modules.baselines.base import Modality, Outputs, halves
+from skinssl.lightning_modules.baselines.losses import info_nce
+from skinssl.lightning_modules.baselines.momentum import MomentumPretraining
+from skinssl.lightning_modules.nets import Arch
+from skinssl.lightning_modules.optim import Schedule
+
+
+class MoCo(MomentumPretraining):
+    """MoCo v2, single- or multi-modal (see the module docstring); head and queue are lightly's.
+
+    Args:
+        modality: ``derm``, ``clinic`` or ``both``.
+        backbone: torchvision ResNet of each trunk.
+        weights: trunk initialisation: None, ``"imagenet"`` or a local state-dict file.
+        cross_weight: weight of the cross-modal term (``both``).
+        proj_hidden: hidden width of the head (paper: 2048).
+        proj_dim: output size of the head (paper: 128).
+        temperature: InfoNCE temperature (paper: 0.2).
+        queue_size: keys kept per modality as negatives (paper: 65536 for ImageNet; keep it
+            below the number of training views so that a case rarely meets its own old key).
+        momentum: EMA rate of the key encoder at the first step (paper: 0.999).
+        momentum_end: EMA rate at the last step (equal to ``momentum``: constant).
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        schedule: ``constant`` or ``cosine``.
+        warmup_epochs: epochs of linear warm-up.
+        lr_reference_batch: if set, learning rates are multiplied by global batch size / this.
+    """
+
+    def __init__(
+        self,
+        modality: Modality = "both",
+        backbone: Arch = "resnet50",
+        weights: str | None = None,
+        cross_weight: float = 1.0,
+        proj_hidden: int = 2048,
+        proj_dim: int = 128,
+        temperature: float = 0.2,
+        queue_size: int = 256,
+        momentum: float = 0.99,
+        momentum_end: float = 0.99,
+        lr: float = 1e-4,
+        weight_decay: float = 0.05,
+        schedule: Schedule = "constant",
+        warmup_epochs: float = 0,
+        lr_reference_batch: int | None = None,
+    ) -> None:
+        super().__init__(
+            modality, backbone, weights, cross_weight, lr, weight_decay, schedule,
+            warmup_epochs, lr_reference_batch,
+        )  # fmt: skip
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be >= 1, got {queue_size}")
+        self.projectors = self.per_modality(
+            lambda: MoCoProjectionHead(self.feature_dim, proj_hidden, proj_dim)
+        )
+        self.queues = nn.ModuleDict(
+            {
+                m: MemoryBankModule((queue_size, proj_dim), gather_distributed=True,
+                                    feature_dim_first=False)
+                for m in self.modalities
+            }
+        )  # fmt: skip
+        self.init_momentum()
+
+    def encode(self, modality: str, views: Tensor) -> Outputs:
+        q = self.projectors[modality](self.trunk(modality)(views))
+        k = self.momentum_embed(modality, views)
+        # the queue as it was before this step; this step's keys (all ranks') go in after
+        _, queue = self.queues[modality](k, update=True)
+        return {"q": q, "k": k, "queue": queue}
+
+    def _info_nce(self, q: Tensor, k: Tensor, queue: Tensor, valid: Tensor | None = None) -> Tensor:
+        return info_nce(q, k, queue, self.hparams.temperature, valid)
+
+    def intra_loss(self, modality: str, out: Outputs) -> Tensor:
+        (q1, q2), (k1, k2) = halves(out["q"]), halves(out["k"])
+        return (self._info_nce(q1, k2, out["queue"]) + self._info_nce(q2, k1, out["queue"])) / 2
+
+    def cross_loss(self, derm: Outputs, clinic: Outputs, valid: Tensor) -> Tensor:
+        terms = [
+            self._info_nce(q, k, b["queue"], valid)
+            for a, b in ((derm, clinic), (clinic, derm))
+            for q, k in zip(halves(a["q"]), halves(b["k"]), strict=True)
+        ]
+        return sum(terms) / len(terms)

@@ -1,0 +1,72 @@
+"""Momentum (EMA) copies of the trunks and projectors, shared by BYOL and MoCo.
+
+The copies are updated after every optimiser step with lightly's ``update_momentum``; the rate
+follows ``momentum_at`` (BYOL's cosine increase from ``momentum`` to ``momentum_end``; equal
+values keep it constant, as MoCo v2). The saved ``encoder.*`` is the online (query) trunk; the
+copies are saved as ``momentum_encoder.*`` / ``momentum_projectors.*`` for resuming only.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+from lightly.models.utils import update_momentum
+from torch import Tensor, nn
+
+from skinssl.lightning_modules.baselines.base import Pretraining
+
+
+def momentum_at(step: int, total: int, start: float, end: float) -> float:
+    """Cosine schedule from ``start`` (step 0) to ``end`` (step ``total``), as in BYOL."""
+    progress = min(1.0, step / total) if total > 0 else 1.0
+    return end - (end - start) * (math.cos(math.pi * progress) + 1) / 2
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` that no optimiser trains (shared submodules stay shared)."""
+    twin = copy.deepcopy(module)
+    twin.requires_grad_(False)
+    return twin
+
+
+class MomentumPretraining(Pretraining):
+    """A :class:`Pretraining` whose subclass sets ``self.projectors`` (a ModuleDict by
+    modality) and then calls :meth:`init_momentum`. Needs ``momentum`` and ``momentum_end``
+    hyper-parameters."""
+
+    projectors: nn.ModuleDict
+
+    def init_momentum(self) -> None:
+        if not 0 <= self.hparams.momentum <= self.hparams.momentum_end <= 1:
+            raise ValueError(
+                f"need 0 <= momentum ({self.hparams.momentum}) <= momentum_end "
+                f"({self.hparams.momentum_end}) <= 1"
+            )
+        self.momentum_encoder = frozen_copy(self.encoder)
+        self.momentum_projectors = frozen_copy(self.projectors)
+
+    @torch.no_grad()
+    def momentum_embed(self, modality: str, views: Tensor) -> Tensor:
+        """The momentum trunk and projector's output for ``views``."""
+        trunk = getattr(self.momentum_encoder, modality)
+        return self.momentum_projectors[modality](trunk(views))
+
+    def current_momentum(self) -> float:
+        hp, trainer = self.hparams, self.trainer
+        total = trainer.estimated_stepping_batches
+        total = int(total) if math.isfinite(total) else 0
+        return momentum_at(trainer.global_step, total, hp.momentum, hp.momentum_end)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        self.log("train/momentum", self.current_momentum(), batch_size=len(batch["index"]))
+        return super().training_step(batch, batch_idx)
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The optimiser step, then the EMA update of the momentum copies."""
+        super().optimizer_step(*args, **kwargs)
+        m = self.current_momentum()
+        update_momentum(self.encoder, self.momentum_encoder, m)
+        update_momentum(self.projectors, self.momentum_projectors, m)

@@ -1,0 +1,80 @@
+"""SimSiam (Chen & He, 2021): a predictor and a stop-gradient, no negatives, no momentum.
+
+Per modality: trunk -> projector (3 layers, BN) -> predictor; loss D(p1, sg(z2))/2 +
+D(p2, sg(z1))/2 with D the negative cosine similarity.
+
+Cross-modal term: each modality's prediction of the other modality's (stop-gradient) projection
+of the same view index, both directions and views averaged, over cases with a real clinical
+image.
+"""
+
+from __future__ import annotations
+
+from lightly.models.modules.heads import SimSiamPredictionHead, SimSiamProjectionHead
+from torch import Tensor
+
+from skinssl.lightning_modules.baselines.base import Modality, Outputs, Pretraining, halves
+from skinssl.lightning_modules.baselines.losses import negative_cosine
+from skinssl.lightning_modules.nets import Arch
+from skinssl.lightning_modules.optim import Schedule
+
+
+class SimSiam(Pretraining):
+    """SimSiam, single- or multi-modal (see the module docstring); heads are lightly's.
+
+    Args:
+        modality: ``derm``, ``clinic`` or ``both``.
+        backbone: torchvision ResNet of each trunk.
+        weights: trunk initialisation: None, ``"imagenet"`` or a local state-dict file.
+        cross_weight: weight of the cross-modal term (``both``).
+        proj_hidden: hidden width of the projector (paper: 2048).
+        proj_dim: output size of projector and predictor (paper: 2048).
+        pred_hidden: hidden width of the predictor bottleneck (paper: 512).
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        schedule: ``constant`` or ``cosine``.
+        warmup_epochs: epochs of linear warm-up.
+        lr_reference_batch: if set, learning rates are multiplied by global batch size / this.
+    """
+
+    def __init__(
+        self,
+        modality: Modality = "both",
+        backbone: Arch = "resnet50",
+        weights: str | None = None,
+        cross_weight: float = 1.0,
+        proj_hidden: int = 2048,
+        proj_dim: int = 2048,
+        pred_hidden: int = 512,
+        lr: float = 1e-4,
+        weight_decay: float = 0.05,
+        schedule: Schedule = "constant",
+        warmup_epochs: float = 0,
+        lr_reference_batch: int | None = None,
+    ) -> None:
+        super().__init__(
+            modality, backbone, weights, cross_weight, lr, weight_decay, schedule,
+            warmup_epochs, lr_reference_batch,
+        )  # fmt: skip
+        self.projectors = self.per_modality(
+            lambda: SimSiamProjectionHead(self.feature_dim, proj_hidden, proj_dim)
+        )
+        self.predictors = self.per_modality(
+            lambda: SimSiamPredictionHead(proj_dim, pred_hidden, proj_dim)
+        )
+
+    def encode(self, modality: str, views: Tensor) -> Outputs:
+        z = self.projectors[modality](self.trunk(modality)(views))
+        return {"z": z, "p": self.predictors[modality](z)}
+
+    def intra_loss(self, modality: str, out: Outputs) -> Tensor:
+        (p1, p2), (z1, z2) = halves(out["p"]), halves(out["z"])
+        return (negative_cosine(p1, z2) + negative_cosine(p2, z1)) / 2
+
+    def cross_loss(self, derm: Outputs, clinic: Outputs, valid: Tensor) -> Tensor:
+        terms = [
+            negative_cosine(p, z, valid)
+            for a, b in ((derm, clinic), (clinic, derm))
+            for p, z in zip(halves(a["p"]), halves(b["z"]), strict=True)
+        ]
+        return sum(terms) / len(terms)

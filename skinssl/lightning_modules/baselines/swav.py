@@ -1,0 +1,109 @@
+"""SwAV (Caron et al., 2020): swapped prediction of Sinkhorn codes over learned prototypes.
+
+Per modality: trunk -> projector (lightly's head) -> L2-normalised embedding; scores against
+bias-free prototypes (unit vectors, renormalised before every step, frozen for the first
+``freeze_prototypes_epochs``). Codes: Sinkhorn-Knopp over all ranks (lightly's ``sinkhorn``).
+Each view predicts the other view's codes. Two views, no multi-crop and no queue (Derm7pt has
+413 training cases: a queue would hold the same cases again).
+
+Cross-modal term: the prototypes are shared by both modalities, so each modality's view
+predicts the other modality's codes of the same case and view index (both directions and views
+averaged), over cases with a real clinical image.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from lightly.models.modules.heads import SwaVProjectionHead
+from torch import Tensor, nn
+
+from skinssl.lightning_modules.baselines.base import Modality, Outputs, Pretraining, halves
+from skinssl.lightning_modules.baselines.losses import swapped_prediction, swav_codes
+from skinssl.lightning_modules.nets import Arch
+from skinssl.lightning_modules.optim import Schedule
+
+
+class SwAV(Pretraining):
+    """SwAV, single- or multi-modal (see the module docstring).
+
+    Args:
+        modality: ``derm``, ``clinic`` or ``both``.
+        backbone: torchvision ResNet of each trunk.
+        weights: trunk initialisation: None, ``"imagenet"`` or a local state-dict file.
+        cross_weight: weight of the cross-modal term (``both``).
+        proj_hidden: hidden width of the projector (paper: 2048).
+        proj_dim: embedding size (paper: 128).
+        num_prototypes: prototypes shared by both modalities (paper: 3000 for ImageNet).
+        temperature: softmax temperature of the swapped prediction (paper: 0.1).
+        sinkhorn_iterations: Sinkhorn-Knopp iterations (paper: 3).
+        sinkhorn_epsilon: entropy regularisation of the codes (paper: 0.05).
+        freeze_prototypes_epochs: epochs during which the prototypes are not updated.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        schedule: ``constant`` or ``cosine``.
+        warmup_epochs: epochs of linear warm-up.
+        lr_reference_batch: if set, learning rates are multiplied by global batch size / this.
+    """
+
+    def __init__(
+        self,
+        modality: Modality = "both",
+        backbone: Arch = "resnet50",
+        weights: str | None = None,
+        cross_weight: float = 1.0,
+        proj_hidden: int = 2048,
+        proj_dim: int = 128,
+        num_prototypes: int = 30,
+        temperature: float = 0.1,
+        sinkhorn_iterations: int = 3,
+        sinkhorn_epsilon: float = 0.05,
+        freeze_prototypes_epochs: int = 1,
+        lr: float = 1e-4,
+        weight_decay: float = 0.05,
+        schedule: Schedule = "constant",
+        warmup_epochs: float = 0,
+        lr_reference_batch: int | None = None,
+    ) -> None:
+        super().__init__(
+            modality, backbone, weights, cross_weight, lr, weight_decay, schedule,
+            warmup_epochs, lr_reference_batch,
+        )  # fmt: skip
+        if num_prototypes < 2:
+            raise ValueError(f"num_prototypes must be >= 2, got {num_prototypes}")
+        self.projectors = self.per_modality(
+            lambda: SwaVProjectionHead(self.feature_dim, proj_hidden, proj_dim)
+        )
+        self.prototypes = nn.Linear(proj_dim, num_prototypes, bias=False)
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        with torch.no_grad():
+            self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
+
+    def on_after_backward(self) -> None:
+        if self.current_epoch < self.hparams.freeze_prototypes_epochs:
+            self.prototypes.weight.grad = None
+
+    def encode(self, modality: str, views: Tensor) -> Outputs:
+        z = F.normalize(self.projectors[modality](self.trunk(modality)(views)), dim=1)
+        scores = self.prototypes(z)
+        hp = self.hparams
+        codes = torch.cat(
+            [swav_codes(s, hp.sinkhorn_iterations, hp.sinkhorn_epsilon) for s in halves(scores)]
+        )
+        return {"scores": scores, "codes": codes}
+
+    def _predict(self, scores: Tensor, codes: Tensor, valid: Tensor | None = None) -> Tensor:
+        return swapped_prediction(scores, codes, self.hparams.temperature, valid)
+
+    def intra_loss(self, modality: str, out: Outputs) -> Tensor:
+        (s1, s2), (q1, q2) = halves(out["scores"]), halves(out["codes"])
+        return (self._predict(s1, q2) + self._predict(s2, q1)) / 2
+
+    def cross_loss(self, derm: Outputs, clinic: Outputs, valid: Tensor) -> Tensor:
+        terms = [
+            self._predict(s, q, valid)
+            for a, b in ((derm, clinic), (clinic, derm))
+            for s, q in zip(halves(a["scores"]), halves(b["codes"]), strict=True)
+        ]
+        return sum(terms) / len(terms)

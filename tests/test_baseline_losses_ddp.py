@@ -1,0 +1,81 @@
+"""The baselines' losses over two gloo CPU ranks against one process with the whole batch.
+
+Barlow Twins (rows gathered before the standardisation), a masked per-case loss whose ranks
+hold different numbers of valid cases (negative cosine; every loss built on ``global_mean``
+shares this path), and SwAV's Sinkhorn codes (equipartition over both ranks): each rank must
+report the whole-batch value, and DDP-averaged gradients must equal the whole batch's.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+from helpers import run_gloo
+
+from skinssl.lightning_modules.baselines.losses import barlow_twins, negative_cosine, swav_codes
+
+WORLD, B, D = 2, 4, 6
+MASK = torch.tensor([True, False, True, False] + [True] * B)  # 2 valid on rank 0, 4 on rank 1
+LOSSES = {
+    "barlow_twins": lambda a, b, valid, gather: barlow_twins(a, b, 0.01, valid, gather),
+    "negative_cosine": lambda a, b, valid, gather: negative_cosine(a, b, valid),
+}
+
+pytestmark = pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()), reason="gloo backend unavailable"
+)
+
+
+def cosine_scores(x: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """Scores as SwAV's: cosine similarities (in [-1, 1]) to the prototypes."""
+    normalize = torch.nn.functional.normalize
+    return normalize(x, dim=1) @ normalize(prototypes, dim=1).T
+
+
+def make_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(WORLD * B, D, generator=gen), torch.randn(WORLD * B, D, generator=gen)
+
+
+def loss_and_grads(name: str, x_a: torch.Tensor, x_b: torch.Tensor, valid, gather: bool) -> dict:
+    torch.manual_seed(1)
+    proj = torch.nn.Linear(D, D)
+    loss = LOSSES[name](proj(x_a), proj(x_b), valid, gather)
+    loss.backward()
+    return {"loss": loss.detach(), "weight": proj.weight.grad, "bias": proj.bias.grad}
+
+
+def worker(rank: int) -> dict:
+    x_a, x_b = make_batch()
+    rows = slice(rank * B, (rank + 1) * B)
+    out = {}
+    for name in LOSSES:
+        r = loss_and_grads(name, x_a[rows], x_b[rows], MASK[rows], gather=True)
+        for k in ("weight", "bias"):  # what DDP does with parameter gradients
+            dist.all_reduce(r[k])
+            r[k] /= WORLD
+        out[name] = r
+    out["codes"] = swav_codes(cosine_scores(x_a[rows], x_b[:3]), gather=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    return run_gloo(worker, WORLD, tmp_path_factory.mktemp("ddp_baselines"))
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_loss_and_ddp_gradients_equal_the_whole_batch(ranks: list[dict], name: str) -> None:
+    x_a, x_b = make_batch()
+    want = loss_and_grads(name, x_a, x_b, MASK, gather=False)
+    for rank, r in enumerate(ranks):
+        assert float(r[name]["loss"]) == pytest.approx(float(want["loss"]), abs=1e-5)
+        for k in ("weight", "bias"):
+            torch.testing.assert_close(r[name][k], want[k], atol=1e-5, rtol=0, msg=f"{k} {rank}")
+
+
+def test_sinkhorn_codes_equipartition_over_all_ranks(ranks: list[dict]) -> None:
+    x_a, x_b = make_batch()
+    want = swav_codes(cosine_scores(x_a, x_b[:3]), gather=False)
+    torch.testing.assert_close(torch.cat([r["codes"] for r in ranks]), want, atol=1e-5, rtol=1e-4)

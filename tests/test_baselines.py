@@ -1,0 +1,187 @@
+"""Baseline pretraining methods: 2-epoch fits through the CLI (multi- and single-modal), the
+checkpoint's trunks in the downstream classifier, the EMA update, and the input errors."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from test_cli import ON_CPU, REPO, TINY_SYNTHETIC
+
+from skinssl.cli import build_cli
+from skinssl.datamodules import SyntheticDerm7ptDataModule, Views
+from skinssl.lightning_modules import MultiLabelClassifier
+from skinssl.lightning_modules.baselines import BYOL, DeepClusterV2, MoCo, SimCLR
+
+SHRINK = [
+    "--data.class_path=skinssl.datamodules.SyntheticDerm7ptDataModule",
+    *TINY_SYNTHETIC,
+    *ON_CPU,
+    "--trainer.max_epochs=2",
+    "--trainer.limit_train_batches=2",
+    "--model.init_args.backbone=resnet18",
+    "--model.init_args.weights=null",  # no download in tests
+    "--model.init_args.proj_hidden=32",
+    "--model.init_args.proj_dim=16",
+]
+# method config -> (its single modality in this test, its own shrinking overrides)
+METHODS = {
+    "simclr": ("derm", []),
+    "byol": ("clinic", []),
+    "moco": ("derm", ["--model.init_args.queue_size=32"]),
+    "simsiam": ("clinic", ["--model.init_args.pred_hidden=8"]),
+    "barlow_twins": ("derm", []),
+    "swav": ("clinic", ["--model.init_args.num_prototypes=8"]),
+    "deepcluster_v2": ("derm", ["--model.init_args.num_clusters=4"]),
+}
+CASES = [(m, mod) for m, (single, _) in METHODS.items() for mod in ("both", single)]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One folder for the generated synthetic data of every test here (generated once)."""
+    return tmp_path_factory.mktemp("baselines_data")
+
+
+def trunk(state: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
+    prefix = f"encoder.{name}."
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+@pytest.mark.parametrize(("method", "modality"), CASES, ids=[f"{m}-{d}" for m, d in CASES])
+def test_cli_fit_two_epochs(
+    method: str, modality: str, data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = REPO / "configs" / "baselines" / f"{method}.yaml"
+    args = [
+        *SHRINK,
+        f"--data.init_args.root={data_root / 'cli'}",
+        *METHODS[method][1],
+        f"--model.init_args.modality={modality}",
+    ]
+    cli = build_cli(["-c", str(config), *args], run=False)  # parse and build as `skinssl fit`
+    initial = cli.model.encoder.derm.conv1.weight.detach().clone()
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert cli.trainer.current_epoch == 2
+    logged = cli.trainer.callback_metrics
+    modalities = ("derm", "clinic") if modality == "both" else (modality,)
+    expected = {"train/loss"} | {f"train/loss_intra_{m}" for m in modalities}
+    if modality == "both" and method != "deepcluster_v2":
+        expected.add("train/loss_cross")
+    terms = {k for k in logged if k.startswith("train/loss")}
+    assert terms == expected
+    assert all(math.isfinite(float(logged[k])) for k in terms)
+    path = tmp_path / "runs" / "baselines" / method / "checkpoints" / "last.ckpt"
+    state = torch.load(path, weights_only=True)["state_dict"]
+    derm, clinic = trunk(state, "derm"), trunk(state, "clinic")
+    assert derm and derm.keys() == clinic.keys()
+    same = all(torch.equal(derm[k], clinic[k]) for k in derm)
+    assert same == (modality != "both")  # one trunk saved under both names, or two trunks
+    assert not torch.equal(derm["conv1.weight"], initial)  # the trunk trained
+
+
+def tiny_data(root: Path, views: Views | None = None) -> SyntheticDerm7ptDataModule:
+    return SyntheticDerm7ptDataModule(
+        root=str(root / "modules"),
+        num_cases=40,
+        synthetic_size=64,
+        image_size=32,
+        cache_size=36,
+        batch_size=8,
+        num_workers=0,
+        derm_views=views or Views.simclr(),
+    )
+
+
+def trainer(root: Path, **kw: object) -> L.Trainer:
+    return L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        default_root_dir=root,
+        **kw,
+    )
+
+
+@pytest.mark.parametrize("modality", ["both", "clinic"])
+def test_downstream_classifier_loads_the_pretrained_trunks(
+    modality: str, data_root: Path, tmp_path: Path
+) -> None:
+    model = SimCLR(modality=modality, backbone="resnet18", proj_hidden=16, proj_dim=8)
+    t = trainer(tmp_path, max_steps=1)
+    t.fit(model, tiny_data(data_root))
+    path = tmp_path / "pretrained.ckpt"
+    t.save_checkpoint(path)
+    pretrained = model.encoder.state_dict()
+    for share_trunk in (False, True):
+        clf = MultiLabelClassifier(
+            backbone="resnet18", init_from=str(path), setting="linear", share_trunk=share_trunk
+        )
+        for name in ("derm", "clinic"):
+            # a single-modality trunk initialises both trunks
+            source = "clinic" if modality == "clinic" else name
+            for k, v in getattr(clf.encoder, name).state_dict().items():
+                assert torch.equal(v, pretrained[f"{source}.{k}"]), (name, k)
+        if modality == "both":
+            break  # two different trunks cannot go into one shared trunk
+    if modality == "both":
+        with pytest.raises(ValueError, match="share_trunk: checkpoint False, this model True"):
+            MultiLabelClassifier(backbone="resnet18", init_from=str(path), share_trunk=True)
+
+
+@pytest.mark.parametrize("cls", [BYOL, MoCo])
+def test_momentum_copy_is_updated_after_the_optimizer_step(
+    cls: type, data_root: Path, tmp_path: Path
+) -> None:
+    """With a constant rate m: momentum weights = m * initial + (1 - m) * online after step."""
+    torch.manual_seed(0)
+    model = cls(
+        modality="derm",
+        backbone="resnet18",
+        proj_hidden=16,
+        proj_dim=8,
+        momentum=0.5,
+        momentum_end=0.5,
+    )
+    initial = model.encoder.derm.conv1.weight.detach().clone()
+    trainer(tmp_path, max_steps=1).fit(model, tiny_data(data_root))
+    online = model.encoder.derm.conv1.weight.detach()
+    target = model.momentum_encoder.derm.conv1.weight
+    assert not torch.equal(online, initial)
+    torch.testing.assert_close(target, 0.5 * initial + 0.5 * online)
+    assert not target.requires_grad
+    assert not any(k.startswith("encoder.") for k in model.state_dict() if "momentum" in k)
+
+
+def test_two_views_needed(data_root: Path, tmp_path: Path) -> None:
+    model = BYOL(modality="both", backbone="resnet18", proj_hidden=16, proj_dim=8)
+    with pytest.raises(ValueError, match="BYOL needs 2 views of the derm image per case, got 1"):
+        trainer(tmp_path, max_steps=1).fit(model, tiny_data(data_root, Views()))
+
+
+def test_single_modality_checks_only_its_own_views(data_root: Path, tmp_path: Path) -> None:
+    data = tiny_data(data_root, Views())
+    data.clinic_views = Views.simclr()
+    trainer(tmp_path, max_steps=1).fit(
+        SimCLR(modality="clinic", backbone="resnet18", proj_hidden=16, proj_dim=8), data
+    )
+
+
+def test_bad_settings_are_named() -> None:
+    with pytest.raises(ValueError, match="modality 'dermoscopic' is not one of derm, clinic"):
+        SimCLR(modality="dermoscopic", backbone="resnet18")
+    with pytest.raises(ValueError, match="num_clusters must be >= 2"):
+        DeepClusterV2(backbone="resnet18", num_clusters=1)
+    with pytest.raises(ValueError, match="momentum_end"):
+        BYOL(backbone="resnet18", momentum=0.99, momentum_end=0.9)
+
+
+def test_deepcluster_needs_the_kmeans_callback(data_root: Path, tmp_path: Path) -> None:
+    model = DeepClusterV2(backbone="resnet18", proj_hidden=16, proj_dim=8, num_clusters=3)
+    with pytest.raises(RuntimeError, match="add the KMeansPseudoLabels callback"):
+        trainer(tmp_path, max_steps=1).fit(model, tiny_data(data_root))
