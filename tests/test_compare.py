@@ -55,3 +55,22 @@ def test_unknown_methods_are_refused(method: str, capsys: pytest.CaptureFixture)
     with pytest.raises(SystemExit):
         compare.parse(["--methods", method])
     assert "valid: sm3, supervised, imagenet" in capsys.readouterr().err
+
+
+def test_summarise_reads_the_test_report(tmp_path: Path) -> None:
+    """The table's numbers come from the ``metrics.json`` that ``skinssl test`` writes."""
+    from test_metrics import fake_outputs
+
+    from skinssl.evaluation.report import build_report, markdown, write_report
+
+    report = build_report(fake_outputs(80, seed=9), resamples=0)
+    write_report(report, tmp_path, markdown(report))
+    got = compare.summarise(json.loads((tmp_path / "metrics.json").read_text()))
+    assert got["auc_classes_mean"] == pytest.approx(report["summary"]["auc_all_classes"]["value"])
+    assert got["auc_mean"] == pytest.approx(report["means"]["heads"]["auc_macro"])
+    assert got["accuracy_mean"] == pytest.approx(report["means"]["heads"]["accuracy"])
+    mel = report["heads"]["DIAG"]["classes"][2]
+    assert (got["mel_sensitivity"], got["mel_specificity"]) == (
+        pytest.approx(mel["sensitivity"]), pytest.approx(mel["specificity"]),
+    )  # fmt: skip
+    assert set(got["auc_per_head"]) == set(compare.HEADS)
