@@ -274,3 +274,22 @@ def test_signal_mid_epoch_then_same_command_gives_same_weights(
     assert resumed["global_step"] == 6
     for key, value in whole["state_dict"].items():
         assert torch.equal(value, resumed["state_dict"][key]), key
+
+
+def test_two_process_fit_resumes_on_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stage 1 under Lightning's DDP (2 gloo processes), then the same run continued on one
+    process from its checkpoint: the sampler shards, the checkpoint does not depend on devices."""
+    monkeypatch.chdir(tmp_path)
+    args = [*TINY_SYNTHETIC, "--data.init_args.batch_size=4", "--trainer.limit_train_batches=2"]
+    args.append("--resume=true")
+    ddp = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp_spawn"]
+    last = tmp_path / "runs" / "quickstart" / "stage1" / "checkpoints" / "last.ckpt"
+    run("fit", "configs/quickstart/stage1.yaml", *args, *ddp, "--trainer.max_epochs=1")
+    first = torch.load(last, weights_only=True)
+    assert first["global_step"] == 2
+    # the loader's state says where the next batch comes from: the start of epoch 1
+    assert first["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
+        {"epoch": 1, "batches": 0}
+    ]
+    run("fit", "configs/quickstart/stage1.yaml", *args, "--trainer.max_epochs=2")
+    assert torch.load(last, weights_only=True)["global_step"] == 4

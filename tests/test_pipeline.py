@@ -167,10 +167,11 @@ def test_loader_resumes_mid_epoch(tmp_path: Path) -> None:
     rest = list(resumed)
     assert torch.equal(torch.cat([b["index"] for b in rest]), order[4:])
     assert torch.equal(torch.cat([b["derm"] for b in rest]), views[4:])
-    # a state taken at the end of an epoch resumes at the start of the next one
-    resumed.load_state_dict({"epoch": 3, "batches": len(resumed)})
-    next_order, _ = _epoch(loader, 4)
-    assert torch.equal(torch.cat([b["index"] for b in resumed]), next_order)
+    # the state names the next batch: mid-epoch, or the next epoch's first once one is complete
+    resumed.sampler.set_epoch(3)
+    for done, per_epoch, want in ((2, 8, (3, 2)), (8, 8, (4, 0)), (5, 5, (4, 0))):
+        resumed.progress = lambda d=done, p=per_epoch: (d, p)
+        assert resumed.state_dict() == {"epoch": want[0], "batches": want[1]}
 
 
 def test_views_validation() -> None:

@@ -13,9 +13,14 @@ from skinssl.evaluation.figures import save, to_rgb
 
 
 def log_dir(trainer: L.Trainer) -> Path:
-    """The run's log directory (the logger's, else the trainer's root)."""
-    path = trainer.log_dir if trainer.log_dir is not None else trainer.default_root_dir
-    return Path(path)
+    """The run's log directory: the logger's, else the trainer's root.
+
+    As ``trainer.log_dir`` but without its broadcast, so that one rank alone may ask (a
+    collective called on rank 0 only would wait for the other ranks forever).
+    """
+    logger = trainer.logger
+    path = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None)
+    return Path(path or trainer.default_root_dir)
 
 
 def tensorboard(trainer: L.Trainer):  # noqa: ANN201 (torch.utils.tensorboard.SummaryWriter)

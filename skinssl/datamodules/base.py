@@ -244,15 +244,17 @@ class PairedDataModule(L.LightningDataModule):
             batch_size=self.batch_size,
             sampler=sampler,
             drop_last=self.drop_last and per_rank > self.batch_size,
-            trained_batches=self._trained_batches,
+            progress=self._progress,
             **common,
         )
 
-    def _trained_batches(self) -> int:
-        """Batches of the current epoch the training loop has finished (for a checkpoint)."""
-        if self.trainer is None:
-            return 0
-        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+    def _progress(self) -> tuple[int, int]:
+        """(batches of this epoch the training loop has finished, batches per epoch)."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 1
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return done, trainer.num_training_batches
 
     def train_dataloader(self) -> DataLoader:
         return self.loader(self.dataset("train", train=True), train=True)

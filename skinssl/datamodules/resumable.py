@@ -34,26 +34,27 @@ class EpochSampler(DistributedSampler):
 class ResumableLoader(DataLoader):
     """A DataLoader over an :class:`EpochSampler` whose position survives a checkpoint.
 
-    ``trained_batches`` returns how many batches of the current epoch the training loop has
-    finished (the loader itself runs ahead of the loop by its prefetch).
+    ``progress`` returns (batches of the current epoch the training loop has finished, batches
+    per epoch as the loop counts them, e.g. after ``limit_train_batches``); the loader itself
+    runs ahead of the loop by its prefetch, so it cannot count them.
     """
 
     def __init__(
-        self, *args: Any, trained_batches: Callable[[], int] = lambda: 0, **kwargs: Any
+        self, *args: Any, progress: Callable[[], tuple[int, int]] = lambda: (0, 1), **kwargs: Any
     ) -> None:
         super().__init__(*args, **kwargs)
         if not isinstance(self.sampler, EpochSampler):
             raise TypeError("ResumableLoader needs an EpochSampler")
-        self.trained_batches = trained_batches
+        self.progress = progress
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.sampler.epoch, "batches": int(self.trained_batches())}
+        """Where the next batch comes from: (epoch, batches of it already trained on)."""
+        done, per_epoch = self.progress()
+        if done >= per_epoch:  # the epoch is complete: the next one starts from its beginning
+            return {"epoch": self.sampler.epoch + 1, "batches": 0}
+        return {"epoch": self.sampler.epoch, "batches": int(done)}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Resume after ``state["batches"]`` batches of epoch ``state["epoch"]`` (the next
-        epoch from its start when that epoch was complete)."""
-        epoch, batches = state["epoch"], state["batches"]
-        if batches >= len(self):
-            epoch, batches = epoch + 1, 0
-        self.sampler.set_epoch(epoch)
-        self.sampler.skip = batches * self.batch_size
+        """Continue after ``state["batches"]`` batches of epoch ``state["epoch"]``."""
+        self.sampler.set_epoch(state["epoch"])
+        self.sampler.skip = state["batches"] * self.batch_size
