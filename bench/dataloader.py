@@ -4,7 +4,8 @@ Compares, with one loader worker and with one per core:
 - ``reference``: how the authors' code loads data, per access: OpenCV reads the JPEGs, PIL
   images go through torchvision's transforms to normalised float tensors;
 - ours with ``cache: none``: the JPEG decoded on every access, albumentations views on uint8;
-- ours with ``cache: memory``: every image decoded once; only the views are made per access.
+- ours with ``cache: memory``: every image decoded once; only the views are made per access;
+- ``device`` (with a GPU): ``augment_on: device``, the views made on the GPU a batch at a time.
 Prints a table and writes JSON.
 
     python bench/dataloader.py                      # synthetic data at Derm7pt's image size
@@ -81,11 +82,25 @@ def reference_loader(dm: Derm7ptDataModule) -> DataLoader:
     )
 
 
-def measure(loader: DataLoader, batches: int, warmup: int) -> float:
-    """Pairs per second over ``batches`` batches after ``warmup`` (workers started, caches hot)."""
+def on_device(dm: Derm7ptDataModule, device: torch.device):  # noqa: ANN201
+    """Per batch: move to ``device`` and make the views there (``augment_on: device``)."""
+
+    def finish(batch: dict) -> dict:
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        out = dm.on_after_batch_transfer(batch, 0)
+        torch.cuda.synchronize(device)
+        return out
+
+    return finish
+
+
+def measure(loader: DataLoader, batches: int, warmup: int, finish=None) -> float:  # noqa: ANN001
+    """Pairs per second over ``batches`` batches after ``warmup`` (workers started, caches hot);
+    ``finish`` is applied to each batch (the device views)."""
+    finish = finish or (lambda b: b)
     it = iter(loader)
     for _ in range(warmup):
-        next(it)
+        finish(next(it))
     start = time.perf_counter()
     n = 0
     for _ in range(batches):
@@ -94,7 +109,7 @@ def measure(loader: DataLoader, batches: int, warmup: int) -> float:
         except StopIteration:
             it = iter(loader)
             batch = next(it)
-        n += len(batch["index"])
+        n += len(finish(batch)["index"])
     return n / (time.perf_counter() - start)
 
 
@@ -118,9 +133,12 @@ def main() -> None:
     )
     cores = default_workers()
     rows = []
-    for cache in ("reference", "none", "memory"):
+    pipelines = ["reference", "none", "memory"] + (["device"] if torch.cuda.is_available() else [])
+    for cache in pipelines:
         for workers in sorted({1, cores}):
             kwargs = dict(cache="none" if cache == "reference" else cache, num_workers=workers)
+            if cache == "device":
+                kwargs.update(cache="memory", augment_on="device")
             if args.root:
                 dm = Derm7ptDataModule(root=args.root, **kwargs, **common)
             else:
@@ -136,7 +154,8 @@ def main() -> None:
             dm.setup("fit")
             setup_s = time.perf_counter() - t0
             loader = reference_loader(dm) if cache == "reference" else dm.train_dataloader()
-            pairs_s = measure(loader, args.batches, warmup=max(2, workers))
+            finish = on_device(dm, torch.device("cuda")) if cache == "device" else None
+            pairs_s = measure(loader, args.batches, warmup=max(2, workers), finish=finish)
             del loader
             rows.append(
                 {"cache": cache, "workers": workers, "pairs_per_s": pairs_s, "setup_s": setup_s}
@@ -148,7 +167,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for r in rows:
         r["speedup_vs_reference"] = r["pairs_per_s"] / base[r["workers"]]
-        setup = f"{r['setup_s']:.1f}" if r["cache"] == "memory" else "–"
+        setup = f"{r['setup_s']:.1f}" if r["cache"] in ("memory", "device") else "–"
         print(
             f"| {r['cache']} | {r['workers']} | {r['pairs_per_s']:.1f} "
             f"| {4 * r['pairs_per_s']:.0f} | {r['speedup_vs_reference']:.2f}x | {setup} |"

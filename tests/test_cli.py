@@ -293,3 +293,15 @@ def test_two_process_fit_resumes_on_one(tmp_path: Path, monkeypatch: pytest.Monk
     ]
     run("fit", "configs/quickstart/stage1.yaml", *args, "--trainer.max_epochs=2")
     assert torch.load(last, weights_only=True)["global_step"] == 4
+
+
+def test_stage1_with_views_made_on_the_device(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    run(
+        "fit", "configs/quickstart/stage1.yaml", *TINY_SYNTHETIC,
+        "--data.init_args.augment_on=device", "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=2", "--trainer.log_every_n_steps=1",
+    )  # fmt: skip
+    ckpt = torch.load("runs/quickstart/stage1/checkpoints/last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 2
+    assert (tmp_path / "runs/quickstart/stage1/figures/views_derm.png").is_file()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from abc import abstractmethod
 from dataclasses import asdict, replace
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import lightning as L
@@ -18,7 +18,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from skinssl.datamodules.cases import Cases, DataError
-from skinssl.datamodules.dataset import PairDataset, seed_worker
+from skinssl.datamodules.dataset import PairDataset, PairKeys, seed_worker, views_seed
+from skinssl.datamodules.device_views import DeviceImages
 from skinssl.datamodules.images import CacheMode, ImageStore
 from skinssl.datamodules.resumable import EpochSampler, ResumableLoader
 from skinssl.datamodules.views import (
@@ -32,6 +33,7 @@ from skinssl.datamodules.views import (
 from skinssl.labels import HEAD_NAMES, UNKNOWN
 
 FINETUNE_VIEWS = Views()
+AugmentOn = Literal["cpu", "device"]
 
 
 def default_workers() -> int:
@@ -80,6 +82,9 @@ class PairedDataModule(L.LightningDataModule):
         std: per-channel standard deviation used to normalise (0-1 scale).
         predict_split: split that ``predict`` runs on (``all``: every case). Prediction does
             not stop at a missing or unreadable image: the case is reported as failed.
+        augment_on: where training views are made: ``cpu`` (loader workers, albumentations)
+            or ``device`` (the cached images are copied to the accelerator once and the views
+            are made there a batch at a time, with the same distribution; needs a cache).
         drop_last: drop the last incomplete training batch.
     """
 
@@ -102,6 +107,7 @@ class PairedDataModule(L.LightningDataModule):
         std: tuple[float, float, float] = DERM7PT_STD,
         predict_split: str = "test",
         drop_last: bool = True,
+        augment_on: AugmentOn = "cpu",
     ) -> None:
         super().__init__()
         # logged with the run and kept in checkpoints as plain values (loadable with weights_only)
@@ -112,6 +118,8 @@ class PairedDataModule(L.LightningDataModule):
             raise ValueError(
                 f"label_fraction = {label_fraction} is outside (0, 1]; use e.g. 0.1 for 10 %"
             )
+        if augment_on == "device" and cache == "none":
+            raise ValueError("augment_on: device needs the decoded-image cache (memory or disk)")
         if cache_size < image_size:
             raise ValueError(f"cache_size {cache_size} must be >= image_size {image_size}")
         self.batch_size = batch_size
@@ -129,6 +137,8 @@ class PairedDataModule(L.LightningDataModule):
         self.split_seed = split_seed
         self.predict_split = predict_split
         self.drop_last = drop_last
+        self.augment_on = augment_on
+        self._device_images: DeviceImages | None = None
         self.normalize = Normalize(mean, std)
         self.derm_views.check()
         self.clinic_views.check()
@@ -196,14 +206,18 @@ class PairedDataModule(L.LightningDataModule):
         return (rows if self.keep_unlabelled else labelled), labels
 
     # ---------------------------------------------------------------- loaders
-    def dataset(self, split: str, train: bool) -> PairDataset:
-        """Dataset of a split with training views (``train``) or the deterministic eval view."""
+    def dataset(self, split: str, train: bool) -> PairDataset | PairKeys:
+        """Dataset of a split with training views (``train``) or the deterministic eval view;
+        with ``augment_on: device``, training items carry image ids and no images."""
         cases = self._cases()
         assert self._store is not None and self._ids is not None
         if train and split == "train":
             rows, labels = self.train_labels()
         else:
             rows, labels = self.split_rows(split), cases.labels
+        seed = torch.initial_seed() % 2**32
+        if train and self.augment_on == "device":
+            return PairKeys(rows, *self._ids, labels, cases.pair_valid, seed)
         if train:
             pipes = (
                 train_pipeline(self.derm_views, self.image_size),
@@ -216,12 +230,12 @@ class PairedDataModule(L.LightningDataModule):
         tolerant = self._tolerant and not train
         ds = PairDataset(
             rows, self._store, *self._ids, labels, cases.pair_valid, *pipes, n_views,
-            tolerant, self.image_size, case_seed=torch.initial_seed() % 2**32,
+            tolerant, self.image_size, case_seed=seed,
         )  # fmt: skip
         ds.seed((torch.initial_seed() + 1_000_003 * self._rank()) % 2**32)  # used without workers
         return ds
 
-    def loader(self, dataset: PairDataset, train: bool) -> DataLoader:
+    def loader(self, dataset: PairDataset | PairKeys, train: bool) -> DataLoader:
         """A DataLoader with seeded workers, pinned memory and kept workers.
 
         Training: a :class:`ResumableLoader` whose order (per epoch) and views (per case and
@@ -269,7 +283,9 @@ class PairedDataModule(L.LightningDataModule):
         return self.loader(self.dataset(self.predict_split, train=False), train=False)
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
-        """Normalise the uint8 views on the device, batched."""
+        """Make the views on the device (``augment_on: device``); normalise them, batched."""
+        if "derm_id" in batch:
+            self._device_views(batch)
         for key in ("derm", "clinic"):
             views = batch[key]
             if isinstance(views, list):
@@ -277,6 +293,18 @@ class PairedDataModule(L.LightningDataModule):
             else:
                 batch[key] = self.normalize(views)
         return batch
+
+    def _device_views(self, batch: dict[str, Any]) -> None:
+        """Views of a key batch, drawn from (seed, epoch, first case) as the batch's stream."""
+        device = batch["derm_id"].device
+        if self._device_images is None or self._device_images.images.device != device:
+            assert self._store is not None
+            self._device_images = DeviceImages(self._store, device)
+        seed = views_seed(int(batch["seed"][0]), int(batch["epoch"][0]), int(batch["index"][0]))
+        gen = torch.Generator(device=device).manual_seed(seed)
+        for key, views in (("derm", self.derm_views), ("clinic", self.clinic_views)):
+            made = self._device_images.views(batch[f"{key}_id"], views, self.image_size, gen)
+            batch[key] = made[0] if views.n == 1 else made
 
     def _rank(self) -> int:
         return self.trainer.global_rank if self.trainer is not None else 0

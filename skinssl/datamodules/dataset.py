@@ -110,3 +110,35 @@ def seed_worker(worker_id: int) -> None:
     dataset = info.dataset if info is not None else None
     if isinstance(dataset, PairDataset):
         dataset.seed(seed)
+
+
+class PairKeys(Dataset):
+    """Training items without images, for views made on the accelerator: ``index``,
+    ``labels``, ``pair_valid``, the cached image ids ``derm_id``/``clinic_id`` and the
+    ``epoch`` and ``seed`` the views are drawn from. Keys are ``(position, epoch)``."""
+
+    def __init__(
+        self, rows: np.ndarray, derm_ids: np.ndarray, clinic_ids: np.ndarray,
+        labels: np.ndarray, pair_valid: np.ndarray, case_seed: int,
+    ) -> None:  # fmt: skip
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.derm_ids, self.clinic_ids = derm_ids, clinic_ids
+        self.labels = torch.as_tensor(labels, dtype=torch.long)
+        self.pair_valid = torch.as_tensor(pair_valid, dtype=torch.bool)
+        self.case_seed = case_seed
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: tuple[int, int]) -> Item:
+        i, epoch = key
+        row = int(self.rows[i])
+        return {
+            "index": row,
+            "labels": self.labels[row],
+            "pair_valid": self.pair_valid[row],
+            "derm_id": int(self.derm_ids[row]),
+            "clinic_id": int(self.clinic_ids[row]),
+            "epoch": epoch,
+            "seed": self.case_seed,
+        }

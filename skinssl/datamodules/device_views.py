@@ -1,0 +1,170 @@
+"""Training views made on the accelerator, a batch at a time, drawn as the CPU path draws them.
+
+The same steps and parameter ranges as :func:`skinssl.datamodules.views.train_pipeline`
+(albumentations): random resized crop (scale, ratio 3/4-4/3, 10 tries then a centre crop),
+horizontal/vertical flip, colour jitter (brightness, contrast, saturation, hue in a random order
+per image), grayscale, 3x3 Gaussian blur. Crops are bilinear resamplings of each image's box
+(``roi_align``, one sample per output pixel as OpenCV's linear resize), colour operations run in
+float and the result is rounded to uint8 once (the CPU path rounds after every step), so single
+pixels differ a little while the distributions match (``tests/test_device_views.py``).
+
+:class:`DeviceImages` holds the decoded-image cache on the accelerator, copied there once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.ops import roi_align
+
+from skinssl.datamodules.images import ImageStore
+from skinssl.datamodules.views import Views
+
+GRAY = (0.299, 0.587, 0.114)  # OpenCV's RGB -> gray, as albumentations uses
+
+
+def _uniform(n: int, lo: float, hi: float, gen: torch.Generator, device: torch.device) -> Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=gen, device=device)
+
+
+def crop_boxes(
+    sizes: Tensor, scale: tuple[float, float], gen: torch.Generator, tries: int = 10
+) -> Tensor:
+    """[N, 4] boxes (x1, y1, x2, y2) of random resized crops of images of ``sizes`` [N, 2] (h, w).
+
+    Per image, the first of ``tries`` draws of area and aspect ratio that fits; else the largest
+    centred crop with a ratio in [3/4, 4/3].
+    """
+    n, device = len(sizes), sizes.device
+    h, w = sizes[:, :1].float(), sizes[:, 1:].float()
+    area = h * w * _uniform(n * tries, *scale, gen, device).view(n, tries)
+    log_ratio = _uniform(n * tries, math.log(3 / 4), math.log(4 / 3), gen, device).view(n, tries)
+    ratio = log_ratio.exp()
+    cw, ch = (area * ratio).sqrt().round(), (area / ratio).sqrt().round()
+    fits = (cw > 0) & (ch > 0) & (cw <= w) & (ch <= h)
+    first = torch.where(fits.any(1), fits.float().argmax(1), -1)
+    pick = first.clamp(min=0)[:, None]
+    cw, ch = cw.gather(1, pick)[:, 0], ch.gather(1, pick)[:, 0]
+    h, w = h[:, 0], w[:, 0]
+    # fallback: a centred crop whose ratio is clamped to [3/4, 4/3]
+    in_ratio = w / h
+    fb_w = torch.where(in_ratio > 4 / 3, (h * 4 / 3).round(), w)
+    fb_h = torch.where(in_ratio < 3 / 4, (w * 4 / 3).round(), h)
+    ok = first >= 0
+    cw, ch = torch.where(ok, cw, fb_w), torch.where(ok, ch, fb_h)
+    top = torch.where(ok, (torch.rand(n, generator=gen, device=device) * (h - ch + 1)).floor(),
+                      ((h - ch) / 2).floor())  # fmt: skip
+    left = torch.where(ok, (torch.rand(n, generator=gen, device=device) * (w - cw + 1)).floor(),
+                       ((w - cw) / 2).floor())  # fmt: skip
+    return torch.stack([left, top, left + cw, top + ch], dim=1)
+
+
+def _gray(x: Tensor) -> Tensor:
+    weights = torch.tensor(GRAY, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x * weights).sum(dim=1, keepdim=True)
+
+
+def _hue(x: Tensor, shift: Tensor) -> Tensor:
+    """Rotate the hue of RGB images in [0, 1] by ``shift`` [N] (fractions of a turn)."""
+    r, g, b = x.unbind(1)
+    high, low = x.amax(1), x.amin(1)
+    delta = high - low
+    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
+    h = torch.where(high == r, ((g - b) / safe) % 6, torch.where(high == g, (b - r) / safe + 2,
+                                                                 (r - g) / safe + 4))  # fmt: skip
+    h = torch.where(delta > 0, h / 6, torch.zeros_like(h))
+    h = (h + shift.view(-1, 1, 1)) % 1
+    s = torch.where(high > 0, delta / torch.where(high > 0, high, torch.ones_like(high)), high)
+    k = (torch.tensor([5.0, 3.0, 1.0], device=x.device).view(1, 3, 1, 1) + 6 * h[:, None]) % 6
+    f = torch.minimum(k, 4 - k).clamp(0, 1)
+    return high[:, None] * (1 - s[:, None] * f)
+
+
+def _jitter(x: Tensor, views: Views, gen: torch.Generator) -> Tensor:
+    """ColorJitter on float [0, 1] images, applied to each image with ``p_color_jitter``."""
+    n, device = len(x), x.device
+    b, c, s, h = views.color_jitter
+    factors = [_uniform(n, max(0.0, 1 - v), 1 + v, gen, device) for v in (b, c, s)]
+    hue = _uniform(n, -h, h, gen, device)
+    order = torch.rand(n, 4, generator=gen, device=device).argsort(dim=1)
+    on = torch.rand(n, generator=gen, device=device) < views.p_color_jitter
+    for slot in range(4):
+        for op in range(4):
+            sel = on & (order[:, slot] == op)
+            if not bool(sel.any()):
+                continue
+            y = x[sel]
+            if op == 0:
+                y = y * factors[0][sel].view(-1, 1, 1, 1)
+            elif op == 1:
+                mean = _gray(y).mean(dim=(1, 2, 3), keepdim=True)
+                y = mean + factors[1][sel].view(-1, 1, 1, 1) * (y - mean)
+            elif op == 2:
+                gray = _gray(y)
+                y = gray + factors[2][sel].view(-1, 1, 1, 1) * (y - gray)
+            else:
+                y = _hue(y, hue[sel])
+            x = x.index_put((sel.nonzero()[:, 0],), y.clamp(0, 1))
+    return x
+
+
+def _blur(x: Tensor, views: Views, gen: torch.Generator) -> Tensor:
+    """3x3 Gaussian blur with a random sigma per image, applied with ``p_blur``."""
+    n, device = len(x), x.device
+    sigma = _uniform(n, *views.blur_sigma, gen, device)
+    on = torch.rand(n, generator=gen, device=device) < views.p_blur
+    offsets = torch.tensor([-1.0, 0.0, 1.0], device=device)
+    taps = torch.exp(-(offsets**2) / (2 * sigma[:, None] ** 2))
+    taps = taps / taps.sum(1, keepdim=True)
+    kernel = (taps[:, :, None] * taps[:, None, :]).repeat_interleave(3, dim=0)[:, None]
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")  # OpenCV's default border (reflect-101)
+    blurred = F.conv2d(padded.reshape(1, 3 * n, *padded.shape[2:]), kernel, groups=3 * n)
+    return torch.where(on.view(-1, 1, 1, 1), blurred.view_as(x), x)
+
+
+def device_views(
+    images: Tensor, sizes: Tensor, views: Views, size: int, gen: torch.Generator
+) -> Tensor:
+    """One random view of each image: uint8 [N, 3, H, W] (each image in the top-left
+    ``sizes[i]`` (h, w) of its slot) -> uint8 [N, 3, size, size], on the images' device."""
+    views.check()
+    n = len(images)
+    boxes = crop_boxes(sizes, views.crop_scale, gen)
+    rois = torch.cat([torch.arange(n, device=images.device, dtype=boxes.dtype)[:, None], boxes], 1)
+    x = roi_align(images.float() / 255, rois, (size, size), aligned=True, sampling_ratio=1)
+    for flag, dim in ((views.hflip, -1), (views.vflip, -2)):
+        if flag:
+            flip = torch.rand(n, generator=gen, device=x.device) < 0.5
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(dim), x)
+    if views.p_color_jitter > 0:
+        x = _jitter(x, views, gen)
+    if views.p_grayscale > 0:
+        gray = torch.rand(n, generator=gen, device=x.device) < views.p_grayscale
+        x = torch.where(gray.view(-1, 1, 1, 1), _gray(x).expand_as(x), x)
+    if views.p_blur > 0:
+        x = _blur(x, views, gen)
+    return (x * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+class DeviceImages:
+    """Every cached image on one device: uint8 [M, 3, H, W] (each in the top-left corner of a
+    slot of the largest size, zero-padded) and their sizes [M, 2] (h, w)."""
+
+    def __init__(self, store: ImageStore, device: torch.device) -> None:
+        arrays = [store[i] for i in range(len(store))]
+        height = max(a.shape[0] for a in arrays)
+        width = max(a.shape[1] for a in arrays)
+        self.images = torch.zeros(len(arrays), 3, height, width, dtype=torch.uint8, device=device)
+        for i, a in enumerate(arrays):
+            self.images[i, :, : a.shape[0], : a.shape[1]] = torch.from_numpy(
+                a.transpose(2, 0, 1).copy()
+            ).to(device)
+        self.sizes = torch.tensor([a.shape[:2] for a in arrays], device=device)
+
+    def views(self, ids: Tensor, views: Views, size: int, gen: torch.Generator) -> list[Tensor]:
+        """``views.n`` random views [B, 3, size, size] of the images ``ids``."""
+        images, sizes = self.images[ids], self.sizes[ids]
+        return [device_views(images, sizes, views, size, gen) for _ in range(views.n)]

@@ -1,0 +1,131 @@
+"""Views made batched on the accelerator have the distribution of the CPU (albumentations) views.
+
+Compared on the CPU by statistics of many views of one image: the crop geometry read off a
+coordinate-coded image (two-sample Kolmogorov-Smirnov distance), and colour statistics under the
+stage-1 jitter, grayscale and blur (quantiles). Pixels differ a little by construction: the
+device path resamples crops bilinearly and rounds once, the CPU path rounds after every step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from skinssl.datamodules.device_views import crop_boxes, device_views
+from skinssl.datamodules.views import Views, seed_pipeline, train_pipeline
+
+H, W, N, SIZE = 96, 144, 600, 48
+YY, XX = np.mgrid[0:H, 0:W]
+
+
+def ks(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sample Kolmogorov-Smirnov distance."""
+    grid = np.sort(np.concatenate([a, b]))
+    cdf = [np.searchsorted(np.sort(v), grid, side="right") / len(v) for v in (a, b)]
+    return float(np.abs(cdf[0] - cdf[1]).max())
+
+
+def cpu_and_device(image: np.ndarray, views: Views) -> tuple[np.ndarray, np.ndarray]:
+    """N views [N, 3, SIZE, SIZE] as float, by the CPU pipeline and by the device path."""
+    pipe = train_pipeline(views, SIZE)
+    seed_pipeline(pipe, 0)
+    cpu = np.stack([pipe(image=image)["image"] for _ in range(N)]).transpose(0, 3, 1, 2)
+    batch = torch.from_numpy(image).permute(2, 0, 1)[None].repeat(N, 1, 1, 1)
+    sizes = torch.tensor([[H, W]] * N)
+    dev = device_views(batch, sizes, views, SIZE, torch.Generator().manual_seed(0))
+    return cpu.astype(np.float64), dev.numpy().astype(np.float64)
+
+
+def test_crop_geometry_and_flips_match() -> None:
+    coords = np.stack([XX * 255 / (W - 1), YY * 255 / (H - 1), np.full((H, W), 128.0)], -1)
+    cpu, dev = cpu_and_device(coords.round().astype(np.uint8), Views(crop_scale=(0.3, 1.0)))
+
+    def width(v: np.ndarray) -> np.ndarray:  # red codes x: the crop's width share
+        return np.abs(v[:, 0, :, -1] - v[:, 0, :, 0]).mean(1) / 255
+
+    def height(v: np.ndarray) -> np.ndarray:  # green codes y
+        return (v[:, 1, -1] - v[:, 1, 0]).mean(1) / 255
+
+    def centre(v: np.ndarray) -> np.ndarray:
+        return v[:, 0].mean((1, 2)) / 255
+
+    for stat in (width, height, centre):
+        assert ks(stat(cpu), stat(dev)) < 0.1, stat.__name__
+
+    def flipped(v: np.ndarray) -> float:
+        return float((v[:, 0, :, -1].mean(1) < v[:, 0, :, 0].mean(1)).mean())
+
+    assert flipped(cpu) == pytest.approx(0.5, abs=0.07)
+    assert flipped(dev) == pytest.approx(0.5, abs=0.07)
+
+
+def test_colour_statistics_match_under_stage1_views() -> None:
+    rng = np.random.default_rng(0)
+    ramp = np.stack([XX * 255 / (W - 1), YY * 255 / (H - 1), 255 - XX * 255 / (W - 1)], -1)
+    image = (0.6 * ramp + 0.4 * rng.integers(0, 256, (H, W, 3))).round().astype(np.uint8)
+    views = Views(crop_scale=(0.9, 1.0), hflip=False, p_color_jitter=0.8, p_grayscale=0.2,
+                  p_blur=0.5)  # fmt: skip
+    cpu, dev = cpu_and_device(image, views)
+    stats = {
+        "red mean": lambda v: v[:, 0].mean((1, 2)),
+        "blue mean": lambda v: v[:, 2].mean((1, 2)),
+        "contrast": lambda v: v.std((1, 2, 3)),
+        "saturation": lambda v: (v.max(1) - v.min(1)).mean((1, 2)),
+        "sharpness": lambda v: np.abs(np.diff(v, axis=3)).mean((1, 2, 3)),
+    }
+    for name, stat in stats.items():
+        a, b = stat(cpu), stat(dev)
+        spread = np.quantile(a, 0.9) - np.quantile(a, 0.1)
+        for q in (0.1, 0.5, 0.9):
+            assert abs(np.quantile(a, q) - np.quantile(b, q)) < 0.1 * spread + 2, (name, q)
+
+    def gray(v: np.ndarray) -> float:
+        return float((np.abs(v[:, 0] - v[:, 1]).max((1, 2)) < 2).mean())
+
+    assert gray(cpu) == pytest.approx(gray(dev), abs=0.05)
+
+
+def test_crops_stay_inside_each_image() -> None:
+    sizes = torch.tensor([[40, 60], [100, 30], [8, 8]] * 50)
+    boxes = crop_boxes(sizes, (0.08, 1.0), torch.Generator().manual_seed(1))
+    h, w = sizes[:, 0].float(), sizes[:, 1].float()
+    assert (boxes[:, 0] >= 0).all() and (boxes[:, 1] >= 0).all()
+    assert (boxes[:, 2] <= w).all() and (boxes[:, 3] <= h).all()
+    assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+
+
+def test_same_generator_same_views() -> None:
+    images = torch.randint(0, 256, (4, 3, 32, 40), dtype=torch.uint8)
+    sizes = torch.tensor([[32, 40]] * 4)
+    views = Views.simclr()
+    a = device_views(images, sizes, views, 24, torch.Generator().manual_seed(3))
+    b = device_views(images, sizes, views, 24, torch.Generator().manual_seed(3))
+    c = device_views(images, sizes, views, 24, torch.Generator().manual_seed(4))
+    assert a.shape == (4, 3, 24, 24) and a.dtype == torch.uint8
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_datamodule_makes_training_views_on_the_device(tmp_path) -> None:
+    """``augment_on: device``: key batches from the loader, views made after the transfer."""
+    from test_pipeline import dm_for, make_csv
+
+    def first_batch(augment_on: str, seed: int = 0) -> dict:
+        torch.manual_seed(seed)
+        dm = dm_for(make_csv(tmp_path, n=20), derm_views=Views.simclr(), augment_on=augment_on)
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(0)
+        return dm.on_after_batch_transfer(next(iter(loader)), 0)
+
+    cpu, dev = first_batch("cpu"), first_batch("device")
+    assert torch.equal(cpu["index"], dev["index"])  # the same order: only where views are made
+    for key in ("derm", "clinic"):
+        assert len(dev[key]) == 2 and dev[key][0].shape == cpu[key][0].shape == (4, 3, 24, 24)
+        assert dev[key][0].dtype == torch.float32  # normalised as the CPU views
+        assert not torch.equal(dev[key][0], dev[key][1])
+    again, other = first_batch("device"), first_batch("device", seed=1)
+    assert torch.equal(dev["derm"][0], again["derm"][0])
+    assert not torch.equal(dev["derm"][0], other["derm"][0])
+    with pytest.raises(ValueError, match="needs the decoded-image cache"):
+        dm_for(make_csv(tmp_path, n=20), augment_on="device", cache="none")
