@@ -7,7 +7,12 @@ so it measures the model alone. Their ratio says how much the input pipeline cos
 Prints a table and writes JSON.
 
     python bench/step.py                                   # CPU-sized default
-    python bench/step.py --backbone resnet50 --image-size 224 --batch-size 48 --device cuda
+    python bench/step.py --backbone resnet50 --image-size 224 --batch-size 48 --device cuda \
+        --precision bf16 --channels-last --sync-check        # a GPU, as the published recipe
+
+``--augment-on device`` makes the views on the device (the pre-made batch then holds views made
+once); ``--compile`` compiles the trunks; ``--sync-check`` counts host-device synchronisations
+in the model-alone steps (CUDA only, ``torch.cuda.set_sync_debug_mode``).
 """
 
 from __future__ import annotations
@@ -19,16 +24,19 @@ import os
 import platform
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import date
 from pathlib import Path
 
 import torch
 from lightning.pytorch.utilities import move_data_to_device
 
+from skinssl.callbacks.speed import speed_up
 from skinssl.datamodules import SyntheticDerm7ptDataModule, Views
 from skinssl.datamodules.base import default_workers
 from skinssl.lightning_modules import SM3Contrastive
+
+PRECISION = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
 
 
 def pairs_per_second(
@@ -38,8 +46,11 @@ def pairs_per_second(
     steps: int,
     warmup: int,
     device: torch.device,
+    dtype: torch.dtype | None,
+    prepared: bool = False,
 ) -> float:
-    """Optimizer steps over ``batches``; pairs per second after ``warmup`` steps."""
+    """Optimizer steps over ``batches`` (``prepared``: already on the device with views);
+    pairs per second after ``warmup`` steps. ``dtype``: autocast precision, None for float32."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     n, start = 0, 0.0
     for i, batch in enumerate(itertools.islice(batches, warmup + steps)):
@@ -47,8 +58,10 @@ def pairs_per_second(
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start, n = time.perf_counter(), 0
-        batch = dm.on_after_batch_transfer(move_data_to_device(batch, device), 0)
-        loss = model.training_step(batch, i)
+        if not prepared:
+            batch = dm.on_after_batch_transfer(move_data_to_device(batch, device), 0)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = model.training_step(batch, i)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -58,10 +71,23 @@ def pairs_per_second(
     return n / (time.perf_counter() - start)
 
 
+def count_syncs(run: Callable[[], float]) -> int:
+    """Host-device synchronisations warned about by CUDA's sync debug mode during ``run``."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            run()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
 def loader_batches(dm: SyntheticDerm7ptDataModule) -> Iterable[dict]:
-    """Training batches, epoch after epoch."""
+    """Training batches, epoch after epoch (each epoch its own order, as in training)."""
     loader = dm.train_dataloader()
-    while True:
+    for epoch in itertools.count():
+        loader.sampler.set_epoch(epoch)
         yield from loader
 
 
@@ -75,10 +101,16 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--root", default="data/synthetic")
     parser.add_argument("--out", default="bench/results/step.json")
+    parser.add_argument("--precision", choices=list(PRECISION), default="32")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--augment-on", choices=["cpu", "device"], default="cpu")
+    parser.add_argument("--sync-check", action="store_true")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message=".*self.log.*")  # no Trainer attached
 
     device = torch.device(args.device)
+    dtype = PRECISION[args.precision]
     workers = default_workers() if args.workers is None else args.workers
     dm = SyntheticDerm7ptDataModule(
         root=args.root,
@@ -87,23 +119,33 @@ def main() -> None:
         batch_size=args.batch_size,
         num_workers=workers,
         derm_views=Views.simclr(),
+        augment_on=args.augment_on,
     )
     dm.setup("fit")
     torch.manual_seed(0)
     model = SM3Contrastive(backbone=args.backbone, gather_negatives=False).to(device).train()
-    fixed = next(iter(dm.train_dataloader()))
+    speed_up(model, args.channels_last, args.compile)
+    loader = dm.train_dataloader()
+    loader.sampler.set_epoch(0)
+    fixed = dm.on_after_batch_transfer(move_data_to_device(next(iter(loader)), device), 0)
+
+    def alone() -> float:
+        batches = itertools.repeat(fixed)
+        return pairs_per_second(model, dm, batches, args.steps, 2, device, dtype, prepared=True)
+
     rows = {
-        "model alone (pre-made batch)": pairs_per_second(
-            model, dm, itertools.repeat(fixed), args.steps, 2, device
-        ),
-        f"full pipeline ({workers} workers)": pairs_per_second(
-            model, dm, loader_batches(dm), args.steps, 2, device
+        "model alone (pre-made batch)": alone(),
+        f"full pipeline ({workers} workers, views on {args.augment_on})": pairs_per_second(
+            model, dm, loader_batches(dm), args.steps, 2, device, dtype
         ),
     }
-    alone = rows["model alone (pre-made batch)"]
+    syncs = count_syncs(alone) if args.sync_check and device.type == "cuda" else None
+    base = rows["model alone (pre-made batch)"]
     print("\n| input | pairs/s | views/s | share of model alone |\n|---|---|---|---|")
     for name, value in rows.items():
-        print(f"| {name} | {value:.1f} | {4 * value:.0f} | {100 * value / alone:.0f} % |")
+        print(f"| {name} | {value:.1f} | {4 * value:.0f} | {100 * value / base:.0f} % |")
+    if syncs is not None:
+        print(f"\nhost-device synchronisations in {args.steps + 2} model-alone steps: {syncs}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
@@ -113,7 +155,8 @@ def main() -> None:
         **{k: v for k, v in vars(args).items() if k not in ("out", "root")},
         "workers": workers,
     }
-    out.write_text(json.dumps({"meta": meta, "pairs_per_s": rows}, indent=2))
+    result = {"meta": meta, "pairs_per_s": rows, "syncs_in_model_alone_steps": syncs}
+    out.write_text(json.dumps(result, indent=2))
     print(f"\nwrote {out}")
 
 

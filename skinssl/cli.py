@@ -9,7 +9,14 @@ import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
-from skinssl.callbacks import Explanations, PredictionWriter, Preemption, SampleViews, TestReport
+from skinssl.callbacks import (
+    Explanations,
+    PredictionWriter,
+    Preemption,
+    SampleViews,
+    Speed,
+    TestReport,
+)
 from skinssl.callbacks.preemption import checkpoint_dir
 
 
@@ -28,9 +35,10 @@ class SkinSSLCLI(LightningCLI):
     """LightningCLI with skinssl's callbacks always attached, each configurable under its name:
     ``report`` (test report), ``explain`` (attention maps, Grad-CAM), ``predictions`` (the
     predict CSV), ``views`` (sample training views), ``preemption`` (checkpoint, requeue and
-    exit on SIGUSR1). ``fit --resume true`` continues from the
-    run directory's ``last.ckpt`` when there is one. ``validate``/``test``/``predict`` with a
-    ``ckpt_path`` take every weight from it, so ``init_from`` and ``weights`` are not read."""
+    exit on SIGUSR1), ``speed`` (channels-last, torch.compile). ``fit --resume true``
+    continues from the run directory's ``last.ckpt`` when there is one.
+    ``validate``/``test``/``predict`` with a ``ckpt_path`` take every weight from it, so
+    ``init_from`` and ``weights`` are not read."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(TestReport, "report")
@@ -38,6 +46,7 @@ class SkinSSLCLI(LightningCLI):
         parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.add_lightning_class_args(SampleViews, "views")
         parser.add_lightning_class_args(Preemption, "preemption")
+        parser.add_lightning_class_args(Speed, "speed")
         parser.add_argument(
             "--resume",
             type=bool,

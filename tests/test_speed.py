@@ -1,0 +1,38 @@
+"""Step-speed options change how, not what: same outputs, same parameter names."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from test_cli import TINY_SYNTHETIC, run
+
+from skinssl.callbacks.speed import speed_up, trunks
+from skinssl.lightning_modules import SM3Contrastive
+
+
+def test_channels_last_and_compile_keep_outputs_and_names() -> None:
+    torch.manual_seed(0)
+    plain = SM3Contrastive(backbone="resnet18", proj_hidden=16, proj_dim=8).eval()
+    fast = copy.deepcopy(plain)
+    changed = speed_up(fast, channels_last=True, compile=True, backend="eager")
+    assert len(changed) == 2 and changed == trunks(fast)
+    conv = fast.encoder.derm.conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fast.encoder(x, x), plain.encoder(x, x), atol=1e-5, rtol=1e-4)
+    assert fast.state_dict().keys() == plain.state_dict().keys()  # checkpoints unchanged
+
+
+def test_speed_options_through_the_cli(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    run(
+        "fit", "configs/quickstart/stage1.yaml", *TINY_SYNTHETIC, "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=2", "--speed.channels_last=true", "--speed.compile=true",
+        "--speed.compile_backend=eager",
+    )  # fmt: skip
+    ckpt = torch.load("runs/quickstart/stage1/checkpoints/last.ckpt", weights_only=True)
+    plain = SM3Contrastive(backbone="resnet18", proj_hidden=512, proj_dim=128)  # the config
+    assert ckpt["state_dict"].keys() == plain.state_dict().keys()
