@@ -218,6 +218,8 @@ class KMeansPseudoLabels(L.Callback):
         self._centroids: dict[str, Tensor] = {}
         self._rows: np.ndarray | None = None
         self._chunks: list[tuple[Tensor, dict[str, Tensor]]] = []
+        self._epoch_clock: float | None = None
+        self._epoch_seconds: float | None = None
         self._bank: dict[str, Tensor] = {}
         self._filled: Tensor | None = None
         self._gpu_resources: Any = None
@@ -246,6 +248,7 @@ class KMeansPseudoLabels(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._chunks = []
+        self._epoch_clock = self._epoch_seconds = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Before the first epoch (after Lightning restored the loops): cluster or restore."""
@@ -255,6 +258,12 @@ class KMeansPseudoLabels(L.Callback):
         if self.features == "memory_bank":
             self._merge_bank(trainer)
         self._refresh(trainer, pl_module, starting=False)
+        self._epoch_clock = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The epoch's training time, for the clustering's share of an epoch."""
+        if self._epoch_clock is not None:
+            self._epoch_seconds = time.perf_counter() - self._epoch_clock
 
     def on_train_batch_end(
         self,
@@ -343,7 +352,11 @@ class KMeansPseudoLabels(L.Callback):
         if trainer.is_global_zero:
             result = self._cluster_rank0(trainer, pl_module, rows, features, epoch)
             if result["error"] is None:
-                result["metrics"]["kmeans/features_seconds"] = features_s
+                metrics = result["metrics"]
+                metrics["kmeans/features_seconds"] = features_s
+                if self._epoch_seconds is not None:  # clustering / (clustering + training)
+                    spent = features_s + metrics["kmeans/seconds"]
+                    metrics["kmeans/epoch_share"] = spent / (spent + self._epoch_seconds)
         result = trainer.strategy.broadcast(result, src=0)
         if result["error"]:
             raise ValueError(result["error"])
