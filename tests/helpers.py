@@ -10,6 +10,8 @@ import cv2
 import lightning as L
 import numpy as np
 
+from skinssl.datamodules import SyntheticDerm7ptDataModule, Views
+
 
 def write_jpeg(path: Path, rng: np.random.Generator, shape: tuple[int, int] = (60, 80)) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -54,3 +56,17 @@ class SignalAt(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def tiny_synthetic(folder: Path, views: Views) -> SyntheticDerm7ptDataModule:
+    """A tiny synthetic Derm7pt-shaped set (40 cases, 64 px, 32-px views), made once per folder."""
+    return SyntheticDerm7ptDataModule(
+        root=str(folder),
+        num_cases=40,
+        synthetic_size=64,
+        image_size=32,
+        cache_size=36,
+        batch_size=8,
+        num_workers=0,
+        derm_views=views,
+    )

@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from helpers import tiny_synthetic
 from test_cli import ON_CPU, REPO, TINY_SYNTHETIC
 
 from skinssl.cli import build_cli
@@ -85,16 +86,7 @@ def test_cli_fit_two_epochs(
 
 
 def tiny_data(root: Path, views: Views | None = None) -> SyntheticDerm7ptDataModule:
-    return SyntheticDerm7ptDataModule(
-        root=str(root / "modules"),
-        num_cases=40,
-        synthetic_size=64,
-        image_size=32,
-        cache_size=36,
-        batch_size=8,
-        num_workers=0,
-        derm_views=views or Views.simclr(),
-    )
+    return tiny_synthetic(root / "modules", views or Views.simclr())
 
 
 def trainer(root: Path, **kw: object) -> L.Trainer:

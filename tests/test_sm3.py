@@ -7,6 +7,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from helpers import tiny_synthetic
 
 from skinssl.callbacks import KMeansPseudoLabels
 from skinssl.datamodules import SyntheticDerm7ptDataModule, Views
@@ -18,17 +19,7 @@ SMALL = dict(backbone="resnet18")
 
 
 def data(root: Path, views: Views) -> SyntheticDerm7ptDataModule:
-    """A tiny synthetic Derm7pt-shaped set (40 cases, 64 px), generated once per root."""
-    return SyntheticDerm7ptDataModule(
-        root=str(root / "synthetic"),
-        num_cases=40,
-        synthetic_size=64,
-        image_size=32,
-        cache_size=36,
-        batch_size=8,
-        num_workers=0,
-        derm_views=views,
-    )
+    return tiny_synthetic(root / "synthetic", views)
 
 
 def fit(module: L.LightningModule, dm: L.LightningDataModule, root: Path, name: str, **kw) -> Path:
