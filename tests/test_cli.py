@@ -289,7 +289,7 @@ def test_two_process_fit_resumes_on_one(tmp_path: Path, monkeypatch: pytest.Monk
     assert first["global_step"] == 2
     # the loader's state says where the next batch comes from: the start of epoch 1
     assert first["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
-        {"epoch": 1, "batches": 0}
+        {"epoch": 1, "batches": 0, "replicas": 2, "batch_size": 4}
     ]
     run("fit", "configs/quickstart/stage1.yaml", *args, "--trainer.max_epochs=2")
     assert torch.load(last, weights_only=True)["global_step"] == 4

@@ -129,3 +129,14 @@ def test_datamodule_makes_training_views_on_the_device(tmp_path) -> None:
     assert not torch.equal(dev["derm"][0], other["derm"][0])
     with pytest.raises(ValueError, match="needs the decoded-image cache"):
         dm_for(make_csv(tmp_path, n=20), augment_on="device", cache="none")
+
+
+def test_padding_repeats_the_image_edge() -> None:
+    """Smaller images are padded with their own last row/column: crops at the edge stay bright."""
+    from skinssl.datamodules.device_views import DeviceImages
+
+    store = [np.full((20, 30, 3), 200, np.uint8), np.zeros((24, 40, 3), np.uint8)]
+    images = DeviceImages(store, torch.device("cpu"))
+    assert images.images.shape == (2, 3, 24, 40)
+    assert (images.images[0] == 200).all()
+    assert images.sizes.tolist() == [[20, 30], [24, 40]]

@@ -169,9 +169,14 @@ def test_loader_resumes_mid_epoch(tmp_path: Path) -> None:
     assert torch.equal(torch.cat([b["derm"] for b in rest]), views[4:])
     # the state names the next batch: mid-epoch, or the next epoch's first once one is complete
     resumed.sampler.set_epoch(3)
+    layout = {"replicas": 1, "batch_size": 2}
     for done, per_epoch, want in ((2, 8, (3, 2)), (8, 8, (4, 0)), (5, 5, (4, 0))):
         resumed.progress = lambda d=done, p=per_epoch: (d, p)
-        assert resumed.state_dict() == {"epoch": want[0], "batches": want[1]}
+        assert resumed.state_dict() == {"epoch": want[0], "batches": want[1], **layout}
+    # mid-epoch on another layout: a clear error; at an epoch boundary any layout resumes
+    with pytest.raises(ValueError, match="2 process\\(es\\) x batch 2"):
+        resumed.load_state_dict({"epoch": 3, "batches": 2, "replicas": 2, "batch_size": 2})
+    resumed.load_state_dict({"epoch": 4, "batches": 0, "replicas": 2, "batch_size": 8})
 
 
 def test_views_validation() -> None:

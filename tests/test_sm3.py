@@ -191,3 +191,18 @@ def test_schedule_steps_equal_lightnings_estimate(pretrained, limits: dict) -> N
     )  # fmt: skip
     trainer.fit(MultiLabelClassifier(schedule="cosine", **SMALL), data(root, Views()))
     assert compare.steps[0] == compare.steps[1]
+
+
+def test_schedule_steps_with_step_limits() -> None:
+    from types import SimpleNamespace
+
+    def trainer(max_epochs: int, max_steps: int) -> SimpleNamespace:
+        data = SimpleNamespace(train_dataloader=lambda: range(10))  # 10 batches per epoch
+        return SimpleNamespace(
+            max_epochs=max_epochs, max_steps=max_steps, datamodule=data,
+            limit_train_batches=1.0, accumulate_grad_batches=1,
+        )  # fmt: skip
+
+    assert schedule_steps(trainer(400, 1000), 2) == (20, 1000)  # warm-up: 2 whole epochs
+    assert schedule_steps(trainer(-1, 50), 1) == (10, 50)  # no epoch limit: the step limit
+    assert schedule_steps(trainer(-1, -1), 1) == (10, 0)  # neither: no total

@@ -45,14 +45,19 @@ def requeue_slurm_job() -> None:
 
 
 class Preemption(L.Callback):
-    """On ``signal`` during ``fit``: finish the batch, save ``checkpoints/last.ckpt``, requeue
-    (under SLURM) and exit with a message saying how to continue.
+    """On ``signal`` during ``fit``: at the next safe batch end, save ``checkpoints/last.ckpt``,
+    requeue (under SLURM) and exit with a message saying how to continue.
+
+    A safe batch end is one after an optimizer step (no accumulated gradients are lost) that is
+    neither the epoch's last batch nor followed by validation (Lightning would skip those hooks
+    on the resumed run).
 
     Args:
         signal_name: the signal to handle (``SIGUSR1``, as the SLURM templates send; ``none``
             turns this off).
-        check_every_n_batches: with several processes, how often the ranks agree on whether
-            the signal came (a small all-reduce); one process checks every batch.
+        check_every_n_batches: with several processes, how often (in batches, across epochs)
+            the ranks agree on whether the signal came (a one-element all-reduce); one process
+            checks every batch.
     """
 
     def __init__(self, signal_name: str = "SIGUSR1", check_every_n_batches: int = 10) -> None:
@@ -61,24 +66,39 @@ class Preemption(L.Callback):
         self.signal_name = signal_name
         self.check_every_n_batches = max(1, check_every_n_batches)
         self.received = False
+        self._stopping = False
+        self._batches = 0
         self._previous: Any = None
 
     def _note(self, signum: int, frame: Any) -> None:
         self.received = True
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Installed after Lightning's own handlers (its SLURM requeue handler is replaced)."""
         if self.signal_name == "none":
             return
-        self.received = False
+        self.received, self._stopping, self._batches = False, False, 0
         try:
             self._previous = signal.signal(getattr(signal, self.signal_name), self._note)
         except ValueError:  # not the main thread: leave signals alone
             self._previous = None
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
         if self._previous is not None:
-            signal.signal(getattr(signal, self.signal_name), self._previous)
+            if signal.getsignal(getattr(signal, self.signal_name)) == self._note:
+                signal.signal(getattr(signal, self.signal_name), self._previous)
             self._previous = None
+
+    def _safe(self, trainer: L.Trainer, batch_idx: int) -> bool:
+        """After an optimizer step, not the epoch's last batch, no validation after it."""
+        done = batch_idx + 1
+        if done % trainer.accumulate_grad_batches or done >= trainer.num_training_batches:
+            return False
+        every = trainer.val_check_batch
+        return not (isinstance(every, int) and every > 0 and done % every == 0)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
@@ -86,19 +106,20 @@ class Preemption(L.Callback):
     ) -> None:  # fmt: skip
         if self.signal_name == "none":
             return
-        stop = self.received
-        if trainer.world_size > 1:
-            if (batch_idx + 1) % self.check_every_n_batches:
-                return
-            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
-        if not stop:
+        self._batches += 1
+        if not self._stopping:
+            if trainer.world_size == 1:
+                self._stopping = self.received
+            elif self._batches % self.check_every_n_batches == 0:  # the same batch on all ranks
+                self._stopping = trainer.strategy.reduce_boolean_decision(self.received, all=False)
+        if not (self._stopping and self._safe(trainer, batch_idx)):
             return
         path = checkpoint_dir(trainer) / "last.ckpt"
         trainer.save_checkpoint(path)
         rank_zero_info(f"preemption: {self.signal_name} received; saved {path}")
         if "SLURM_JOB_ID" in os.environ and trainer.is_global_zero:
             requeue_slurm_job()
-        self.on_fit_end(trainer, pl_module)
+        self._restore()
         raise SystemExit(
             f"stopped by {self.signal_name} at step {trainer.global_step}: checkpoint {path}. "
             "Run the same command with --resume true to continue."

@@ -146,6 +146,7 @@ class PairedDataModule(L.LightningDataModule):
         self._store: ImageStore | None = None
         self._ids: tuple[np.ndarray, np.ndarray] | None = None
         self._tolerant = False
+        self._seed: int | None = None
 
     def default_border_crop(self) -> int:
         """Border crop when the config sets none (no crop unless the data source has a frame)."""
@@ -157,6 +158,8 @@ class PairedDataModule(L.LightningDataModule):
 
     # ----------------------------------------------------------------- setup
     def setup(self, stage: str | None = None) -> None:
+        if stage is not None:  # called by Lightning on every rank
+            self._seed = self._shared_seed()
         if self.cases is not None:
             return
         # Forked loader workers hang on their first parallel OpenCV call if this process has
@@ -215,7 +218,7 @@ class PairedDataModule(L.LightningDataModule):
             rows, labels = self.train_labels()
         else:
             rows, labels = self.split_rows(split), cases.labels
-        seed = torch.initial_seed() % 2**32
+        seed = self._seed if self._seed is not None else torch.initial_seed() % 2**32
         if train and self.augment_on == "device":
             return PairKeys(rows, *self._ids, labels, cases.pair_valid, seed)
         if train:
@@ -305,6 +308,15 @@ class PairedDataModule(L.LightningDataModule):
         for key, views in (("derm", self.derm_views), ("clinic", self.clinic_views)):
             made = self._device_images.views(batch[f"{key}_id"], views, self.image_size, gen)
             batch[key] = made[0] if views.n == 1 else made
+
+    def _shared_seed(self) -> int:
+        """The run's seed (torch's initial seed), rank 0's on every rank: the training order
+        and views need one seed, also when each process drew its own (``seed_everything: true``)."""
+        seed = torch.initial_seed() % 2**32
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1:
+            seed = int(trainer.strategy.broadcast(seed, src=0))
+        return seed
 
     def _rank(self) -> int:
         return self.trainer.global_rank if self.trainer is not None else 0

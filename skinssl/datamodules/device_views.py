@@ -150,18 +150,23 @@ def device_views(
 
 
 class DeviceImages:
-    """Every cached image on one device: uint8 [M, 3, H, W] (each in the top-left corner of a
-    slot of the largest size, zero-padded) and their sizes [M, 2] (h, w)."""
+    """Every cached image on one device: uint8 [M, 3, H, W] and their sizes [M, 2] (h, w).
+
+    Each image sits in the top-left corner of a slot of the largest size; the rest of the slot
+    repeats its last row and column, so that resampling at a crop's edge reads image pixels.
+    """
 
     def __init__(self, store: ImageStore, device: torch.device) -> None:
         arrays = [store[i] for i in range(len(store))]
         height = max(a.shape[0] for a in arrays)
         width = max(a.shape[1] for a in arrays)
-        self.images = torch.zeros(len(arrays), 3, height, width, dtype=torch.uint8, device=device)
+        self.images = torch.empty(len(arrays), 3, height, width, dtype=torch.uint8, device=device)
         for i, a in enumerate(arrays):
-            self.images[i, :, : a.shape[0], : a.shape[1]] = torch.from_numpy(
-                a.transpose(2, 0, 1).copy()
-            ).to(device)
+            h, w = a.shape[:2]
+            image = torch.from_numpy(a.transpose(2, 0, 1).copy()).to(device)
+            self.images[i] = F.pad(image[None].float(), (0, width - w, 0, height - h), "replicate")[
+                0
+            ]
         self.sizes = torch.tensor([a.shape[:2] for a in arrays], device=device)
 
     def views(self, ids: Tensor, views: Views, size: int, gen: torch.Generator) -> list[Tensor]:

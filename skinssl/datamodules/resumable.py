@@ -48,13 +48,27 @@ class ResumableLoader(DataLoader):
         self.progress = progress
 
     def state_dict(self) -> dict[str, int]:
-        """Where the next batch comes from: (epoch, batches of it already trained on)."""
+        """Where the next batch comes from: (epoch, batches of it already trained on), and the
+        layout (ranks, batch size) those batches were cut with."""
         done, per_epoch = self.progress()
+        layout = {"replicas": self.sampler.num_replicas, "batch_size": int(self.batch_size)}
         if done >= per_epoch:  # the epoch is complete: the next one starts from its beginning
-            return {"epoch": self.sampler.epoch + 1, "batches": 0}
-        return {"epoch": self.sampler.epoch, "batches": int(done)}
+            return {"epoch": self.sampler.epoch + 1, "batches": 0, **layout}
+        return {"epoch": self.sampler.epoch, "batches": int(done), **layout}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Continue after ``state["batches"]`` batches of epoch ``state["epoch"]``."""
+        """Continue after ``state["batches"]`` batches of epoch ``state["epoch"]``.
+
+        Mid-epoch, the ranks and batch size must be those of the run that stopped: with others
+        the remaining cases of the epoch are not the ones not yet seen.
+        """
+        then = (state.get("replicas", self.sampler.num_replicas), state.get("batch_size"))
+        now = (self.sampler.num_replicas, self.batch_size)
+        if state["batches"] and then[1] is not None and then != now:
+            raise ValueError(
+                f"this checkpoint stopped mid-epoch with {then[0]} process(es) x batch {then[1]}; "
+                f"resuming with {now[0]} x {now[1]} would repeat or skip cases. Resume with the "
+                "same devices and batch size, or from a checkpoint taken at the end of an epoch."
+            )
         self.sampler.set_epoch(state["epoch"])
         self.sampler.skip = state["batches"] * self.batch_size

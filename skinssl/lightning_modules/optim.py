@@ -46,22 +46,22 @@ def adamw(
 
 
 def schedule_steps(trainer: L.Trainer, warmup_epochs: float) -> tuple[int, int]:
-    """(warm-up steps, total steps) of a fit; total is 0 when the run has no epoch limit.
+    """(warm-up steps, total steps) of a fit; total is 0 when the run has neither an epoch nor
+    a step limit. Warm-up counts whole epochs of steps, whatever ``max_steps`` cuts off.
 
     Counted from a loader of our own rather than ``trainer.estimated_stepping_batches``: that
     sets up Lightning's training loader before a checkpoint's loader state is restored, so a
     mid-epoch resume would restart the epoch's order.
     """
     epochs = trainer.max_epochs or 0
-    if epochs <= 0:
-        return 0, 0
     batches = len(trainer.datamodule.train_dataloader())
     limit = trainer.limit_train_batches
     batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
-    total = epochs * math.ceil(batches / trainer.accumulate_grad_batches)
+    per_epoch = math.ceil(batches / trainer.accumulate_grad_batches)
+    total = epochs * per_epoch if epochs > 0 else 0
     if trainer.max_steps > 0:
-        total = min(total, trainer.max_steps)
-    return round(warmup_epochs * total / epochs), total
+        total = min(total, trainer.max_steps) if total else trainer.max_steps
+    return round(warmup_epochs * per_epoch), total
 
 
 def global_batch_size(trainer: L.Trainer) -> int:
