@@ -36,3 +36,24 @@ def test_speed_options_through_the_cli(tmp_path: Path, monkeypatch) -> None:
     ckpt = torch.load("runs/quickstart/stage1/checkpoints/last.ckpt", weights_only=True)
     plain = SM3Contrastive(backbone="resnet18", proj_hidden=512, proj_dim=128)  # the config
     assert ckpt["state_dict"].keys() == plain.state_dict().keys()
+
+
+def test_gradcam_on_compiled_channels_last_trunks() -> None:
+    """Grad-CAM's hooks still see the trunks' last stage after compile (eager backend here)."""
+    from skinssl.evaluation.gradcam import gradcam
+    from skinssl.lightning_modules import MultiLabelClassifier
+
+    torch.manual_seed(0)
+    model = MultiLabelClassifier(backbone="resnet18").eval()
+    x = torch.randn(2, 3, 64, 64)
+
+    def cams() -> tuple[torch.Tensor, ...]:
+        stages = (model.encoder.derm.layer4, model.encoder.clinic.layer4)
+        return gradcam(model, stages, x, x, "DIAG", 2)
+
+    plain = cams()
+    speed_up(model, channels_last=True, compile=True, backend="eager")
+    with torch.inference_mode():
+        model(x, x)  # the compiled forward runs first, as in a test run
+    for want, got in zip(plain, cams(), strict=True):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
