@@ -11,52 +11,33 @@ index (both views averaged), on the cases with a real clinical image.
 
 from __future__ import annotations
 
+from typing import Any
+
 from lightly.models.modules.heads import BarlowTwinsProjectionHead
 from torch import Tensor
 
-from skinssl.lightning_modules.baselines.base import Modality, Outputs, Pretraining, halves
+from skinssl.lightning_modules.baselines.base import Outputs, Pretraining, halves
 from skinssl.lightning_modules.baselines.losses import barlow_twins
-from skinssl.lightning_modules.nets import Arch
-from skinssl.lightning_modules.optim import Schedule
 
 
 class BarlowTwins(Pretraining):
     """Barlow Twins, single- or multi-modal (see the module docstring).
 
     Args:
-        modality: ``derm``, ``clinic`` or ``both``.
-        backbone: torchvision ResNet of each trunk.
-        weights: trunk initialisation: None, ``"imagenet"`` or a local state-dict file.
-        cross_weight: weight of the cross-modal term (``both``).
         proj_hidden: hidden width of the projector (paper: 8192).
         proj_dim: output size of the projector (paper: 8192).
         lambda_offdiag: weight of the off-diagonal (redundancy) term (paper: 5e-3).
-        lr: AdamW learning rate.
-        weight_decay: AdamW weight decay.
-        schedule: ``constant`` or ``cosine``.
-        warmup_epochs: epochs of linear warm-up.
-        lr_reference_batch: if set, learning rates are multiplied by global batch size / this.
+        **kwargs: the shared arguments of :class:`Pretraining` (modality, trunks, optimiser).
     """
 
     def __init__(
         self,
-        modality: Modality = "both",
-        backbone: Arch = "resnet50",
-        weights: str | None = None,
-        cross_weight: float = 1.0,
         proj_hidden: int = 8192,
         proj_dim: int = 8192,
         lambda_offdiag: float = 5e-3,
-        lr: float = 1e-4,
-        weight_decay: float = 0.05,
-        schedule: Schedule = "constant",
-        warmup_epochs: float = 0,
-        lr_reference_batch: int | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            modality, backbone, weights, cross_weight, lr, weight_decay, schedule,
-            warmup_epochs, lr_reference_batch,
-        )  # fmt: skip
+        super().__init__(**kwargs)
         self.projectors = self.per_modality(
             lambda: BarlowTwinsProjectionHead(self.feature_dim, proj_hidden, proj_dim)
         )

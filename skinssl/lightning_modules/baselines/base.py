@@ -54,15 +54,15 @@ class Pretraining(L.LightningModule):
 
     def __init__(
         self,
-        modality: Modality,
-        backbone: Arch,
-        weights: str | None,
-        cross_weight: float,
-        lr: float,
-        weight_decay: float,
-        schedule: Schedule,
-        warmup_epochs: float,
-        lr_reference_batch: int | None,
+        modality: Modality = "both",
+        backbone: Arch = "resnet50",
+        weights: str | None = None,
+        cross_weight: float = 1.0,
+        lr: float = 1e-4,
+        weight_decay: float = 0.05,
+        schedule: Schedule = "constant",
+        warmup_epochs: float = 0,
+        lr_reference_batch: int | None = None,
     ) -> None:
         super().__init__()
         if modality not in MODALITIES:

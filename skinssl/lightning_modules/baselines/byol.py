@@ -12,55 +12,36 @@ a real clinical image.
 
 from __future__ import annotations
 
+from typing import Any
+
 from lightly.models.modules.heads import BYOLPredictionHead, BYOLProjectionHead
 from torch import Tensor
 
-from skinssl.lightning_modules.baselines.base import Modality, Outputs, halves
+from skinssl.lightning_modules.baselines.base import Outputs, halves
 from skinssl.lightning_modules.baselines.losses import normalized_mse
 from skinssl.lightning_modules.baselines.momentum import MomentumPretraining
-from skinssl.lightning_modules.nets import Arch
-from skinssl.lightning_modules.optim import Schedule
 
 
 class BYOL(MomentumPretraining):
     """BYOL, single- or multi-modal (see the module docstring); heads are lightly's.
 
     Args:
-        modality: ``derm``, ``clinic`` or ``both``.
-        backbone: torchvision ResNet of each trunk.
-        weights: trunk initialisation: None, ``"imagenet"`` or a local state-dict file.
-        cross_weight: weight of the cross-modal term (``both``).
         proj_hidden: hidden width of projector and predictor (paper: 4096).
         proj_dim: output size of projector and predictor (paper: 256).
         momentum: EMA rate of the target at the first step (paper: 0.996).
         momentum_end: EMA rate at the last step (paper: 1.0).
-        lr: AdamW learning rate.
-        weight_decay: AdamW weight decay.
-        schedule: ``constant`` or ``cosine``.
-        warmup_epochs: epochs of linear warm-up.
-        lr_reference_batch: if set, learning rates are multiplied by global batch size / this.
+        **kwargs: the shared arguments of :class:`Pretraining` (modality, trunks, optimiser).
     """
 
     def __init__(
         self,
-        modality: Modality = "both",
-        backbone: Arch = "resnet50",
-        weights: str | None = None,
-        cross_weight: float = 1.0,
         proj_hidden: int = 4096,
         proj_dim: int = 256,
         momentum: float = 0.99,
         momentum_end: float = 1.0,
-        lr: float = 1e-4,
-        weight_decay: float = 0.05,
-        schedule: Schedule = "constant",
-        warmup_epochs: float = 0,
-        lr_reference_batch: int | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            modality, backbone, weights, cross_weight, lr, weight_decay, schedule,
-            warmup_epochs, lr_reference_batch,
-        )  # fmt: skip
+        super().__init__(**kwargs)
         self.projectors = self.per_modality(
             lambda: BYOLProjectionHead(self.feature_dim, proj_hidden, proj_dim)
         )

@@ -25,52 +25,33 @@ import torch.nn.functional as F
 from lightly.models.modules.heads import SwaVProjectionHead
 from torch import Tensor
 
-from skinssl.lightning_modules.baselines.base import Modality, Pretraining
+from skinssl.lightning_modules.baselines.base import Pretraining
 from skinssl.lightning_modules.baselines.losses import prototype_cross_entropy
-from skinssl.lightning_modules.nets import Arch
-from skinssl.lightning_modules.optim import Schedule
 
 
 class DeepClusterV2(Pretraining):
     """DeepCluster-v2, single- or multi-modal; needs the ``KMeansPseudoLabels`` callback.
 
     Args:
-        modality: ``derm``, ``clinic`` or ``both`` (one clustering per modality).
-        backbone: torchvision ResNet of each trunk.
-        weights: trunk initialisation: None, ``"imagenet"`` or a local state-dict file.
         proj_hidden: hidden width of the projector (paper: 2048).
         proj_dim: embedding size (paper: 128).
         num_clusters: k-means clusters per modality (paper: 3000 for ImageNet; at most the
             number of training cases).
         temperature: softmax temperature of the scores (paper: 0.1).
-        lr: AdamW learning rate.
-        weight_decay: AdamW weight decay.
-        schedule: ``constant`` or ``cosine``.
-        warmup_epochs: epochs of linear warm-up.
-        lr_reference_batch: if set, learning rates are multiplied by global batch size / this.
+        **kwargs: the shared arguments of :class:`Pretraining` (modality, trunks, optimiser).
     """
 
     has_cross: ClassVar[bool] = False
 
     def __init__(
         self,
-        modality: Modality = "both",
-        backbone: Arch = "resnet50",
-        weights: str | None = None,
         proj_hidden: int = 2048,
         proj_dim: int = 128,
         num_clusters: int = 30,
         temperature: float = 0.1,
-        lr: float = 1e-4,
-        weight_decay: float = 0.05,
-        schedule: Schedule = "constant",
-        warmup_epochs: float = 0,
-        lr_reference_batch: int | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            modality, backbone, weights, 0.0, lr, weight_decay, schedule, warmup_epochs,
-            lr_reference_batch,
-        )  # fmt: skip
+        super().__init__(cross_weight=0.0, **kwargs)
         if num_clusters < 2:
             raise ValueError(f"num_clusters must be >= 2, got {num_clusters}")
         self.projectors = self.per_modality(

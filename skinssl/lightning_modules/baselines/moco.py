@@ -14,25 +14,21 @@ over cases with a real clinical image.
 
 from __future__ import annotations
 
+from typing import Any
+
 from lightly.models.modules.heads import MoCoProjectionHead
 from lightly.models.modules.memory_bank import MemoryBankModule
 from torch import Tensor, nn
 
-from skinssl.lightning_modules.baselines.base import Modality, Outputs, halves
+from skinssl.lightning_modules.baselines.base import Outputs, halves
 from skinssl.lightning_modules.baselines.losses import info_nce
 from skinssl.lightning_modules.baselines.momentum import MomentumPretraining
-from skinssl.lightning_modules.nets import Arch
-from skinssl.lightning_modules.optim import Schedule
 
 
 class MoCo(MomentumPretraining):
     """MoCo v2, single- or multi-modal (see the module docstring); head and queue are lightly's.
 
     Args:
-        modality: ``derm``, ``clinic`` or ``both``.
-        backbone: torchvision ResNet of each trunk.
-        weights: trunk initialisation: None, ``"imagenet"`` or a local state-dict file.
-        cross_weight: weight of the cross-modal term (``both``).
         proj_hidden: hidden width of the head (paper: 2048).
         proj_dim: output size of the head (paper: 128).
         temperature: InfoNCE temperature (paper: 0.2).
@@ -40,35 +36,20 @@ class MoCo(MomentumPretraining):
             below the number of training views so that a case rarely meets its own old key).
         momentum: EMA rate of the key encoder at the first step (paper: 0.999).
         momentum_end: EMA rate at the last step (equal to ``momentum``: constant).
-        lr: AdamW learning rate.
-        weight_decay: AdamW weight decay.
-        schedule: ``constant`` or ``cosine``.
-        warmup_epochs: epochs of linear warm-up.
-        lr_reference_batch: if set, learning rates are multiplied by global batch size / this.
+        **kwargs: the shared arguments of :class:`Pretraining` (modality, trunks, optimiser).
     """
 
     def __init__(
         self,
-        modality: Modality = "both",
-        backbone: Arch = "resnet50",
-        weights: str | None = None,
-        cross_weight: float = 1.0,
         proj_hidden: int = 2048,
         proj_dim: int = 128,
         temperature: float = 0.2,
         queue_size: int = 256,
         momentum: float = 0.99,
         momentum_end: float = 0.99,
-        lr: float = 1e-4,
-        weight_decay: float = 0.05,
-        schedule: Schedule = "constant",
-        warmup_epochs: float = 0,
-        lr_reference_batch: int | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            modality, backbone, weights, cross_weight, lr, weight_decay, schedule,
-            warmup_epochs, lr_reference_batch,
-        )  # fmt: skip
+        super().__init__(**kwargs)
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
         self.projectors = self.per_modality(

@@ -10,52 +10,33 @@ image.
 
 from __future__ import annotations
 
+from typing import Any
+
 from lightly.models.modules.heads import SimSiamPredictionHead, SimSiamProjectionHead
 from torch import Tensor
 
-from skinssl.lightning_modules.baselines.base import Modality, Outputs, Pretraining, halves
+from skinssl.lightning_modules.baselines.base import Outputs, Pretraining, halves
 from skinssl.lightning_modules.baselines.losses import negative_cosine
-from skinssl.lightning_modules.nets import Arch
-from skinssl.lightning_modules.optim import Schedule
 
 
 class SimSiam(Pretraining):
     """SimSiam, single- or multi-modal (see the module docstring); heads are lightly's.
 
     Args:
-        modality: ``derm``, ``clinic`` or ``both``.
-        backbone: torchvision ResNet of each trunk.
-        weights: trunk initialisation: None, ``"imagenet"`` or a local state-dict file.
-        cross_weight: weight of the cross-modal term (``both``).
         proj_hidden: hidden width of the projector (paper: 2048).
         proj_dim: output size of projector and predictor (paper: 2048).
         pred_hidden: hidden width of the predictor bottleneck (paper: 512).
-        lr: AdamW learning rate.
-        weight_decay: AdamW weight decay.
-        schedule: ``constant`` or ``cosine``.
-        warmup_epochs: epochs of linear warm-up.
-        lr_reference_batch: if set, learning rates are multiplied by global batch size / this.
+        **kwargs: the shared arguments of :class:`Pretraining` (modality, trunks, optimiser).
     """
 
     def __init__(
         self,
-        modality: Modality = "both",
-        backbone: Arch = "resnet50",
-        weights: str | None = None,
-        cross_weight: float = 1.0,
         proj_hidden: int = 2048,
         proj_dim: int = 2048,
         pred_hidden: int = 512,
-        lr: float = 1e-4,
-        weight_decay: float = 0.05,
-        schedule: Schedule = "constant",
-        warmup_epochs: float = 0,
-        lr_reference_batch: int | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            modality, backbone, weights, cross_weight, lr, weight_decay, schedule,
-            warmup_epochs, lr_reference_batch,
-        )  # fmt: skip
+        super().__init__(**kwargs)
         self.projectors = self.per_modality(
             lambda: SimSiamProjectionHead(self.feature_dim, proj_hidden, proj_dim)
         )

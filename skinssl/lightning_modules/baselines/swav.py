@@ -13,25 +13,21 @@ averaged), over cases with a real clinical image.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from lightly.models.modules.heads import SwaVProjectionHead
 from torch import Tensor, nn
 
-from skinssl.lightning_modules.baselines.base import Modality, Outputs, Pretraining, halves
+from skinssl.lightning_modules.baselines.base import Outputs, Pretraining, halves
 from skinssl.lightning_modules.baselines.losses import swapped_prediction, swav_codes
-from skinssl.lightning_modules.nets import Arch
-from skinssl.lightning_modules.optim import Schedule
 
 
 class SwAV(Pretraining):
     """SwAV, single- or multi-modal (see the module docstring).
 
     Args:
-        modality: ``derm``, ``clinic`` or ``both``.
-        backbone: torchvision ResNet of each trunk.
-        weights: trunk initialisation: None, ``"imagenet"`` or a local state-dict file.
-        cross_weight: weight of the cross-modal term (``both``).
         proj_hidden: hidden width of the projector (paper: 2048).
         proj_dim: embedding size (paper: 128).
         num_prototypes: prototypes shared by both modalities (paper: 3000 for ImageNet).
@@ -39,19 +35,11 @@ class SwAV(Pretraining):
         sinkhorn_iterations: Sinkhorn-Knopp iterations (paper: 3).
         sinkhorn_epsilon: entropy regularisation of the codes (paper: 0.05).
         freeze_prototypes_epochs: epochs during which the prototypes are not updated.
-        lr: AdamW learning rate.
-        weight_decay: AdamW weight decay.
-        schedule: ``constant`` or ``cosine``.
-        warmup_epochs: epochs of linear warm-up.
-        lr_reference_batch: if set, learning rates are multiplied by global batch size / this.
+        **kwargs: the shared arguments of :class:`Pretraining` (modality, trunks, optimiser).
     """
 
     def __init__(
         self,
-        modality: Modality = "both",
-        backbone: Arch = "resnet50",
-        weights: str | None = None,
-        cross_weight: float = 1.0,
         proj_hidden: int = 2048,
         proj_dim: int = 128,
         num_prototypes: int = 30,
@@ -59,16 +47,9 @@ class SwAV(Pretraining):
         sinkhorn_iterations: int = 3,
         sinkhorn_epsilon: float = 0.05,
         freeze_prototypes_epochs: int = 1,
-        lr: float = 1e-4,
-        weight_decay: float = 0.05,
-        schedule: Schedule = "constant",
-        warmup_epochs: float = 0,
-        lr_reference_batch: int | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            modality, backbone, weights, cross_weight, lr, weight_decay, schedule,
-            warmup_epochs, lr_reference_batch,
-        )  # fmt: skip
+        super().__init__(**kwargs)
         if num_prototypes < 2:
             raise ValueError(f"num_prototypes must be >= 2, got {num_prototypes}")
         self.projectors = self.per_modality(
