@@ -177,3 +177,19 @@ def test_deepcluster_needs_the_kmeans_callback(data_root: Path, tmp_path: Path) 
     model = DeepClusterV2(backbone="resnet18", proj_hidden=16, proj_dim=8, num_clusters=3)
     with pytest.raises(RuntimeError, match="add the KMeansPseudoLabels callback"):
         trainer(tmp_path, max_steps=1).fit(model, tiny_data(data_root))
+
+
+def test_moco_queues_travel_with_the_checkpoint(tmp_path: Path) -> None:
+    """lightly keeps the queues out of the state dict: they are saved and restored beside it."""
+    first = MoCo(backbone="resnet18", proj_hidden=16, proj_dim=8, queue_size=12)
+    for q in first.queues.values():
+        q.bank.normal_()
+        q.bank_ptr.fill_(5)
+    checkpoint: dict = {}
+    first.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, tmp_path / "queues.ckpt")
+    second = MoCo(backbone="resnet18", proj_hidden=16, proj_dim=8, queue_size=12)
+    second.on_load_checkpoint(torch.load(tmp_path / "queues.ckpt", weights_only=True))
+    for m in ("derm", "clinic"):
+        assert torch.equal(second.queues[m].bank, first.queues[m].bank)
+        assert int(second.queues[m].bank_ptr) == 5

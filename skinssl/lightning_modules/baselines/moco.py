@@ -85,3 +85,16 @@ class MoCo(MomentumPretraining):
             for q, k in zip(halves(a["q"]), halves(b["k"]), strict=True)
         ]
         return sum(terms) / len(terms)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The key queues (non-persistent buffers in lightly) go into the checkpoint too."""
+        checkpoint["moco_queues"] = {
+            m: {"bank": q.bank.detach().cpu(), "pointer": q.bank_ptr.detach().cpu()}
+            for m, q in self.queues.items()
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A resumed run continues with the queues it stopped with."""
+        for m, saved in checkpoint.get("moco_queues", {}).items():
+            self.queues[m].bank.copy_(saved["bank"])
+            self.queues[m].bank_ptr.copy_(saved["pointer"])
