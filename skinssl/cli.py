@@ -41,8 +41,8 @@ class SkinSSLCLI(LightningCLI):
     ``init_from`` and ``weights`` are not read."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(TestReport, "report")
-        parser.add_lightning_class_args(Explanations, "explain")
+        parser.add_lightning_class_args(Explanations, "explain")  # before the report: it links
+        parser.add_lightning_class_args(TestReport, "report")  # the explanation figures
         parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.add_lightning_class_args(SampleViews, "views")
         parser.add_lightning_class_args(Preemption, "preemption")

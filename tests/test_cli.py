@@ -99,7 +99,16 @@ def test_quickstart_chain_writes_the_report(quickstart_run: Path) -> None:
         lo, hi = summary[name]["ci"]
         assert lo <= summary[name]["value"] <= hi
     assert {"expected_score", "hard_score", "mel_probability"} <= set(metrics["melanoma"])
-    assert "## Melanoma detection" in (run_dir / "report.md").read_text()
+    report_md = (run_dir / "report.md").read_text()
+    assert "## Melanoma detection" in report_md
+    for name in (
+        "roc_DIAG",
+        "confusion_RS",
+        "attention",
+        "attention_by_diagnosis",
+        "gradcam_DIAG_MEL",
+    ):
+        assert f"![{name}](figures/{name}.png)" in report_md
     figures = {p.name for p in (run_dir / "figures").glob("*.png")}
     for h in metrics["heads"]:
         assert {f"roc_{h}.png", f"confusion_{h}.png"} <= figures

@@ -3,10 +3,13 @@
 Attention: the label x label map of SM3's relation module averaged over the test cases, overall
 and per true diagnosis, the figure the paper uses to show how the criteria relate to each other
 and to the diagnosis. Grad-CAM: for a chosen head and class, where each trunk looks, on both
-images of a few test cases. PNGs in ``<run dir>/figures``, images in TensorBoard.
+images of a few test cases. PNGs in ``<run dir>/figures``, images in TensorBoard. Runs before
+the test report, which links its figures.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -63,6 +66,11 @@ class Explanations(L.Callback):
         self.gradcam_cases = gradcam_cases
         self.gradcam_head = gradcam_head
         self.class_index = classes.index(gradcam_class)
+        self.figures: list[Path] = []
+        """The PNG files of the last test run (the test report links them)."""
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.figures = []
 
     @rank_zero_only
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -73,10 +81,12 @@ class Explanations(L.Callback):
             names = list(outputs.heads)
             overall = {"all cases": attention_groups(outputs)["all cases"]}
             title = "Label-relation attention, mean over the test cases"
-            publish(trainer, attention_figure(overall, names, title), "attention", "test/attention")
+            fig = attention_figure(overall, names, title)
+            self.figures.append(publish(trainer, fig, "attention", "test/attention"))
             title = "Label-relation attention by true diagnosis"
             fig = attention_figure(attention_groups(outputs), names, title)
-            publish(trainer, fig, "attention_by_diagnosis", "test/attention_by_diagnosis")
+            tag = "attention_by_diagnosis"
+            self.figures.append(publish(trainer, fig, tag, f"test/{tag}"))
         if self.gradcam_cases and self.gradcam_head in outputs.heads:
             self._gradcam(trainer, pl_module, outputs)
 
@@ -130,4 +140,4 @@ class Explanations(L.Callback):
             )
         fig = gradcam_figure(panels, self.gradcam_head, name)
         tag = f"{self.gradcam_head}_{name}"
-        publish(trainer, fig, f"gradcam_{tag}", f"test/gradcam/{tag}")
+        self.figures.append(publish(trainer, fig, f"gradcam_{tag}", f"test/gradcam/{tag}"))

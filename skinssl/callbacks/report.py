@@ -1,5 +1,6 @@
 """The test report callback: ``metrics.json``, ``report.md``, ``per_class.csv``, ROC curves and
-confusion matrices in the run directory and in TensorBoard, the summary printed.
+confusion matrices in the run directory and in TensorBoard, the summary printed. The report also
+links the figures of an :class:`Explanations` callback that ran before it.
 
 Works with any module that sets ``test_outputs`` (:class:`~skinssl.evaluation.CaseOutputs`) in
 ``on_test_epoch_end``, as :class:`~skinssl.lightning_modules.MultiLabelClassifier` does.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
+from skinssl.callbacks.explain import Explanations
 from skinssl.callbacks.run_dir import log_dir, publish
 from skinssl.evaluation.figures import confusion_figure, roc_figure
 from skinssl.evaluation.report import build_report, markdown, write_report
@@ -56,6 +58,7 @@ class TestReport(L.Callback):
                 figures.append(publish(trainer, roc, f"roc_{h}", f"test/roc/{h}"))
                 cm = confusion_figure(r["confusion"], h)
                 figures.append(publish(trainer, cm, f"confusion_{h}", f"test/confusion/{h}"))
+        figures += [f for c in trainer.callbacks if isinstance(c, Explanations) for f in c.figures]
         text = markdown(report, f"Test report: {out}", [str(f.relative_to(out)) for f in figures])
         write_report(report, out, text)
         if self.print_report:
