@@ -79,12 +79,13 @@ class Explanations(L.Callback):
             return
         if self.attention and outputs.attention is not None:
             names = list(outputs.heads)
-            overall = {"all cases": attention_groups(outputs)["all cases"]}
+            groups = attention_groups(outputs)
+            overall = {"all cases": groups["all cases"]}
             title = "Label-relation attention, mean over the test cases"
             fig = attention_figure(overall, names, title)
             self.figures.append(publish(trainer, fig, "attention", "test/attention"))
             title = "Label-relation attention by true diagnosis"
-            fig = attention_figure(attention_groups(outputs), names, title)
+            fig = attention_figure(groups, names, title)
             tag = "attention_by_diagnosis"
             self.figures.append(publish(trainer, fig, tag, f"test/{tag}"))
         if self.gradcam_cases and self.gradcam_head in outputs.heads:

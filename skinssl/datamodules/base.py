@@ -218,7 +218,7 @@ class PairedDataModule(L.LightningDataModule):
             rows, labels = self.train_labels()
         else:
             rows, labels = self.split_rows(split), cases.labels
-        seed = self._seed if self._seed is not None else torch.initial_seed() % 2**32
+        seed = self._run_seed()
         if train and self.augment_on == "device":
             return PairKeys(rows, *self._ids, labels, cases.pair_valid, seed)
         if train:
@@ -303,11 +303,15 @@ class PairedDataModule(L.LightningDataModule):
         if self._device_images is None or self._device_images.images.device != device:
             assert self._store is not None
             self._device_images = DeviceImages(self._store, device)
-        seed = views_seed(int(batch["seed"][0]), int(batch["epoch"][0]), int(batch["index"][0]))
+        seed = views_seed(self._run_seed(), int(batch["epoch"][0]), int(batch["index"][0]))
         gen = torch.Generator(device=device).manual_seed(seed)
         for key, views in (("derm", self.derm_views), ("clinic", self.clinic_views)):
             made = self._device_images.views(batch[f"{key}_id"], views, self.image_size, gen)
             batch[key] = made[0] if views.n == 1 else made
+
+    def _run_seed(self) -> int:
+        """The seed of the training order and views (rank 0's once ``setup`` ran)."""
+        return self._seed if self._seed is not None else torch.initial_seed() % 2**32
 
     def _shared_seed(self) -> int:
         """The run's seed (torch's initial seed), rank 0's on every rank: the training order

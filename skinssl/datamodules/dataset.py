@@ -115,7 +115,8 @@ def seed_worker(worker_id: int) -> None:
 class PairKeys(Dataset):
     """Training items without images, for views made on the accelerator: ``index``,
     ``labels``, ``pair_valid``, the cached image ids ``derm_id``/``clinic_id`` and the
-    ``epoch`` and ``seed`` the views are drawn from. Keys are ``(position, epoch)``."""
+    ``epoch`` the views are drawn for. Keys are ``(position, epoch)``; ``case_seed`` seeds the
+    order (the datamodule seeds the views from the same run seed)."""
 
     def __init__(
         self, rows: np.ndarray, derm_ids: np.ndarray, clinic_ids: np.ndarray,
@@ -140,5 +141,4 @@ class PairKeys(Dataset):
             "derm_id": int(self.derm_ids[row]),
             "clinic_id": int(self.clinic_ids[row]),
             "epoch": epoch,
-            "seed": self.case_seed,
         }
