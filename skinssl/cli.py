@@ -11,6 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from skinssl.callbacks import (
     Explanations,
+    GlooExit,
     PredictionWriter,
     Preemption,
     SampleViews,
@@ -54,6 +55,11 @@ class SkinSSLCLI(LightningCLI):
             help="fit: continue from checkpoints/last.ckpt of this run's directory if it exists, "
             "so that restarting the same command resumes it",
         )
+
+    def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks.append(GlooExit())  # not a setting: always wanted, costs 0.2 s
+        return trainer
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, {})

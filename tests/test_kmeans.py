@@ -17,7 +17,7 @@ from sklearn.metrics import normalized_mutual_info_score
 from torch import nn
 
 import skinssl.callbacks.kmeans as km
-from skinssl.callbacks import KMeansPseudoLabels
+from skinssl.callbacks import GlooExit, KMeansPseudoLabels
 from skinssl.datamodules import PairedCSVDataModule
 
 HEADS = {"PN": 3, "BWV": 2}
@@ -221,7 +221,7 @@ def test_two_ranks_identical_labels(tmp_path: Path) -> None:
     out.mkdir()
     t = trainer(
         tmp_path,
-        [KMeansPseudoLabels(features="memory_bank")],
+        [KMeansPseudoLabels(features="memory_bank"), GlooExit()],
         devices=2,
         strategy="ddp_spawn",
         logger=CSVLogger(str(tmp_path), name="csv", version=0),

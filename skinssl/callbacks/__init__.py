@@ -1,7 +1,8 @@
 """Callbacks: k-means pseudo-labels, the test report, explanations, prediction files, sample
-views, preemption and step-speed options."""
+views, preemption, step-speed options and a clean exit of CPU multi-process runs."""
 
 from skinssl.callbacks.explain import Explanations
+from skinssl.callbacks.gloo_exit import GlooExit
 from skinssl.callbacks.kmeans import KMeansPseudoLabels
 from skinssl.callbacks.predictions import PredictionWriter
 from skinssl.callbacks.preemption import Preemption
@@ -11,6 +12,7 @@ from skinssl.callbacks.views import SampleViews
 
 __all__ = [
     "Explanations",
+    "GlooExit",
     "KMeansPseudoLabels",
     "Preemption",
     "PredictionWriter",
