@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from skinssl.datamodules.device_views import crop_boxes, device_views
-from skinssl.datamodules.views import Views, seed_pipeline, train_pipeline
+from skinssl.datamodules.views import Views, eval_pipeline, seed_pipeline, train_pipeline
 
 H, W, N, SIZE = 96, 144, 600, 48
 YY, XX = np.mgrid[0:H, 0:W]
@@ -140,3 +140,22 @@ def test_padding_repeats_the_image_edge() -> None:
     assert images.images.shape == (2, 3, 24, 40)
     assert (images.images[0] == 200).all()
     assert images.sizes.tolist() == [[20, 30], [24, 40]]
+
+
+def test_shrinking_is_anti_aliased_on_both_paths() -> None:
+    """Black/white pixel noise shrunk about 5x averages out (area resampling); sampling one
+    point per output pixel would keep most of its contrast (std about 127)."""
+    big = 240
+    noise = np.random.default_rng(0).integers(0, 2, (big, big, 1), dtype=np.uint8) * 255
+    image = noise.repeat(3, 2)
+    views = Views(crop_scale=(1.0, 1.0), p_color_jitter=0.0)
+    pipe = train_pipeline(views, SIZE)
+    seed_pipeline(pipe, 0)
+    cpu = np.stack([pipe(image=image)["image"] for _ in range(20)])
+    batch = torch.from_numpy(image).permute(2, 0, 1)[None].repeat(20, 1, 1, 1)
+    sizes = torch.tensor([[big, big]] * 20)
+    dev = device_views(batch, sizes, views, SIZE, torch.Generator().manual_seed(0)).numpy()
+    resized = eval_pipeline(SIZE)(image=image)["image"]
+    for name, v in (("cpu", cpu), ("device", dev), ("eval", resized)):
+        v = v.astype(np.float64)
+        assert abs(v.mean() - 127.5) < 6 and v.std() < 45, (name, v.mean(), v.std())

@@ -3,8 +3,9 @@
 The same steps and parameter ranges as :func:`skinssl.datamodules.views.train_pipeline`
 (albumentations): random resized crop (scale, ratio 3/4-4/3, 10 tries then a centre crop),
 horizontal/vertical flip, colour jitter (brightness, contrast, saturation, hue in a random order
-per image), grayscale, 3x3 Gaussian blur. Crops are bilinear resamplings of each image's box
-(``roi_align``, one sample per output pixel as OpenCV's linear resize), colour operations run in
+per image), grayscale, 3x3 Gaussian blur. Crops are resamplings of each image's box
+(``roi_align``: each output pixel averages ceil(box/size) x ceil(box/size) bilinear samples, so
+shrinking is anti-aliased as the CPU path's area resize), colour operations run in
 float and the result is rounded to uint8 once (the CPU path rounds after every step), so single
 pixels differ a little while the distributions match (``tests/test_device_views.py``).
 
@@ -134,7 +135,7 @@ def device_views(
     n = len(images)
     boxes = crop_boxes(sizes, views.crop_scale, gen)
     rois = torch.cat([torch.arange(n, device=images.device, dtype=boxes.dtype)[:, None], boxes], 1)
-    x = roi_align(images.float() / 255, rois, (size, size), aligned=True, sampling_ratio=1)
+    x = roi_align(images.float() / 255, rois, (size, size), aligned=True, sampling_ratio=0)
     for flag, dim in ((views.hflip, -1), (views.vflip, -2)):
         if flag:
             flip = torch.rand(n, generator=gen, device=x.device) < 0.5

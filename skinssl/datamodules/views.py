@@ -59,7 +59,12 @@ def train_pipeline(views: Views, size: int) -> A.Compose:
     views.check()
     b, c, s, h = views.color_jitter
     steps: list[A.BasicTransform] = [
-        A.RandomResizedCrop(size=(size, size), scale=views.crop_scale, ratio=(3 / 4, 4 / 3)),
+        A.RandomResizedCrop(
+            size=(size, size),
+            scale=views.crop_scale,
+            ratio=(3 / 4, 4 / 3),
+            area_for_downscale="image",  # anti-aliased when shrinking, as PIL's resize
+        ),
     ]
     if views.hflip:
         steps.append(A.HorizontalFlip(p=0.5))
@@ -79,8 +84,9 @@ def train_pipeline(views: Views, size: int) -> A.Compose:
 
 
 def eval_pipeline(size: int) -> A.Compose:
-    """Deterministic view: resize to ``size`` x ``size`` (as the authors' test transform)."""
-    return A.Compose([A.Resize(size, size)])
+    """Deterministic view: resize to ``size`` x ``size`` (as the authors' test transform),
+    anti-aliased when shrinking."""
+    return A.Compose([A.Resize(size, size, area_for_downscale="image")])
 
 
 def seed_pipeline(pipeline: A.Compose, seed: int) -> None:
