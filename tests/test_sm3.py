@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -107,6 +108,19 @@ def test_finetune_settings_from_stage2(pretrained, tmp_path: Path, setting: str)
     assert trunk_moved == (setting == "finetune")
     assert rel_moved == (setting != "linear")
     assert not torch.equal(heads, model.classifiers["PN"].weight)
+
+
+def test_heads_from_centroids_warn_when_stage2_scaled_its_logits(pretrained, tmp_path) -> None:
+    root, _, stage2 = pretrained
+    kwargs = dict(head_input="tokens", embed_dim=32, relation_ffn=16, input_norm=True, **SMALL)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        MultiLabelClassifier(init_from=str(stage2), **kwargs)  # l2_norm off, T = 1: no warning
+    ckpt = torch.load(stage2, weights_only=True)
+    ckpt["hyper_parameters"]["temperature"] = 0.1
+    torch.save(ckpt, tmp_path / "scaled.ckpt")
+    with pytest.warns(UserWarning, match="'temperature': 0.1"):
+        MultiLabelClassifier(init_from=str(tmp_path / "scaled.ckpt"), **kwargs)
 
 
 def test_linear_probe_of_stage1_and_mismatch_errors(pretrained, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from skinssl.evaluation import CaseOutputs
@@ -146,6 +146,16 @@ class MultiLabelClassifier(L.LightningModule):
                     clf.weight.copy_(proto)
                     clf.bias.zero_()
                     loaded.append(f"{h} head from centroids")
+        scaled = {k: hparams.get(k) for k in ("l2_norm", "temperature")}
+        if any("centroids" in x for x in loaded) and scaled not in (
+            {"l2_norm": False, "temperature": 1.0},
+            {"l2_norm": None, "temperature": None},
+        ):
+            rank_zero_warn(
+                f"init_from {path}: its prototypes were trained with {scaled}; the heads start "
+                "from them but see unnormalised tokens at temperature 1, so their first logits "
+                "are scaled differently"
+            )
         rank_zero_info(f"init_from {path}: loaded {', '.join(loaded)}")
 
     def _frozen(self) -> list[nn.Module]:
