@@ -1,8 +1,9 @@
 """Seconds per clustering pass (every head once) of the pseudo-label k-means.
 
-The callback's ``kmeans`` (FAISS spherical k-means, CPU, and one GPU when a CUDA GPU and a FAISS
-GPU build are present) against scikit-learn's ``KMeans`` (Lloyd, same iterations, one init) on
-the same L2-normalised features. Two sizes: Derm7pt's training split (413 cases x 7 heads) and
+The callback's two algorithms, ``kmeans`` (FAISS spherical k-means, CPU, and one GPU when a CUDA
+GPU and a FAISS GPU build are present) and ``dot_kmeans`` (the authors' k-means in torch, CPU and
+CUDA), against scikit-learn's ``KMeans`` (Lloyd, same iterations, one init) on the same
+L2-normalised features. Two sizes: Derm7pt's training split (413 cases x 7 heads) and
 100k cases x 8 heads, 512-d embeddings. Features are Gaussian blobs around K random directions
 plus noise, so that the clusterings have structure. Prints a Markdown table and writes JSON.
 
@@ -29,7 +30,7 @@ import torch
 from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_limits
 
-from skinssl.callbacks.kmeans import available_cores, faiss_threads, kmeans
+from skinssl.callbacks.kmeans import available_cores, dot_kmeans, faiss_threads, kmeans
 
 CASES = {
     "Derm7pt train (413 x 7 heads)": (413, (3, 2, 3, 3, 3, 3, 2)),
@@ -63,6 +64,16 @@ def faiss_pass(device: int | None, resources: object, niter: int) -> Callable:
         return [
             kmeans(x, k, niter, 1, 0, device, resources)[2] for x, k in zip(feats, ks, strict=True)
         ]
+
+    return run
+
+
+def authors_pass(device: str, niter: int) -> Callable:
+    def run(feats: list[np.ndarray], ks: tuple[int, ...]) -> list[float]:
+        objectives = [dot_kmeans(x, k, niter, 0, device)[2] for x, k in zip(feats, ks, strict=True)]
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return objectives
 
     return run
 
@@ -108,6 +119,9 @@ def main() -> None:
     gpu = torch.cuda.is_available() and faiss.get_num_gpus() > 0
     if gpu:
         methods["faiss-gpu"] = faiss_pass(0, faiss.StandardGpuResources(), args.niter)
+    methods["authors-cpu"] = authors_pass("cpu", args.niter)
+    if torch.cuda.is_available():
+        methods["authors-cuda"] = authors_pass("cuda", args.niter)
     methods["sklearn"] = sklearn_pass(args.niter)
 
     rows = []

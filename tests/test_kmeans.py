@@ -160,6 +160,64 @@ def test_kmeans_errors() -> None:
         km.kmeans(x, 2)
 
 
+def authors_reference(x: np.ndarray, k: int, niter: int, seed: int):
+    """METHOD.md §4.2 as a float64 loop: the same K starting samples, dot-product E-steps,
+    mean M-steps over raw members, empty clusters keep their centroid, normalise every step."""
+    start = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:k].numpy()
+    x = x.astype(np.float64)
+    c = x[start].copy()
+    empty = 0
+    for step in range(niter + 1):
+        a = np.array([int(np.argmax([row @ ck for ck in c])) for row in x])
+        if step == niter:
+            break
+        for j in range(k):
+            members = x[a == j]
+            if len(members):
+                c[j] = members.mean(0)
+            else:
+                empty += 1
+        c = c / np.linalg.norm(c, axis=1, keepdims=True)
+    return c, a, empty
+
+
+@pytest.mark.parametrize("data", ["blobs", "duplicates"])
+def test_authors_kmeans_matches_a_direct_loop(data: str) -> None:
+    if data == "blobs":
+        x, _ = blobs(30, 4, 16, seed=1)
+        x = x * np.random.default_rng(0).uniform(0.5, 3, (len(x), 1)).astype(np.float32)
+    else:  # three distinct points, K = 6: some clusters start or stay empty
+        x = np.repeat(np.eye(3, 8, dtype=np.float32) + 0.1, 10, axis=0)
+    ref_c, ref_a, empty = authors_reference(x, 6 if data == "duplicates" else 4, 10, seed=3)
+    c, a, objective = km.dot_kmeans(x, len(ref_c), niter=10, seed=3)
+    np.testing.assert_array_equal(a, ref_a)
+    np.testing.assert_allclose(c, ref_c, atol=1e-5)
+    assert empty > 0 or data == "blobs"  # the duplicates exercise the empty-cluster rule
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    assert objective == pytest.approx(float((unit * ref_c[ref_a]).sum(1).mean()), abs=1e-5)
+
+
+def test_authors_kmeans_weights_members_by_norm() -> None:
+    """Unlike spherical k-means, a long member pulls its centroid harder."""
+    x = np.array([[1, 0], [0, 1], [10, 0]], np.float32)  # one cluster: the mean of raw rows
+    c, _, _ = km.dot_kmeans(x, 1, niter=1, seed=0)
+    raw = x.mean(0) / np.linalg.norm(x.mean(0))
+    np.testing.assert_allclose(c[0], raw, atol=1e-6)
+    sph = km.kmeans(x, 1, niter=1)[0][0]
+    assert abs(float(sph @ raw)) < 0.99  # the spherical centroid points elsewhere
+
+
+def test_authors_kmeans_errors() -> None:
+    with pytest.raises(ValueError, match="K = 5 clusters needs at least 5 samples, got 3"):
+        km.dot_kmeans(np.ones((3, 4), np.float32), 5)
+    with pytest.raises(ValueError, match="non-finite"):
+        km.dot_kmeans(np.full((4, 2), np.inf, np.float32), 2)
+    with pytest.raises(ValueError, match="'authors' k-means has no restarts"):
+        KMeansPseudoLabels(algorithm="authors", nredo=3)
+    with pytest.raises(ValueError, match="algorithm = 'lloyd'"):
+        KMeansPseudoLabels(algorithm="lloyd")  # type: ignore[arg-type]
+
+
 # ------------------------------------------------------------------ the callback in a fit
 def test_callback_fit_labels_logs_and_clean_pass(tmp_path: Path) -> None:
     dm = make_dm(tmp_path, n_train=8)
@@ -195,6 +253,21 @@ def test_callback_fit_labels_logs_and_clean_pass(tmp_path: Path) -> None:
     cb.cluster(t, model)
     assert flags == {n: m.training for n, m in model.named_modules()}
     assert all(torch.equal(stats[n], b) for n, b in model.named_buffers())
+
+
+def test_callback_with_the_authors_kmeans(tmp_path: Path) -> None:
+    dm = make_dm(tmp_path, n_train=8)
+    model, cb = ToyModule(), KMeansPseudoLabels(algorithm="authors")
+    saves = ModelCheckpoint(dirpath=tmp_path / "ck", filename="end")
+    trainer(tmp_path, [cb, saves], enable_checkpointing=True).fit(model, dm)
+    assert model.calls == [0, 1]
+    check_labels(model.pseudo, train_rows(dm))
+    for h, c in cb.state_dict()["centroids"].items():
+        torch.testing.assert_close(c.norm(dim=1), torch.ones(HEADS[h]))
+    with pytest.raises(ValueError, match="algorithm: checkpoint 'authors', this run 'spherical'"):
+        trainer(tmp_path, [KMeansPseudoLabels()]).fit(
+            ToyModule(), dm, ckpt_path=str(tmp_path / "ck" / "end.ckpt")
+        )
 
 
 def test_every_n_epochs(tmp_path: Path) -> None:

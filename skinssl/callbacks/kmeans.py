@@ -1,14 +1,16 @@
 """K-means pseudo-labels for SM3 stage 2 (METHOD.md §4.2), DeepCluster-v2 style.
 
 Every ``every_n_epochs`` training epochs each clustered head's embeddings of the training split
-are clustered with FAISS spherical k-means, K = that head's cluster count. The L2-normalised
-centroids and the per-case assignments go to the module through its small
-:class:`ClusteringModule` protocol; the module copies the centroids into its prototype heads and
-trains them on the assignments, looked up by ``batch["index"]``.
+are clustered with k-means (FAISS spherical k-means, or the authors' dot-product k-means in
+torch), K = that head's cluster count. The L2-normalised centroids and the per-case assignments
+go to the module through its small :class:`ClusteringModule` protocol; the module copies the
+centroids into its prototype heads and trains them on the assignments, looked up by
+``batch["index"]``.
 
 The callback owns when and how: features (a clean eval pass, or the previous epoch's training
-embeddings), gathering across ranks, FAISS (GPU on the rank's own device, CPU otherwise) on rank
-0, broadcasting the result, the resumable state and the TensorBoard statistics.
+embeddings), gathering across ranks, the k-means on rank 0 (FAISS on the rank's GPU or the CPU;
+torch on the module's device), broadcasting the result, the resumable state and the TensorBoard
+statistics.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import faiss
 import lightning as L
 import numpy as np
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import move_data_to_device
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
@@ -33,6 +36,7 @@ from torchmetrics.utilities.distributed import gather_all_tensors
 from skinssl.labels import HEAD_NAMES, UNKNOWN
 
 FeatureSource = Literal["pass", "memory_bank"]
+Algorithm = Literal["spherical", "authors"]
 
 
 @runtime_checkable
@@ -114,6 +118,40 @@ def kmeans(
     return centroids, assignments.astype(np.int64), float(similarity.mean())
 
 
+def dot_kmeans(
+    features: np.ndarray, k: int, niter: int = 10, seed: int = 0, device: str = "cpu"
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """The authors' k-means (METHOD.md §4.2), in torch on ``device``.
+
+    Starts from K random samples as they are; each iteration assigns every sample to the
+    centroid of largest dot product, sets each centroid to the mean of its (unnormalised)
+    members, keeps an empty cluster's previous centroid and L2-normalises the centroids; a
+    final assignment step gives the labels. Returns what :func:`kmeans` returns.
+    """
+    x = torch.as_tensor(np.asarray(features, dtype=np.float32), device=device)
+    if x.ndim != 2:
+        raise ValueError(f"features must be a 2-D [samples, dim] array, got shape {tuple(x.shape)}")
+    n, d = x.shape
+    if n < k:
+        raise ValueError(f"k-means with K = {k} clusters needs at least {k} samples, got {n}")
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        raise ValueError(f"{bad} non-finite (NaN/inf) values in the {n} x {d} features")
+    gen = torch.Generator().manual_seed(seed)
+    centroids = x[torch.randperm(n, generator=gen)[:k].to(x.device)].clone()
+    for step in range(niter + 1):
+        assignments = (x @ centroids.T).argmax(1)
+        if step == niter:
+            break
+        sums = torch.zeros_like(centroids).index_add_(0, assignments, x)
+        counts = torch.bincount(assignments, minlength=k)
+        filled = counts > 0
+        centroids[filled] = sums[filled] / counts[filled, None].to(x.dtype)
+        centroids = F.normalize(centroids, dim=1)
+    cosine = (F.normalize(x, dim=1) * centroids[assignments]).sum(1).mean()
+    return centroids.cpu().numpy(), assignments.cpu().numpy(), float(cosine)
+
+
 def gather(t: Tensor) -> Tensor:
     """Rows of ``t`` from every rank, concatenated in rank order (sizes may differ)."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
@@ -184,8 +222,13 @@ class KMeansPseudoLabels(L.Callback):
             the deterministic eval view; ``memory_bank``: the latest training-step embeddings
             of each case (``training_step`` returns ``{"loss", "embeddings": {head: [B, D]}}``),
             as the authors' code does; a pass fills the bank when it lacks a training case.
+        algorithm: ``spherical``: FAISS spherical k-means of the L2-normalised embeddings (on the
+            rank's GPU with a FAISS GPU build); ``authors``: the authors' k-means
+            (:func:`dot_kmeans`, torch on the module's device): raw embeddings, so a member's
+            pull on its centroid grows with its norm; an empty cluster keeps its centroid.
+            Both assign by the largest cosine to unit centroids.
         niter: k-means iterations (the authors' code: 10).
-        nredo: k-means runs per head; the best objective is kept.
+        nredo: k-means runs per head; the best objective is kept (``spherical`` only).
         seed: k-means seed; epoch ``e`` uses ``seed + e``.
         threads: FAISS CPU threads (default: the cores available to the process).
     """
@@ -194,6 +237,7 @@ class KMeansPseudoLabels(L.Callback):
         self,
         every_n_epochs: int = 1,
         features: FeatureSource = "pass",
+        algorithm: Algorithm = "spherical",
         niter: int = 10,
         nredo: int = 1,
         seed: int = 0,
@@ -206,8 +250,13 @@ class KMeansPseudoLabels(L.Callback):
             )
         if features not in ("pass", "memory_bank"):
             raise ValueError(f"features = {features!r}; valid: 'pass', 'memory_bank'")
+        if algorithm not in ("spherical", "authors"):
+            raise ValueError(f"algorithm = {algorithm!r}; valid: 'spherical', 'authors'")
+        if algorithm == "authors" and nredo != 1:
+            raise ValueError(f"nredo = {nredo}: the 'authors' k-means has no restarts (use 1)")
         self.every_n_epochs = every_n_epochs
         self.features = features
+        self.algorithm = algorithm
         self.niter = niter
         self.nredo = nredo
         self.seed = seed
@@ -300,7 +349,8 @@ class KMeansPseudoLabels(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Keep a checkpoint's clustering; it reaches the module in ``on_train_start``."""
-        diff = setting_differences(state_dict["settings"], self._settings())
+        saved = {"algorithm": "spherical", **state_dict["settings"]}  # older checkpoints
+        diff = setting_differences(saved, self._settings())
         if diff:
             raise ValueError(
                 "KMeansPseudoLabels: the checkpoint's pseudo-labels were made with other "
@@ -318,6 +368,7 @@ class KMeansPseudoLabels(L.Callback):
             "nredo": self.nredo,
             "seed": self.seed,
             "features": self.features,
+            "algorithm": self.algorithm,
             "every_n_epochs": self.every_n_epochs,
         }
 
@@ -381,21 +432,26 @@ class KMeansPseudoLabels(L.Callback):
         labels = torch.full((num_cases, len(self._sizes)), UNKNOWN, dtype=torch.long)
         previous = self._labels
         picked = torch.from_numpy(rows)
-        device = self._faiss_device(pl_module)
+        device = self._faiss_device(pl_module) if self.algorithm == "spherical" else None
         centroids, metrics = {}, {"kmeans/samples": float(len(rows))}
         start = time.perf_counter()
         with faiss_threads(self.threads or available_cores()):
             for j, (head, k) in enumerate(self._sizes.items()):
                 try:
-                    c, a, objective = kmeans(
-                        features[head],
-                        k,
-                        self.niter,
-                        self.nredo,
-                        self.seed + epoch,
-                        device,
-                        self._gpu_resources,
-                    )
+                    if self.algorithm == "authors":
+                        c, a, objective = dot_kmeans(
+                            features[head], k, self.niter, self.seed + epoch, pl_module.device
+                        )
+                    else:
+                        c, a, objective = kmeans(
+                            features[head],
+                            k,
+                            self.niter,
+                            self.nredo,
+                            self.seed + epoch,
+                            device,
+                            self._gpu_resources,
+                        )
                 except ValueError as e:
                     msg = f"k-means pseudo-labels of head {head!r} (K = {k}) at epoch {epoch}: {e}"
                     return {"error": msg}
