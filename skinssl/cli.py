@@ -16,6 +16,7 @@ from skinssl.callbacks import (
     Preemption,
     SampleViews,
     Speed,
+    StepSeed,
     TestReport,
 )
 from skinssl.callbacks.preemption import checkpoint_dir
@@ -58,7 +59,7 @@ class SkinSSLCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
-        trainer.callbacks.append(GlooExit())  # not a setting: always wanted, costs 0.2 s
+        trainer.callbacks += [StepSeed(), GlooExit()]  # not settings: always wanted
         return trainer
 
     def before_instantiate_classes(self) -> None:

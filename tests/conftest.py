@@ -45,3 +45,16 @@ def copy_release(derm7pt_release: Path, tmp_path: Path):
         return root
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _rank_zero_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Building a Trainer for a simulated rank > 0 (tests/test_slurm.py) sets Lightning's
+    process-wide rank, which silences rank-zero logs and warnings in every later test: restore
+    it after each test."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only as fabric_rank_zero
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only as pl_rank_zero
+    from lightning_utilities.core.rank_zero import rank_zero_only as utils_rank_zero
+
+    for obj in {id(o): o for o in (fabric_rank_zero, pl_rank_zero, utils_rank_zero)}.values():
+        monkeypatch.setattr(obj, "rank", getattr(obj, "rank", 0))

@@ -251,8 +251,16 @@ def test_same_seed_same_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert same and not other
 
 
+@pytest.mark.parametrize(
+    "stage, extra",
+    [
+        ("stage1", []),
+        # dropout in the relation module; validation every epoch
+        ("finetune", ["--model.init_args.init_from=null"]),
+    ],
+)
 def test_signal_mid_epoch_then_same_command_gives_same_weights(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: str, extra: list[str]
 ) -> None:
     """SIGUSR1 mid-epoch: checkpoint and exit; the same command with --resume true then ends
     with the weights of an uninterrupted run (deterministic CPU; 0 vs 2 loader workers)."""
@@ -262,11 +270,13 @@ def test_signal_mid_epoch_then_same_command_gives_same_weights(
         "--trainer.max_epochs=2",  # 3 batches per epoch
         "--trainer.deterministic=true",
         "--resume=true",
+        *extra,
     ]
-    last = Path("runs/quickstart/stage1/checkpoints/last.ckpt")
+    config = f"configs/quickstart/{stage}.yaml"
+    last = Path(f"runs/quickstart/{stage}/checkpoints/last.ckpt")
     (tmp_path / "whole").mkdir()
     monkeypatch.chdir(tmp_path / "whole")
-    run("fit", "configs/quickstart/stage1.yaml", *args)
+    run("fit", config, *args)
     whole = torch.load(last, weights_only=True)
     assert whole["global_step"] == 6
 
@@ -275,10 +285,10 @@ def test_signal_mid_epoch_then_same_command_gives_same_weights(
     cut = [*args, "--data.init_args.num_workers=2"]
     signal_at = ["--trainer.callbacks+=helpers.SignalAt", "--trainer.callbacks.step=4"]
     with pytest.raises(SystemExit, match="stopped by SIGUSR1 at step 5"):  # finishes the batch
-        run("fit", "configs/quickstart/stage1.yaml", *cut, *signal_at)
+        run("fit", config, *cut, *signal_at)
     stopped = torch.load(last, weights_only=True)
     assert (stopped["epoch"], stopped["global_step"]) == (1, 5)  # mid-epoch: 2 of 3 batches
-    run("fit", "configs/quickstart/stage1.yaml", *cut)  # the same command, restarted
+    run("fit", config, *cut)  # the same command, restarted
     resumed = torch.load(last, weights_only=True)
     assert resumed["global_step"] == 6
     for key, value in whole["state_dict"].items():

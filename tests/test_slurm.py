@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from lightning.fabric.plugins.environments import SLURMEnvironment
 
-from skinssl.callbacks import GlooExit, Preemption
+from skinssl.callbacks import GlooExit, Preemption, StepSeed
 from skinssl.cli import build_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,4 +67,4 @@ def test_lightning_picks_up_a_two_task_job(
     assert cli.config.resume is True
     preemption = [c for c in trainer.callbacks if isinstance(c, Preemption)]
     assert [c.signal_name for c in preemption] == ["SIGUSR1"]
-    assert sum(isinstance(c, GlooExit) for c in trainer.callbacks) == 1
+    assert sum(isinstance(c, (GlooExit, StepSeed)) for c in trainer.callbacks) == 2

@@ -1,5 +1,6 @@
 """Callbacks: k-means pseudo-labels, the test report, explanations, prediction files, sample
-views, preemption, step-speed options and a clean exit of CPU multi-process runs."""
+views, preemption, step-speed options, per-step seeding and a clean exit of CPU
+multi-process runs."""
 
 from skinssl.callbacks.explain import Explanations
 from skinssl.callbacks.gloo_exit import GlooExit
@@ -8,6 +9,7 @@ from skinssl.callbacks.predictions import PredictionWriter
 from skinssl.callbacks.preemption import Preemption
 from skinssl.callbacks.report import TestReport
 from skinssl.callbacks.speed import Speed
+from skinssl.callbacks.step_seed import StepSeed
 from skinssl.callbacks.views import SampleViews
 
 __all__ = [
@@ -18,5 +20,6 @@ __all__ = [
     "PredictionWriter",
     "SampleViews",
     "Speed",
+    "StepSeed",
     "TestReport",
 ]
