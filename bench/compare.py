@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 SSL_METHODS = (
     "simclr", "byol", "moco", "simsiam", "barlow_twins", "swav", "deepcluster_v2",
@@ -113,6 +115,22 @@ BUDGETS = {
 
 def arg(name: str, value: object) -> str:
     return f"--{name}={value}"
+
+
+def single_modality_views(config: Path, modality: str) -> list[str]:
+    """Arguments that make no training views of the modality a single-modality run leaves
+    unused; the used one keeps the config's views (``clinic_views`` defaults to
+    ``derm_views``)."""
+    if modality == "derm":
+        return [arg("data.init_args.clinic_views", '{"n": 0}')]
+    if modality == "clinic":
+        data = yaml.safe_load(config.read_text())["data"]["init_args"]
+        views = json.dumps(data.get("clinic_views") or data["derm_views"])
+        return [
+            arg("data.init_args.clinic_views", views),
+            arg("data.init_args.derm_views", '{"n": 0}'),
+        ]
+    return []
 
 
 class Bench:
@@ -229,9 +247,11 @@ class Bench:
             )  # fmt: skip
             path = self.ckpt(method, f"stage2-s{seed}", "last.ckpt")
         else:
+            config = f"configs/baselines/{name}.yaml"
             extra = [arg("model.init_args.modality", modality)] if modality else []
+            extra += single_modality_views(REPO / config, modality)
             seconds = self.skinssl(
-                "fit", f"configs/baselines/{name}.yaml", *data, *epochs, *budget.model_args(),
+                "fit", config, *data, *epochs, *budget.model_args(),
                 *heads, *extra, *self.run_dir(method, f"pretrain-s{seed}"),
             )  # fmt: skip
             path = self.ckpt(method, f"pretrain-s{seed}", "last.ckpt")

@@ -3,7 +3,10 @@ checkpoint's trunks in the downstream classifier, the EMA update, and the input 
 
 from __future__ import annotations
 
+import json
 import math
+import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
@@ -64,6 +67,14 @@ def test_cli_fit_two_epochs(
         *METHODS[method][1],
         f"--model.init_args.modality={modality}",
     ]
+    if modality != "both":  # no views of the unused modality (as bench/compare.py does)
+        none = '{"n": 0}'
+        if modality == "clinic":
+            simclr = json.dumps(asdict(Views.simclr()))
+            args.append(f"--data.init_args.clinic_views={simclr}")
+            args.append(f"--data.init_args.derm_views={none}")
+        else:
+            args.append(f"--data.init_args.clinic_views={none}")
     cli = build_cli(["-c", str(config), *args], run=False)  # parse and build as `skinssl fit`
     initial = cli.model.encoder.derm.conv1.weight.detach().clone()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
@@ -157,11 +168,20 @@ def test_two_views_needed(data_root: Path, tmp_path: Path) -> None:
 
 
 def test_single_modality_checks_only_its_own_views(data_root: Path, tmp_path: Path) -> None:
-    data = tiny_data(data_root, Views())
+    data = tiny_data(data_root, Views(n=0))  # no dermoscopic views at all
     data.clinic_views = Views.simclr()
-    trainer(tmp_path, max_steps=1).fit(
-        SimCLR(modality="clinic", backbone="resnet18", proj_hidden=16, proj_dim=8), data
-    )
+    model = SimCLR(modality="clinic", backbone="resnet18", proj_hidden=16, proj_dim=8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer(tmp_path, max_steps=1).fit(model, data)
+    assert not [w for w in caught if "does not use" in str(w.message)]
+
+
+def test_unused_modality_views_are_named(data_root: Path, tmp_path: Path) -> None:
+    model = SimCLR(modality="derm", backbone="resnet18", proj_hidden=16, proj_dim=8)
+    named = r"does not use the 2 clinic views.*clinic_views: \{n: 0\}"
+    with pytest.warns(UserWarning, match=named):
+        trainer(tmp_path, max_steps=1).fit(model, tiny_data(data_root))
 
 
 def test_bad_settings_are_named() -> None:

@@ -8,6 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_cli import ON_CPU, REPO
+
+from skinssl.cli import build_cli
+from skinssl.datamodules import Views
 
 PATH = Path(__file__).resolve().parents[1] / "bench" / "compare.py"
 spec = importlib.util.spec_from_file_location("compare", PATH)
@@ -74,3 +78,16 @@ def test_summarise_reads_the_test_report(tmp_path: Path) -> None:
         pytest.approx(mel["sensitivity"]), pytest.approx(mel["specificity"]),
     )  # fmt: skip
     assert set(got["auc_per_head"]) == set(compare.HEADS)
+
+
+@pytest.mark.parametrize("modality", ["derm", "clinic"])
+def test_single_modality_runs_make_no_unused_views(modality: str, tmp_path: Path) -> None:
+    config = REPO / "configs" / "baselines" / "simclr.yaml"
+    args = compare.single_modality_views(config, modality)
+    cli = build_cli(
+        ["-c", str(config), *ON_CPU, "--model.init_args.weights=null", *args], run=False
+    )
+    views = {"derm": cli.datamodule.derm_views, "clinic": cli.datamodule.clinic_views}
+    unused = "clinic" if modality == "derm" else "derm"
+    assert views[unused].n == 0
+    assert views[modality] == Views.simclr()  # the config's stage-1 views

@@ -14,6 +14,7 @@ from skinssl.callbacks import KMeansPseudoLabels
 from skinssl.datamodules import SyntheticDerm7ptDataModule, Views
 from skinssl.labels import CRITERIA, HEAD_NAMES
 from skinssl.lightning_modules import MultiLabelClassifier, SM3Contrastive, SM3PseudoLabels
+from skinssl.lightning_modules.nets import PairEncoder
 from skinssl.lightning_modules.optim import schedule_steps
 
 SMALL = dict(backbone="resnet18")
@@ -220,3 +221,11 @@ def test_schedule_steps_with_step_limits() -> None:
     assert schedule_steps(trainer(400, 1000), 2) == (20, 1000)  # warm-up: 2 whole epochs
     assert schedule_steps(trainer(-1, 50), 1) == (10, 50)  # no epoch limit: the step limit
     assert schedule_steps(trainer(-1, -1), 1) == (10, 0)  # neither: no total
+
+
+def test_pair_encoder_names_a_list_of_views() -> None:
+    encoder = PairEncoder("resnet18")
+    x = torch.zeros(2, 3, 32, 32)
+    named = "one clinic view per case expected, got a list of 2; set data.init_args.clinic_views.n"
+    with pytest.raises(ValueError, match=named):
+        encoder(x, [x, x])

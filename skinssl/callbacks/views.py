@@ -40,6 +40,8 @@ class SampleViews(L.Callback):
             if views is None:
                 continue
             views = views if isinstance(views, list) else [views]
+            if not views:  # n = 0: no views of this modality
+                continue
             rows = torch.cat([normalize.inverse(v[: self.cases].detach()).cpu() for v in views])
             grid = make_grid(rows, nrow=min(self.cases, len(views[0])), padding=2)
             image = grid.permute(1, 2, 0).numpy()

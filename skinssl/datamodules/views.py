@@ -22,7 +22,8 @@ class Views:
     """How many augmented views of one modality a training sample yields, and how they look.
 
     The defaults are the fine-tuning views (RandomResizedCrop 0.3-1 + flip). ``simclr()`` and
-    ``cluster()`` give SM3's stage-1 and stage-2 views.
+    ``cluster()`` give SM3's stage-1 and stage-2 views. ``n = 0`` makes no training views of the
+    modality (an empty list): for single-modality pretraining, which does not use it.
     """
 
     n: int = 1
@@ -47,8 +48,8 @@ class Views:
 
     def check(self) -> None:
         lo, hi = self.crop_scale
-        if self.n < 1 or not 0 < lo <= hi <= 1:
-            raise ValueError(f"invalid views {self}: need n >= 1 and 0 < crop_scale[0] <= [1] <= 1")
+        if self.n < 0 or not 0 < lo <= hi <= 1:
+            raise ValueError(f"invalid views {self}: need n >= 0 and 0 < crop_scale[0] <= [1] <= 1")
         for name in ("p_color_jitter", "p_grayscale", "p_blur"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} = {getattr(self, name)} is not a probability in [0, 1]")

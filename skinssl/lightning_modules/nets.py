@@ -76,6 +76,12 @@ class PairEncoder(nn.Module):
         return 2 * self.feature_dim
 
     def forward(self, derm: torch.Tensor, clinic: torch.Tensor) -> torch.Tensor:
+        for name, x in (("derm", derm), ("clinic", clinic)):
+            if not isinstance(x, torch.Tensor):
+                raise ValueError(
+                    f"one {name} view per case expected, got a list of {len(x)}; set "
+                    f"data.init_args.{name}_views.n: 1"
+                )
         return torch.cat([self.derm(derm), self.clinic(clinic)], dim=1)
 
 

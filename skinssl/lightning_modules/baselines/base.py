@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from skinssl.lightning_modules.nets import Arch, PairEncoder
@@ -102,6 +103,19 @@ class Pretraining(L.LightningModule):
         raise NotImplementedError
 
     # ---------------------------------------------------------------- shared
+    def on_fit_start(self) -> None:
+        """Warn when the datamodule makes training views of a modality this run never uses."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        for m in ("derm", "clinic"):
+            views = getattr(datamodule, f"{m}_views", None)
+            if m not in self.modalities and getattr(views, "n", 0) > 0:
+                used = self.modalities[0]
+                rank_zero_warn(
+                    f"{type(self).__name__} with modality {used!r} does not use the {views.n} "
+                    f"{m} views made per case; data.init_args.{m}_views: {{n: 0}} skips them "
+                    f"(give {used}_views its own views: they default to derm_views)"
+                )
+
     def two_views(self, batch: dict[str, Any], modality: str) -> Tensor:
         """Both views of ``modality`` stacked [2N, 3, H, W]; a clear error without two."""
         views = batch[modality]
