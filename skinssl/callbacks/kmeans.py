@@ -69,6 +69,21 @@ def faiss_threads(n: int) -> Iterator[None]:
         faiss.omp_set_num_threads(before)
 
 
+def checked_features(features: np.ndarray, k: int) -> np.ndarray:
+    """``features`` as a contiguous float32 [n, d] array; a clear error if it is not 2-D, has
+    fewer than ``k`` rows or holds NaN/inf."""
+    x = np.ascontiguousarray(features, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"features must be a 2-D [samples, dim] array, got shape {x.shape}")
+    n, d = x.shape
+    if n < k:
+        raise ValueError(f"k-means with K = {k} clusters needs at least {k} samples, got {n}")
+    bad = int((~np.isfinite(x)).sum())
+    if bad:
+        raise ValueError(f"{bad} non-finite (NaN/inf) values in the {n} x {d} features")
+    return x
+
+
 def kmeans(
     features: np.ndarray,
     k: int,
@@ -85,15 +100,8 @@ def kmeans(
     Returns the L2-normalised centroids [k, d], each sample's nearest centroid (inner product)
     [n] and the objective: the mean cosine similarity of the samples to their centroid.
     """
-    x = np.ascontiguousarray(features, dtype=np.float32)
-    if x.ndim != 2:
-        raise ValueError(f"features must be a 2-D [samples, dim] array, got shape {x.shape}")
+    x = checked_features(features, k)
     n, d = x.shape
-    if n < k:
-        raise ValueError(f"k-means with K = {k} clusters needs at least {k} samples, got {n}")
-    bad = int((~np.isfinite(x)).sum())
-    if bad:
-        raise ValueError(f"{bad} non-finite (NaN/inf) values in the {n} x {d} features")
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     km = faiss.Kmeans(
         d,
@@ -128,15 +136,8 @@ def dot_kmeans(
     members, keeps an empty cluster's previous centroid and L2-normalises the centroids; a
     final assignment step gives the labels. Returns what :func:`kmeans` returns.
     """
-    x = torch.as_tensor(np.asarray(features, dtype=np.float32), device=device)
-    if x.ndim != 2:
-        raise ValueError(f"features must be a 2-D [samples, dim] array, got shape {tuple(x.shape)}")
-    n, d = x.shape
-    if n < k:
-        raise ValueError(f"k-means with K = {k} clusters needs at least {k} samples, got {n}")
-    bad = int((~torch.isfinite(x)).sum())
-    if bad:
-        raise ValueError(f"{bad} non-finite (NaN/inf) values in the {n} x {d} features")
+    x = torch.from_numpy(checked_features(features, k)).to(device)
+    n = len(x)
     gen = torch.Generator().manual_seed(seed)
     centroids = x[torch.randperm(n, generator=gen)[:k].to(x.device)].clone()
     for step in range(niter + 1):
