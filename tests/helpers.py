@@ -10,6 +10,7 @@ import cv2
 import lightning as L
 import numpy as np
 
+from skinssl.callbacks.gloo_exit import let_gloo_workers_finish
 from skinssl.datamodules import SyntheticDerm7ptDataModule, Views
 
 
@@ -31,6 +32,7 @@ def _gloo_entry(rank: int, fn, world: int, out_dir: str) -> None:
     try:
         torch.save(fn(rank), Path(out_dir) / f"rank{rank}.pt")
     finally:
+        let_gloo_workers_finish()  # see skinssl/callbacks/gloo_exit.py
         dist.destroy_process_group()
 
 

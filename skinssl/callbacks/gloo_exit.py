@@ -16,13 +16,18 @@ import lightning as L
 import torch.distributed as dist
 
 
+def let_gloo_workers_finish(seconds: float = 0.2) -> None:
+    """Inside a gloo process group, sleep ``seconds`` (GIL released) so that its worker threads
+    release their last collective; call it after a process's last collective."""
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "gloo":
+        time.sleep(seconds)
+
+
 class GlooExit(L.Callback):
-    """At teardown of a gloo process group's run, sleep ``seconds`` (GIL released) so that its
-    worker threads release their last collective before the interpreter shuts down."""
+    """At the end of a run in a gloo process group, :func:`let_gloo_workers_finish`."""
 
     def __init__(self, seconds: float = 0.2) -> None:
         self.seconds = seconds
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if dist.is_available() and dist.is_initialized() and dist.get_backend() == "gloo":
-            time.sleep(self.seconds)
+        let_gloo_workers_finish(self.seconds)
