@@ -12,7 +12,8 @@ Prints a table and writes JSON.
 
 ``--augment-on device`` makes the views on the device (the pre-made batch then holds views made
 once); ``--compile`` compiles the trunks; ``--sync-check`` counts host-device synchronisations
-in the model-alone steps (CUDA only, ``torch.cuda.set_sync_debug_mode``).
+in the model-alone steps and in the full-pipeline steps (transfers and views on the device
+included; CUDA only, ``torch.cuda.set_sync_debug_mode``).
 """
 
 from __future__ import annotations
@@ -133,19 +134,24 @@ def main() -> None:
         batches = itertools.repeat(fixed)
         return pairs_per_second(model, dm, batches, args.steps, 2, device, dtype, prepared=True)
 
+    def full() -> float:
+        return pairs_per_second(model, dm, loader_batches(dm), args.steps, 2, device, dtype)
+
     rows = {
         "model alone (pre-made batch)": alone(),
-        f"full pipeline ({workers} workers, views on {args.augment_on})": pairs_per_second(
-            model, dm, loader_batches(dm), args.steps, 2, device, dtype
-        ),
+        f"full pipeline ({workers} workers, views on {args.augment_on})": full(),
     }
-    syncs = count_syncs(alone) if args.sync_check and device.type == "cuda" else None
+    check = args.sync_check and device.type == "cuda"
+    syncs = (
+        {"model alone": count_syncs(alone), "full pipeline": count_syncs(full)} if check else None
+    )
     base = rows["model alone (pre-made batch)"]
     print("\n| input | pairs/s | views/s | share of model alone |\n|---|---|---|---|")
     for name, value in rows.items():
         print(f"| {name} | {value:.1f} | {4 * value:.0f} | {100 * value / base:.0f} % |")
     if syncs is not None:
-        print(f"\nhost-device synchronisations in {args.steps + 2} model-alone steps: {syncs}")
+        for name, count in syncs.items():
+            print(f"host-device synchronisations in {args.steps + 2} {name} steps: {count}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
@@ -155,7 +161,7 @@ def main() -> None:
         **{k: v for k, v in vars(args).items() if k not in ("out", "root")},
         "workers": workers,
     }
-    result = {"meta": meta, "pairs_per_s": rows, "syncs_in_model_alone_steps": syncs}
+    result = {"meta": meta, "pairs_per_s": rows, "syncs": syncs}
     out.write_text(json.dumps(result, indent=2))
     print(f"\nwrote {out}")
 

@@ -85,3 +85,13 @@ def test_relation_attention_rows_sum_to_one() -> None:
     ablation = LabelTokens(in_dim=20, heads=["PN", "BWV"], dim=16, relation="none")
     out, none_maps = ablation.forward_with_attention(torch.randn(4, 20))
     assert out.shape == (4, 2, 16) and none_maps == []
+
+
+def test_weighted_alignment_and_uniformity_equal_the_selected_rows() -> None:
+    a, b = torch.randn(10, 8), torch.randn(10, 8)
+    keep = torch.tensor([1, 0, 1, 1, 0, 1, 1, 1, 0, 1], dtype=torch.bool)
+    torch.testing.assert_close(alignment(a, b, keep), alignment(a[keep], b[keep]))
+    both, kept = torch.cat([a, b]), keep.repeat(2)
+    torch.testing.assert_close(
+        uniformity(both, weight=kept), uniformity(both[kept]), atol=1e-5, rtol=1e-5
+    )

@@ -64,8 +64,9 @@ def crop_boxes(
 
 
 def _gray(x: Tensor) -> Tensor:
-    weights = torch.tensor(GRAY, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x * weights).sum(dim=1, keepdim=True)
+    """Luma [N, 1, H, W] of RGB images [N, 3, H, W] (constants as Python numbers: no copy to
+    the device, which would wait for it)."""
+    return x[:, :1] * GRAY[0] + x[:, 1:2] * GRAY[1] + x[:, 2:] * GRAY[2]
 
 
 def _hue(x: Tensor, shift: Tensor) -> Tensor:
@@ -79,36 +80,36 @@ def _hue(x: Tensor, shift: Tensor) -> Tensor:
     h = torch.where(delta > 0, h / 6, torch.zeros_like(h))
     h = (h + shift.view(-1, 1, 1)) % 1
     s = torch.where(high > 0, delta / torch.where(high > 0, high, torch.ones_like(high)), high)
-    k = (torch.tensor([5.0, 3.0, 1.0], device=x.device).view(1, 3, 1, 1) + 6 * h[:, None]) % 6
+    k = (torch.arange(5.0, 0.0, -2.0, device=x.device).view(1, 3, 1, 1) + 6 * h[:, None]) % 6
     f = torch.minimum(k, 4 - k).clamp(0, 1)
     return high[:, None] * (1 - s[:, None] * f)
 
 
 def _jitter(x: Tensor, views: Views, gen: torch.Generator) -> Tensor:
-    """ColorJitter on float [0, 1] images, applied to each image with ``p_color_jitter``."""
+    """ColorJitter on float [0, 1] images, applied to each image with ``p_color_jitter``:
+    brightness, contrast, saturation and hue in a random order per image.
+
+    Each of the four slots runs on the whole batch, each image taking its own operation there
+    (brightness, contrast and saturation are blends with black, the mean grey and the grey
+    image); no step depends on values read back from the device.
+    """
     n, device = len(x), x.device
     b, c, s, h = views.color_jitter
-    factors = [_uniform(n, max(0.0, 1 - v), 1 + v, gen, device) for v in (b, c, s)]
+    factors = torch.stack([_uniform(n, max(0.0, 1 - v), 1 + v, gen, device) for v in (b, c, s)], 1)
     hue = _uniform(n, -h, h, gen, device)
     order = torch.rand(n, 4, generator=gen, device=device).argsort(dim=1)
     on = torch.rand(n, generator=gen, device=device) < views.p_color_jitter
     for slot in range(4):
-        for op in range(4):
-            sel = on & (order[:, slot] == op)
-            if not bool(sel.any()):
-                continue
-            y = x[sel]
-            if op == 0:
-                y = y * factors[0][sel].view(-1, 1, 1, 1)
-            elif op == 1:
-                mean = _gray(y).mean(dim=(1, 2, 3), keepdim=True)
-                y = mean + factors[1][sel].view(-1, 1, 1, 1) * (y - mean)
-            elif op == 2:
-                gray = _gray(y)
-                y = gray + factors[2][sel].view(-1, 1, 1, 1) * (y - gray)
-            else:
-                y = _hue(y, hue[sel])
-            x = x.index_put((sel.nonzero()[:, 0],), y.clamp(0, 1))
+        op = torch.where(on, order[:, slot], -1)  # 0-2 blends, 3 hue, -1 nothing
+        per_image = op.view(-1, 1, 1, 1)
+        gray = _gray(x)
+        mean = gray.mean(dim=(1, 2, 3), keepdim=True)
+        base = torch.where(per_image == 1, mean, torch.where(per_image == 2, gray, 0.0))
+        blend = (per_image >= 0) & (per_image <= 2)
+        f = factors.gather(1, op.clamp(0, 2)[:, None]).view(-1, 1, 1, 1)
+        x = torch.where(blend, (base + f * (x - base)).clamp(0, 1), x)
+        shift = torch.where(op == 3, hue, 0.0)
+        x = torch.where(per_image == 3, _hue(x, shift).clamp(0, 1), x)
     return x
 
 
@@ -117,7 +118,7 @@ def _blur(x: Tensor, views: Views, gen: torch.Generator) -> Tensor:
     n, device = len(x), x.device
     sigma = _uniform(n, *views.blur_sigma, gen, device)
     on = torch.rand(n, generator=gen, device=device) < views.p_blur
-    offsets = torch.tensor([-1.0, 0.0, 1.0], device=device)
+    offsets = torch.arange(-1.0, 2.0, device=device)
     taps = torch.exp(-(offsets**2) / (2 * sigma[:, None] ** 2))
     taps = taps / taps.sum(1, keepdim=True)
     kernel = (taps[:, :, None] * taps[:, None, :]).repeat_interleave(3, dim=0)[:, None]

@@ -85,7 +85,9 @@ def _nt_xent(
     own = torch.arange(n, device=a.device) + offset
     self_cols = torch.cat([own, own + total])
     pos_cols = torch.cat([own + total, own])
-    logits = logits.index_put((rows, self_cols), torch.tensor(float("-inf"), device=a.device))
+    # torch.full fills on the device; torch.tensor(value, device=...) would copy and wait
+    minus_inf = torch.full((), float("-inf"), device=a.device, dtype=logits.dtype)
+    logits = logits.index_put((rows, self_cols), minus_inf)
     per_anchor = F.cross_entropy(logits, pos_cols, reduction="none")
     weight = None if valid is None else valid.float().repeat(2)
     return global_mean(per_anchor, weight, across_ranks=gather)
@@ -115,12 +117,23 @@ def global_mean(
     return loss + (mean / world - loss.detach())
 
 
-def alignment(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Mean squared distance between normalised positive pairs (Wang & Isola, 2020)."""
-    return (F.normalize(a.float(), dim=1) - F.normalize(b.float(), dim=1)).pow(2).sum(1).mean()
+def alignment(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared distance between normalised positive pairs (Wang & Isola, 2020); with
+    ``weight`` [N] a weighted mean (NaN if every weight is 0)."""
+    d = (F.normalize(a.float(), dim=1) - F.normalize(b.float(), dim=1)).pow(2).sum(1)
+    if weight is None:
+        return d.mean()
+    w = weight.float()
+    return (d * w).sum() / w.sum()
 
 
-def uniformity(x: torch.Tensor, t: float = 2.0) -> torch.Tensor:
-    """log E exp(-t ||x_i - x_j||^2) over distinct normalised rows (Wang & Isola, 2020)."""
+def uniformity(x: torch.Tensor, t: float = 2.0, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """log E exp(-t ||x_i - x_j||^2) over distinct normalised rows (Wang & Isola, 2020); with
+    ``weight`` [N] each pair counts ``w_i * w_j`` (NaN without two weighted rows)."""
     x = F.normalize(x.float(), dim=1)
-    return torch.pdist(x).pow(2).mul(-t).exp().mean().log()
+    if weight is None:
+        return torch.pdist(x).pow(2).mul(-t).exp().mean().log()
+    w = weight.float()
+    pairs = torch.triu(w[:, None] * w[None, :], diagonal=1)
+    sq = (2 - 2 * x @ x.T).clamp(min=0)  # unit rows
+    return ((pairs * sq.mul(-t).exp()).sum() / pairs.sum()).log()

@@ -121,14 +121,12 @@ class SM3Contrastive(L.LightningModule):
             "train/loss_cross": terms["cross_v1"] + terms["cross_v2"],
         }
         for name, key in (("intra_derm",) * 2, ("intra_clinic",) * 2, ("cross", "cross_v1")):
-            a, b, mask = pairs[key]
-            if mask is not None:
-                a, b = a[mask], b[mask]
-            if len(a) < 2:
-                continue
-            logs[f"train/pos_cos_{name}"] = torch.cosine_similarity(a.float(), b.float()).mean()
-            logs[f"train/align_{name}"] = alignment(a, b)
-            logs[f"train/uniform_{name}"] = uniformity(torch.cat([a, b]))
+            a, b, mask = pairs[key]  # the valid pairs weighted, not selected: no device sync
+            w = torch.ones(len(a), device=a.device) if mask is None else mask.float()
+            cos = torch.cosine_similarity(a.float(), b.float())
+            logs[f"train/pos_cos_{name}"] = (cos * w).sum() / w.sum()
+            logs[f"train/align_{name}"] = alignment(a, b, w)
+            logs[f"train/uniform_{name}"] = uniformity(torch.cat([a, b]), weight=w.repeat(2))
         self.log_dict(logs, batch_size=n, prog_bar=False)
         self.log("loss", loss, batch_size=n, prog_bar=True, logger=False)
 

@@ -1,0 +1,81 @@
+"""The training steps read no values back from the device (no host-device synchronisation).
+
+Each step runs on fake tensors (shapes only, no data): any operation whose result depends on
+tensor values on the host (``.item()``, ``bool(t)``, boolean-mask indexing, ``nonzero``) raises
+there, as it would make a GPU step wait. A CPU stand-in for the profiler / CUDA sync-debug check
+(``bench/step.py --sync-check`` on a GPU).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import pytest
+import torch
+from lightning import LightningModule
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from skinssl.datamodules.device_views import device_views
+from skinssl.datamodules.views import Views
+from skinssl.labels import CRITERIA
+from skinssl.lightning_modules import MultiLabelClassifier, SM3Contrastive, SM3PseudoLabels
+from skinssl.lightning_modules.baselines import SimCLR, SimSiam, SwAV
+
+SMALL = {"backbone": "resnet18", "weights": None}
+
+
+def batch(views: int) -> dict[str, Any]:
+    def image() -> torch.Tensor | list[torch.Tensor]:
+        made = [torch.randn(4, 3, 32, 32) for _ in range(views)]
+        return made[0] if views == 1 else made
+
+    return {
+        "derm": image(),
+        "clinic": image(),
+        "pair_valid": torch.tensor([True, False, True, True]),
+        "index": torch.arange(4),
+        "labels": torch.zeros(4, 8, dtype=torch.long),
+    }
+
+
+def stage2() -> SM3PseudoLabels:
+    module = SM3PseudoLabels(embed_dim=16, relation_ffn=8, **SMALL)
+    module.set_clusters({}, torch.zeros(4, len(CRITERIA), dtype=torch.long))
+    return module
+
+
+MODULES = {
+    "sm3 stage 1": (lambda: SM3Contrastive(proj_hidden=16, proj_dim=8, **SMALL), 2),
+    "sm3 stage 2": (stage2, 1),
+    "classifier": (lambda: MultiLabelClassifier(head_input="tokens", embed_dim=16, **SMALL), 1),
+    "simclr": (lambda: SimCLR(proj_hidden=16, proj_dim=8, **SMALL), 2),
+    "simsiam": (lambda: SimSiam(proj_hidden=16, proj_dim=8, pred_hidden=8, **SMALL), 2),
+    "swav": (lambda: SwAV(proj_hidden=16, proj_dim=8, num_prototypes=8, **SMALL), 2),
+}
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_training_step_and_backward(name: str) -> None:
+    make, views = MODULES[name]
+    module: LightningModule = make()
+    with warnings.catch_warnings(), FakeTensorMode(allow_non_fake_inputs=True):
+        warnings.filterwarnings("ignore", message=".*self.log.*")  # no Trainer attached
+        out = module.training_step(batch(views), 0)
+        loss = out["loss"] if isinstance(out, dict) else out
+        loss.backward()
+
+
+def test_device_views() -> None:
+    with FakeTensorMode():
+        images = torch.zeros(4, 3, 40, 50, dtype=torch.uint8)
+        sizes = torch.tensor([[40, 50], [30, 50], [40, 20], [40, 50]])
+        for views in (Views.simclr(), Views.cluster(), Views()):
+            out = device_views(images, sizes, views, 32, torch.Generator().manual_seed(0))
+            assert out.shape == (4, 3, 32, 32)
+
+
+def test_the_check_catches_a_sync() -> None:
+    with FakeTensorMode(), pytest.raises(Exception, match="nonzero|local_scalar"):
+        x = torch.randn(4)
+        x[x > 0].sum()
