@@ -127,7 +127,7 @@ def kmeans(
 
 
 def dot_kmeans(
-    features: np.ndarray, k: int, niter: int = 10, seed: int = 0, device: str = "cpu"
+    features: np.ndarray, k: int, niter: int = 10, seed: int = 0, device: str | torch.device = "cpu"
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """The authors' k-means (METHOD.md §4.2), in torch on ``device``.
 
@@ -146,9 +146,8 @@ def dot_kmeans(
             break
         sums = torch.zeros_like(centroids).index_add_(0, assignments, x)
         counts = torch.bincount(assignments, minlength=k)
-        filled = counts > 0
-        centroids[filled] = sums[filled] / counts[filled, None].to(x.dtype)
-        centroids = F.normalize(centroids, dim=1)
+        means = sums / counts.clamp(min=1)[:, None].to(x.dtype)
+        centroids = F.normalize(torch.where(counts[:, None] > 0, means, centroids), dim=1)
     cosine = (F.normalize(x, dim=1) * centroids[assignments]).sum(1).mean()
     return centroids.cpu().numpy(), assignments.cpu().numpy(), float(cosine)
 
