@@ -257,6 +257,8 @@ def test_same_seed_same_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         ("stage1", []),
         # dropout in the relation module; validation every epoch
         ("finetune", ["--model.init_args.init_from=null"]),
+        # k-means pseudo-labels kept mid-epoch, trained prototypes, dropout
+        ("stage2", ["--model.init_args.pretrained=null", "--data.init_args.drop_last=true"]),
     ],
 )
 def test_signal_mid_epoch_then_same_command_gives_same_weights(

@@ -54,9 +54,12 @@ class ToyModule(L.LightningModule):
         )
         return self.embed(batch)
 
-    def set_clusters(self, centroids: dict[str, torch.Tensor], labels: torch.Tensor) -> None:
-        for h, c in centroids.items():
-            self.protos[h].weight.data.copy_(c)
+    def set_clusters(
+        self, centroids: dict[str, torch.Tensor], labels: torch.Tensor, fresh: bool = True
+    ) -> None:
+        if fresh:  # as SM3 stage 2: a resumed run keeps its trained prototypes
+            for h, c in centroids.items():
+                self.protos[h].weight.data.copy_(c)
         self.pseudo = labels
         self.calls.append(self.trainer.current_epoch)
         if self.out_dir:
@@ -349,6 +352,30 @@ def test_resume_mid_epoch_keeps_boundary_reclusters(
 
 
 # ------------------------------------------------------------------ memory bank
+def test_memory_bank_resumes_mid_epoch_as_uninterrupted(tmp_path: Path) -> None:
+    """A run resumed from a mid-epoch checkpoint clusters the same bank at the next epoch."""
+    dm = make_dm(tmp_path, n_train=8)  # 4 steps per epoch
+    ck, whole, cut = tmp_path / "ck", tmp_path / "whole", tmp_path / "cut"
+    whole.mkdir(), cut.mkdir()
+    mid = ModelCheckpoint(dirpath=ck, filename="mid-{step}", every_n_train_steps=6, save_top_k=-1)
+    bank = KMeansPseudoLabels(features="memory_bank")
+    trainer(tmp_path, [bank, mid], max_epochs=3, enable_checkpointing=True).fit(
+        ToyModule(out_dir=str(whole)), dm
+    )
+    path = ck / "mid-step=6.ckpt"  # epoch 1, 2 of 4 batches
+    state = torch.load(path, weights_only=True)["callbacks"]["KMeansPseudoLabels"]
+    assert state["bank_filled"][train_rows(dm)].all() and set(state["bank"]) == set(HEADS)
+
+    model = ToyModule(out_dir=str(cut))
+    resumed = KMeansPseudoLabels(features="memory_bank")
+    trainer(tmp_path, [resumed], max_epochs=3).fit(model, dm, ckpt_path=str(path))
+    assert model.calls == [1, 2]  # the kept labels of epoch 1, then epoch 2's clustering
+    last = torch.load(whole / "rank0_3.pt", weights_only=True)
+    torch.testing.assert_close(torch.load(cut / "rank0_2.pt", weights_only=True), last)
+    for h in HEADS:
+        torch.testing.assert_close(resumed._centroids[h], bank._centroids[h], rtol=0, atol=0)
+
+
 def test_memory_bank_labels_every_training_case(tmp_path: Path) -> None:
     dm = make_dm(tmp_path, n_train=8, batch_size=3)  # drop_last: 2 cases unseen per epoch
     passes = []

@@ -49,8 +49,12 @@ class ClusteringModule(Protocol):
     def cluster_embeddings(self, batch: dict) -> dict[str, Tensor]:
         """Per clustered head, embeddings [B, D] of a normalised, on-device batch."""
 
-    def set_clusters(self, centroids: dict[str, Tensor], labels: Tensor) -> None:
-        """Centroids head -> [K, D] (L2-normalised); labels [num_cases, H], -1 = not clustered."""
+    def set_clusters(
+        self, centroids: dict[str, Tensor], labels: Tensor, fresh: bool = True
+    ) -> None:
+        """Centroids head -> [K, D] (L2-normalised); labels [num_cases, H], -1 = not clustered.
+        ``fresh``: a new clustering; False: a resumed run's kept one, whose trained
+        prototypes the checkpoint already restored."""
 
 
 def available_cores() -> int:
@@ -347,8 +351,23 @@ class KMeansPseudoLabels(L.Callback):
             "settings": self._settings(),
         }
 
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """``memory_bank``: the bank (rank 0's, this epoch's embeddings so far merged in), which
+        cases it holds and the training rows go into this callback's saved state, so that a
+        resumed run clusters what the uninterrupted run would. Every rank takes part."""
+        if self.features != "memory_bank" or self._rows is None:
+            return
+        self._merge_bank(trainer)
+        state = checkpoint["callbacks"][self.state_key]
+        state["bank"] = dict(self._bank)
+        state["bank_filled"] = self._filled
+        state["rows"] = torch.from_numpy(self._rows)
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Keep a checkpoint's clustering; it reaches the module in ``on_train_start``."""
+        """Keep a checkpoint's clustering (and memory bank); it reaches the module in
+        ``on_train_start``."""
         saved = {"algorithm": "spherical", **state_dict["settings"]}  # older checkpoints
         diff = setting_differences(saved, self._settings())
         if diff:
@@ -360,6 +379,10 @@ class KMeansPseudoLabels(L.Callback):
         self._epoch = int(state_dict["epoch"])
         self._labels = state_dict["labels"] if self._epoch >= 0 else None
         self._centroids = dict(state_dict["centroids"])
+        if "bank" in state_dict:
+            self._bank = dict(state_dict["bank"])
+            self._filled = state_dict["bank_filled"]
+            self._rows = state_dict["rows"].numpy()
 
     def _settings(self) -> dict[str, Any]:
         return {
@@ -389,7 +412,7 @@ class KMeansPseudoLabels(L.Callback):
         due = epoch % self.every_n_epochs == 0 and epoch != self._epoch
         if self._labels is not None and not due:
             if starting:
-                self._apply(pl_module)
+                self._apply(pl_module, fresh=False)
             return
         self.cluster(trainer, pl_module)
 
@@ -472,11 +495,11 @@ class KMeansPseudoLabels(L.Callback):
             self._gpu_resources = faiss.StandardGpuResources()
         return torch.cuda.current_device()
 
-    def _apply(self, pl_module: L.LightningModule) -> None:
+    def _apply(self, pl_module: L.LightningModule, fresh: bool = True) -> None:
         assert self._labels is not None
         device = pl_module.device
         centroids = {h: c.to(device) for h, c in self._centroids.items()}
-        pl_module.set_clusters(centroids, self._labels.to(device))
+        pl_module.set_clusters(centroids, self._labels.to(device), fresh)
 
     # --------------------------------------------------------------- features
     def _features(

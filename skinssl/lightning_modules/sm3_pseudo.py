@@ -124,11 +124,15 @@ class SM3PseudoLabels(L.LightningModule):
         tokens = self.tokens(batch)
         return {h: tokens[:, i] for i, h in enumerate(self.heads)}
 
-    def set_clusters(self, centroids: dict[str, torch.Tensor], labels: torch.Tensor) -> None:
-        """Copy centroids into the prototypes; keep the assignments [num_cases, H] for lookup."""
-        with torch.no_grad():
-            for h, c in centroids.items():
-                self.prototypes[h].weight.copy_(c.to(self.prototypes[h].weight))
+    def set_clusters(
+        self, centroids: dict[str, torch.Tensor], labels: torch.Tensor, fresh: bool = True
+    ) -> None:
+        """Keep the assignments [num_cases, H] for lookup; a fresh clustering's centroids
+        become the prototypes (a resumed run keeps its trained ones)."""
+        if fresh:
+            with torch.no_grad():
+                for h, c in centroids.items():
+                    self.prototypes[h].weight.copy_(c.to(self.prototypes[h].weight))
         self.pseudo_labels = labels.to(self.device, torch.long)
 
     # ---------------------------------------------------------------- training

@@ -72,7 +72,10 @@ class DeepClusterV2(Pretraining):
     def cluster_embeddings(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         return {m: self.embed(m, batch[m]) for m in self.modalities}
 
-    def set_clusters(self, centroids: dict[str, Tensor], labels: Tensor) -> None:
+    def set_clusters(
+        self, centroids: dict[str, Tensor], labels: Tensor, fresh: bool = True
+    ) -> None:
+        """The centroids are the (untrained) prototypes: set also on a resume (``fresh``)."""
         self.centroids = torch.stack([centroids[m] for m in self.modalities]).to(self.centroids)
         self.assignments = labels.to(self.device, torch.long)
 
