@@ -24,6 +24,7 @@ from pathlib import Path
 
 import cv2
 import torch
+from lightning.pytorch.utilities import move_data_to_device
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
@@ -86,7 +87,7 @@ def on_device(dm: Derm7ptDataModule, device: torch.device):  # noqa: ANN201
     """Per batch: move to ``device`` and make the views there (``augment_on: device``)."""
 
     def finish(batch: dict) -> dict:
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        batch = move_data_to_device(dm.on_before_batch_transfer(batch, 0), device)
         out = dm.on_after_batch_transfer(batch, 0)
         torch.cuda.synchronize(device)
         return out

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The speed measurements that need a GPU (issue 7), in one run of about 5-8 minutes on one
+# The speed measurements that need a GPU (issue 7), in one run of an estimated 5-8 minutes on one
 # H100-class GPU: the stage-1 step at the published recipe (ResNet-50 x2, 224 px, batch 96,
 # bf16, channels-last) with views made in CPU workers and on the GPU, with and without
 # torch.compile, each against the model alone, with host-device synchronisations counted;
@@ -24,7 +24,7 @@ device=${DEVICE:-cuda}
 cases=${CASES:-1011}
 step=(python3 bench/step.py --backbone "${BACKBONE:-resnet50}" --image-size "${SIZE:-224}"
   --batch-size "${BATCH:-96}" --steps "${STEPS:-20}" --device "$device" --precision bf16
-  --channels-last --sync-check --root "data/device-check-$cases")
+  --channels-last --sync-check --root data/device-check-step)
 
 python3 - "$device" <<'PY' | tee "$out/machine.txt"
 import os, platform, sys
@@ -45,7 +45,8 @@ python3 bench/dataloader.py --num-cases "$cases" --synthetic-root "data/device-c
   --image-size "${SIZE:-224}" --batch-size "${BATCH:-96}" --out "$out/dataloader.json"
 echo "== k-means: seconds per pass"
 python3 bench/kmeans.py --threads "$(nproc)" ${KMEANS_ARGS:-} --out "$out/kmeans.json"
-echo "== k-means share of a stage-1 epoch (413 training pairs)"
+echo "== k-means share of a stage-1 epoch (413 training pairs; a lower bound for stage 2,"
+echo "   whose epochs are shorter: frozen trunks, one view)"
 python3 - "$out" <<'PY'
 import json, sys
 from pathlib import Path

@@ -4,8 +4,7 @@
 # rest (about 27 MB; Python 3.12, x86-64). Versions as in this project's tested environment.
 #   bash bench/device_wheels.sh [PYTHON_VERSION]
 set -euo pipefail
-cd "$(dirname "$0")/.."
-grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+cd "$(dirname "$0")/.."  # .whl/ is in .gitignore
 platforms=()
 for p in manylinux_2_28 manylinux_2_27 manylinux_2_24 manylinux_2_17 manylinux2014 manylinux1; do
   platforms+=(--platform "${p}_x86_64")

@@ -60,7 +60,8 @@ def pairs_per_second(
                 torch.cuda.synchronize()
             start, n = time.perf_counter(), 0
         if not prepared:
-            batch = dm.on_after_batch_transfer(move_data_to_device(batch, device), 0)
+            batch = move_data_to_device(dm.on_before_batch_transfer(batch, 0), device)
+            batch = dm.on_after_batch_transfer(batch, 0)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             loss = model.training_step(batch, i)
         loss.backward()
@@ -128,7 +129,8 @@ def main() -> None:
     speed_up(model, args.channels_last, args.compile)
     loader = dm.train_dataloader()
     loader.sampler.set_epoch(0)
-    fixed = dm.on_after_batch_transfer(move_data_to_device(next(iter(loader)), device), 0)
+    fixed = move_data_to_device(dm.on_before_batch_transfer(next(iter(loader)), 0), device)
+    fixed = dm.on_after_batch_transfer(fixed, 0)
 
     def alone() -> float:
         batches = itertools.repeat(fixed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import lightning as L
 import torch
@@ -37,8 +38,10 @@ class SkinSSLCLI(LightningCLI):
     """LightningCLI with skinssl's callbacks always attached, each configurable under its name:
     ``report`` (test report), ``explain`` (attention maps, Grad-CAM), ``predictions`` (the
     predict CSV), ``views`` (sample training views), ``preemption`` (checkpoint, requeue and
-    exit on SIGUSR1), ``speed`` (channels-last, torch.compile). ``fit --resume true``
-    continues from the run directory's ``last.ckpt`` when there is one.
+    exit on SIGUSR1), ``speed`` (channels-last, torch.compile). Always attached, without
+    settings: ``StepSeed`` (dropout drawn from the step, for exact resumes) and ``GlooExit`` (a
+    clean exit of CPU multi-process runs). ``fit --resume true`` continues from the run
+    directory's ``last.ckpt`` when there is one.
     ``validate``/``test``/``predict`` with a ``ckpt_path`` take every weight from it, so
     ``init_from`` and ``weights`` are not read."""
 
@@ -57,7 +60,7 @@ class SkinSSLCLI(LightningCLI):
             "so that restarting the same command resumes it",
         )
 
-    def instantiate_trainer(self, **kwargs) -> L.Trainer:
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         trainer.callbacks += [StepSeed(), GlooExit()]  # not settings: always wanted
         return trainer

@@ -110,13 +110,21 @@ def test_datamodule_makes_training_views_on_the_device(tmp_path) -> None:
     """``augment_on: device``: key batches from the loader, views made after the transfer."""
     from test_pipeline import dm_for, make_csv
 
-    def first_batch(augment_on: str, seed: int = 0) -> dict:
+    def first_batch(augment_on: str, seed: int = 0, before: bool = True) -> dict:
         torch.manual_seed(seed)
         dm = dm_for(make_csv(tmp_path, n=20), derm_views=Views.simclr(), augment_on=augment_on)
         dm.setup("fit")
         loader = dm.train_dataloader()
         loader.sampler.set_epoch(0)
-        return dm.on_after_batch_transfer(next(iter(loader)), 0)
+        batch = next(iter(loader))
+        if before:  # as Lightning: the views seed is read while the batch is on the CPU
+            batch = dm.on_before_batch_transfer(batch, 0)
+        return dm.on_after_batch_transfer(batch, 0)
+
+    unhooked = first_batch("device", before=False)  # the seed read back from the batch instead
+    hooked = first_batch("device")
+    assert "views_seed" not in hooked
+    assert all(torch.equal(a, b) for a, b in zip(hooked["derm"], unhooked["derm"], strict=True))
 
     cpu, dev = first_batch("cpu"), first_batch("device")
     assert torch.equal(cpu["index"], dev["index"])  # the same order: only where views are made

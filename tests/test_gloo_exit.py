@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from helpers import run_gloo
@@ -13,7 +14,7 @@ from skinssl.callbacks import GlooExit
 
 def _teardown_sleeps(rank: int) -> list[float]:
     slept: list[float] = []
-    gloo_exit.time.sleep = slept.append  # a spawned process: nothing to restore
+    gloo_exit.time = SimpleNamespace(sleep=slept.append)  # a spawned process: nothing to restore
     GlooExit(seconds=0.3).teardown(None, None, "fit")  # type: ignore[arg-type]
     return slept
 
@@ -24,6 +25,6 @@ def test_sleeps_in_a_gloo_group(tmp_path: Path) -> None:
 
 def test_no_pause_without_a_process_group(monkeypatch: pytest.MonkeyPatch) -> None:
     slept: list[float] = []
-    monkeypatch.setattr(gloo_exit.time, "sleep", slept.append)
+    monkeypatch.setattr(gloo_exit, "time", SimpleNamespace(sleep=slept.append))
     GlooExit().teardown(None, None, "fit")  # type: ignore[arg-type]
     assert slept == []

@@ -2,8 +2,10 @@
 
 Each step runs on fake tensors (shapes only, no data): any operation whose result depends on
 tensor values on the host (``.item()``, ``bool(t)``, boolean-mask indexing, ``nonzero``) raises
-there, as it would make a GPU step wait. A CPU stand-in for the profiler / CUDA sync-debug check
-(``bench/step.py --sync-check`` on a GPU).
+there, as it would make a GPU step wait. Blocking copies of constants to the device are not
+caught here (``bench/step.py --sync-check`` on a GPU catches both). Not covered: Barlow Twins
+(its cross-modal term selects the valid rows) and the momentum methods (BYOL, MoCo: lightly's
+memory bank reads its pointer back).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from skinssl.datamodules.device_views import device_views
 from skinssl.datamodules.views import Views
 from skinssl.labels import CRITERIA
 from skinssl.lightning_modules import MultiLabelClassifier, SM3Contrastive, SM3PseudoLabels
-from skinssl.lightning_modules.baselines import SimCLR, SimSiam, SwAV
+from skinssl.lightning_modules.baselines import DeepClusterV2, SimCLR, SimSiam, SwAV
 
 SMALL = {"backbone": "resnet18", "weights": None}
 
@@ -45,6 +47,12 @@ def stage2() -> SM3PseudoLabels:
     return module
 
 
+def deepcluster() -> DeepClusterV2:
+    module = DeepClusterV2(modality="derm", proj_hidden=16, proj_dim=8, num_clusters=3, **SMALL)
+    module.set_clusters({"derm": torch.randn(3, 8)}, torch.zeros(4, 1, dtype=torch.long))
+    return module
+
+
 MODULES = {
     "sm3 stage 1": (lambda: SM3Contrastive(proj_hidden=16, proj_dim=8, **SMALL), 2),
     "sm3 stage 2": (stage2, 1),
@@ -52,6 +60,7 @@ MODULES = {
     "simclr": (lambda: SimCLR(proj_hidden=16, proj_dim=8, **SMALL), 2),
     "simsiam": (lambda: SimSiam(proj_hidden=16, proj_dim=8, pred_hidden=8, **SMALL), 2),
     "swav": (lambda: SwAV(proj_hidden=16, proj_dim=8, num_prototypes=8, **SMALL), 2),
+    "deepcluster-v2": (deepcluster, 2),
 }
 
 

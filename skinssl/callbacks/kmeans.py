@@ -140,6 +140,8 @@ def dot_kmeans(
     members, keeps an empty cluster's previous centroid and L2-normalises the centroids; a
     final assignment step gives the labels. Returns what :func:`kmeans` returns.
     """
+    if niter < 1:
+        raise ValueError(f"niter = {niter}: the authors' k-means needs at least 1 iteration")
     x = torch.from_numpy(checked_features(features, k)).to(device)
     n = len(x)
     gen = torch.Generator().manual_seed(seed)

@@ -285,6 +285,15 @@ class PairedDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self.loader(self.dataset(self.predict_split, train=False), train=False)
 
+    def on_before_batch_transfer(
+        self, batch: dict[str, Any], dataloader_idx: int
+    ) -> dict[str, Any]:
+        """A key batch's views seed, from (seed, epoch, first case) while they are on the CPU."""
+        if "derm_id" in batch:
+            epoch, first = int(batch["epoch"][0]), int(batch["index"][0])
+            batch["views_seed"] = views_seed(self._run_seed(), epoch, first)
+        return batch
+
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         """Make the views on the device (``augment_on: device``); normalise them, batched."""
         if "derm_id" in batch:
@@ -298,12 +307,14 @@ class PairedDataModule(L.LightningDataModule):
         return batch
 
     def _device_views(self, batch: dict[str, Any]) -> None:
-        """Views of a key batch, drawn from (seed, epoch, first case) as the batch's stream."""
+        """Views of a key batch, drawn from its ``views_seed`` (set before the transfer)."""
         device = batch["derm_id"].device
         if self._device_images is None or self._device_images.images.device != device:
             assert self._store is not None
             self._device_images = DeviceImages(self._store, device)
-        seed = views_seed(self._run_seed(), int(batch["epoch"][0]), int(batch["index"][0]))
+        seed = batch.pop("views_seed", None)
+        if seed is None:  # called without the hook before the transfer (values read back)
+            seed = views_seed(self._run_seed(), int(batch["epoch"][0]), int(batch["index"][0]))
         gen = torch.Generator(device=device).manual_seed(seed)
         for key, views in (("derm", self.derm_views), ("clinic", self.clinic_views)):
             made = self._device_images.views(batch[f"{key}_id"], views, self.image_size, gen)

@@ -113,7 +113,8 @@ class SM3Contrastive(L.LightningModule):
         pairs: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
         n: int,
     ) -> None:
-        """Each loss term; positive-pair cosine, alignment and uniformity of the embeddings."""
+        """Each loss term; positive-pair cosine, alignment and uniformity of the embeddings
+        (cross-modal: over the valid pairs; NaN in a batch without any)."""
         logs = {
             "train/loss": loss,
             "train/loss_intra_derm": terms["intra_derm"],

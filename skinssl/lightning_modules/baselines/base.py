@@ -110,10 +110,11 @@ class Pretraining(L.LightningModule):
             views = getattr(datamodule, f"{m}_views", None)
             if m not in self.modalities and getattr(views, "n", 0) > 0:
                 used = self.modalities[0]
+                hint = f" (give {used}_views its own views: they default to derm_views)"
                 rank_zero_warn(
                     f"{type(self).__name__} with modality {used!r} does not use the {views.n} "
-                    f"{m} views made per case; data.init_args.{m}_views: {{n: 0}} skips them "
-                    f"(give {used}_views its own views: they default to derm_views)"
+                    f"{m} views made per case; data.init_args.{m}_views: {{n: 0}} skips them"
+                    + (hint if m == "derm" else "")
                 )
 
     def two_views(self, batch: dict[str, Any], modality: str) -> Tensor:
