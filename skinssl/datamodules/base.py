@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from skinssl.datamodules.cases import Cases, DataError
-from skinssl.datamodules.dataset import PairDataset, PairKeys, seed_worker, views_seed
+from skinssl.datamodules.dataset import PairDataset, PairKeys, one_thread_worker, views_seed
 from skinssl.datamodules.device_views import DeviceImages
 from skinssl.datamodules.images import CacheMode, ImageStore
 from skinssl.datamodules.resumable import EpochSampler, ResumableLoader
@@ -231,12 +231,10 @@ class PairedDataModule(L.LightningDataModule):
             pipes = (eval_pipeline(self.image_size), eval_pipeline(self.image_size))
             n_views = (1, 1)
         tolerant = self._tolerant and not train
-        ds = PairDataset(
+        return PairDataset(
             rows, self._store, *self._ids, labels, cases.pair_valid, *pipes, n_views,
             tolerant, self.image_size, case_seed=seed,
         )  # fmt: skip
-        ds.seed((torch.initial_seed() + 1_000_003 * self._rank()) % 2**32)  # used without workers
-        return ds
 
     def loader(self, dataset: PairDataset | PairKeys, train: bool) -> DataLoader:
         """A DataLoader with seeded workers, pinned memory and kept workers.
@@ -250,7 +248,7 @@ class PairedDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
-            worker_init_fn=seed_worker,
+            worker_init_fn=one_thread_worker,
         )
         if not train:
             return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, **common)
@@ -290,8 +288,7 @@ class PairedDataModule(L.LightningDataModule):
     ) -> dict[str, Any]:
         """A key batch's views seed, from (seed, epoch, first case) while they are on the CPU."""
         if "derm_id" in batch:
-            epoch, first = int(batch["epoch"][0]), int(batch["index"][0])
-            batch["views_seed"] = views_seed(self._run_seed(), epoch, first)
+            batch["views_seed"] = self._batch_seed(batch)
         return batch
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
@@ -314,11 +311,15 @@ class PairedDataModule(L.LightningDataModule):
             self._device_images = DeviceImages(self._store, device)
         seed = batch.pop("views_seed", None)
         if seed is None:  # called without the hook before the transfer (values read back)
-            seed = views_seed(self._run_seed(), int(batch["epoch"][0]), int(batch["index"][0]))
+            seed = self._batch_seed(batch)
         gen = torch.Generator(device=device).manual_seed(seed)
         for key, views in (("derm", self.derm_views), ("clinic", self.clinic_views)):
             made = self._device_images.views(batch[f"{key}_id"], views, self.image_size, gen)
             batch[key] = made[0] if views.n == 1 else made
+
+    def _batch_seed(self, batch: dict[str, Any]) -> int:
+        """A key batch's views seed: from (run seed, epoch, its first case)."""
+        return views_seed(self._run_seed(), int(batch["epoch"][0]), int(batch["index"][0]))
 
     def _run_seed(self) -> int:
         """The seed of the training order and views (rank 0's once ``setup`` ran)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import albumentations as A
 import numpy as np
 import torch
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset
 
 from skinssl.datamodules.cases import DataError
 from skinssl.datamodules.images import ImageStore
@@ -94,22 +94,13 @@ def views_seed(seed: int, epoch: int, row: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, row]).generate_state(1)[0])
 
 
-def seed_worker(worker_id: int) -> None:
-    """DataLoader worker init: distinct, reproducible augmentation streams; one thread each.
-
-    ``torch.initial_seed()`` in a worker is derived from the loader's generator (seeded from the
-    run's seed) and the worker id, so it differs per worker and per epoch yet is reproducible.
-    """
+def one_thread_worker(worker_id: int) -> None:
+    """DataLoader worker init: one OpenCV and one torch thread per worker. (Training views need
+    no per-worker seed: each case's are seeded from (seed, epoch, case), see ``views_seed``.)"""
     import cv2
 
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    info = get_worker_info()
-    dataset = info.dataset if info is not None else None
-    if isinstance(dataset, PairDataset):
-        dataset.seed(seed)
 
 
 class PairKeys(Dataset):

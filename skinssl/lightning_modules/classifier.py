@@ -146,10 +146,12 @@ class MultiLabelClassifier(L.LightningModule):
                     clf.weight.copy_(proto)
                     clf.bias.zero_()
                     loaded.append(f"{h} head from centroids")
-        scaled = {k: hparams.get(k) for k in ("l2_norm", "temperature")}
-        if any("centroids" in x for x in loaded) and scaled not in (
-            {"l2_norm": False, "temperature": 1.0},
-            {"l2_norm": None, "temperature": None},
+        scaled = {
+            "l2_norm": hparams.get("l2_norm", False),
+            "temperature": hparams.get("temperature", 1.0),
+        }
+        if any("centroids" in x for x in loaded) and (
+            scaled["l2_norm"] or scaled["temperature"] != 1
         ):
             rank_zero_warn(
                 f"init_from {path}: its prototypes were trained with {scaled}; the heads start "
