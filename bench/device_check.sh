@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The speed measurements that need a GPU (issue 7), in one run of an estimated 5-8 minutes on one
-# H100-class GPU: the stage-1 step at the published recipe (ResNet-50 x2, 224 px, batch 96,
-# bf16, channels-last) with views made in CPU workers and on the GPU, with and without
-# torch.compile, each against the model alone, with host-device synchronisations counted;
-# the data benchmark with its GPU row; k-means seconds per pass; and the k-means share of a
-# stage-1 epoch at Derm7pt size. Writes at most 8 files into OUT_DIR.
+# The checks that need a GPU, in one run of an estimated 5-8 minutes on one H100-class GPU:
+# the stage-1 step at the published recipe (ResNet-50 x2, 224 px, batch 96, bf16,
+# channels-last) with views made in CPU workers and on the GPU, each against the model alone,
+# with host-device synchronisations counted; the device-view distribution tests on the GPU;
+# k-means seconds per pass; the data benchmark with its GPU row; the quick start on the GPU
+# (bf16, views on the GPU); the step with torch.compile; and the k-means share of a stage-1
+# epoch at Derm7pt size. Each part has its own time limit (a failed or late part is reported
+# and the rest still run); writes at most 8 files into OUT_DIR.
 #
 #   bash bench/device_check.sh OUT_DIR
 #
@@ -14,8 +16,8 @@
 #   export PYTHONPATH=/tmp/site && bash bench/device_check.sh $OUT 2>&1 | tee $OUT/log.txt
 # DEVICE, BACKBONE, SIZE, BATCH, STEPS, CASES and KMEANS_ARGS override the defaults (a CPU
 # dry run: DEVICE=cpu BACKBONE=resnet18 SIZE=64 BATCH=8 STEPS=2 CASES=64
-# KMEANS_ARGS='--repeats 1 --sklearn-max 1000').
-set -euo pipefail
+# KMEANS_ARGS='--repeats 1 --sklearn-max 1000'; the quick-start part runs on GPUs only).
+set -uo pipefail
 out=${1:?usage: bench/device_check.sh OUT_DIR}
 mkdir -p "$out"
 cd "$(dirname "$0")/.."
@@ -23,8 +25,30 @@ export NO_ALBUMENTATIONS_UPDATE=1 PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPAT
 device=${DEVICE:-cuda}
 cases=${CASES:-1011}
 step=(python3 bench/step.py --backbone "${BACKBONE:-resnet50}" --image-size "${SIZE:-224}"
-  --batch-size "${BATCH:-96}" --steps "${STEPS:-20}" --device "$device" --precision bf16
+  --batch-size "${BATCH:-96}" --steps "${STEPS:-30}" --device "$device" --precision bf16
   --channels-last --sync-check --root data/device-check-step)
+failed=()
+
+part() {  # part NAME SECONDS COMMAND...: run with a time limit, report and go on on failure
+  local name=$1 limit=$2 start=$SECONDS
+  shift 2
+  echo "== $name"
+  timeout "$limit" "$@"
+  local rc=$?
+  echo "== $name: exit $rc after $((SECONDS - start)) s"
+  [ "$rc" -eq 0 ] || failed+=("$name (exit $rc)")
+}
+
+quickstart_on_gpu() {  # the quick start's three stages and test on the GPU: bf16, views there
+  local cli=(python3 -m skinssl.cli) precision=(--trainer.precision bf16-mixed --trainer.enable_progress_bar false)
+  rm -rf runs/quickstart
+  "${cli[@]}" fit -c configs/quickstart/stage1.yaml "${precision[@]}" \
+    --data.init_args.augment_on device &&
+    "${cli[@]}" fit -c configs/quickstart/stage2.yaml "${precision[@]}" &&
+    "${cli[@]}" fit -c configs/quickstart/finetune.yaml "${precision[@]}" &&
+    "${cli[@]}" test -c configs/quickstart/finetune.yaml "${precision[@]}" \
+      --ckpt_path runs/quickstart/finetune/checkpoints/best.ckpt
+}
 
 python3 - "$device" <<'PY' | tee "$out/machine.txt"
 import os, platform, sys
@@ -34,25 +58,34 @@ print(f"torch {torch.__version__}, CUDA {torch.version.cuda}")
 if sys.argv[1] == "cuda":
     print(torch.cuda.get_device_name(0))
 PY
-echo "== step: views in CPU workers"
-"${step[@]}" --out "$out/step_cpu_views.json"
-echo "== step: views on the device"
-"${step[@]}" --augment-on device --out "$out/step_device_views.json"
-echo "== step: views on the device, torch.compile"
-"${step[@]}" --augment-on device --compile --out "$out/step_device_views_compile.json"
-echo "== data: reference per-sample pipeline, cache on CPU, views on the device"
-python3 bench/dataloader.py --num-cases "$cases" --synthetic-root "data/device-check-512-$cases" \
+part "step: views in CPU workers" 120 "${step[@]}" --out "$out/step_cpu_views.json"
+part "step: views on the device" 100 "${step[@]}" --augment-on device \
+  --out "$out/step_device_views.json"
+part "device-view distribution tests on $device" 60 env SKINSSL_TEST_DEVICE="$device" \
+  python3 -m pytest -q -p no:cacheprovider tests/test_device_views.py
+part "k-means: seconds per pass" 90 python3 bench/kmeans.py --threads "$(nproc)" \
+  ${KMEANS_ARGS:-} --out "$out/kmeans.json"
+part "data: reference per-sample pipeline, cache on CPU, views on the device" 120 \
+  python3 bench/dataloader.py --num-cases "$cases" --synthetic-root "data/device-check-512-$cases" \
   --image-size "${SIZE:-224}" --batch-size "${BATCH:-96}" --out "$out/dataloader.json"
-echo "== k-means: seconds per pass"
-python3 bench/kmeans.py --threads "$(nproc)" ${KMEANS_ARGS:-} --out "$out/kmeans.json"
+if [ "$device" = cuda ]; then
+  part "quick start on the GPU (bf16, views on the GPU)" 150 quickstart_on_gpu
+fi
+part "step: views on the device, torch.compile" 180 "${step[@]}" --augment-on device --compile \
+  --out "$out/step_device_views_compile.json"
 echo "== k-means share of a stage-1 epoch (413 training pairs; a lower bound for stage 2,"
 echo "   whose epochs are shorter: frozen trunks, one view)"
 python3 - "$out" <<'PY'
 import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
+if not (out / "kmeans.json").is_file():
+    sys.exit("no kmeans.json")
 km = json.loads((out / "kmeans.json").read_text())["rows"]
 for name in ("step_cpu_views", "step_device_views", "step_device_views_compile"):
+    if not (out / f"{name}.json").is_file():
+        print(f"{name}: no result")
+        continue
     rates = json.loads((out / f"{name}.json").read_text())["pairs_per_s"]
     full = next(v for k, v in rates.items() if k.startswith("full pipeline"))
     epoch = 413 / full
@@ -61,3 +94,8 @@ for name in ("step_cpu_views", "step_device_views", "step_device_views_compile")
             share = 100 * r["seconds"] / (epoch + r["seconds"])
             print(f"{name}: epoch {epoch:.2f} s, {r['method']} {r['seconds']:.3f} s = {share:.1f} %")
 PY
+if [ ${#failed[@]} -gt 0 ]; then
+  printf 'FAILED: %s\n' "${failed[@]}"
+  exit 1
+fi
+echo "all parts passed"

@@ -4,9 +4,12 @@ Compared on the CPU by statistics of many views of one image: the crop geometry 
 coordinate-coded image (two-sample Kolmogorov-Smirnov distance), and colour statistics under the
 stage-1 jitter, grayscale and blur (quantiles). Pixels differ a little by construction: the
 device path resamples crops bilinearly and rounds once, the CPU path rounds after every step.
+The device path runs on ``SKINSSL_TEST_DEVICE`` (default ``cpu``; ``cuda`` on a GPU machine).
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -16,6 +19,7 @@ from skinssl.datamodules.device_views import crop_boxes, device_views
 from skinssl.datamodules.views import Views, eval_pipeline, seed_pipeline, train_pipeline
 
 H, W, N, SIZE = 96, 144, 600, 48
+DEVICE = torch.device(os.environ.get("SKINSSL_TEST_DEVICE", "cpu"))
 YY, XX = np.mgrid[0:H, 0:W]
 
 
@@ -26,15 +30,21 @@ def ks(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(cdf[0] - cdf[1]).max())
 
 
+def on_device(images: np.ndarray, seed: int, views: Views, size: int = SIZE) -> np.ndarray:
+    """Views of HWC uint8 ``images`` [N, H, W, 3] made by the device path on DEVICE."""
+    batch = torch.from_numpy(images).permute(0, 3, 1, 2).to(DEVICE)
+    sizes = torch.tensor([images.shape[1:3]] * len(images), device=DEVICE)
+    gen = torch.Generator(DEVICE).manual_seed(seed)
+    return device_views(batch, sizes, views, size, gen).cpu().numpy()
+
+
 def cpu_and_device(image: np.ndarray, views: Views) -> tuple[np.ndarray, np.ndarray]:
     """N views [N, 3, SIZE, SIZE] as float, by the CPU pipeline and by the device path."""
     pipe = train_pipeline(views, SIZE)
     seed_pipeline(pipe, 0)
     cpu = np.stack([pipe(image=image)["image"] for _ in range(N)]).transpose(0, 3, 1, 2)
-    batch = torch.from_numpy(image).permute(2, 0, 1)[None].repeat(N, 1, 1, 1)
-    sizes = torch.tensor([[H, W]] * N)
-    dev = device_views(batch, sizes, views, SIZE, torch.Generator().manual_seed(0))
-    return cpu.astype(np.float64), dev.numpy().astype(np.float64)
+    dev = on_device(np.repeat(image[None], N, 0), 0, views)
+    return cpu.astype(np.float64), dev.astype(np.float64)
 
 
 def test_crop_geometry_and_flips_match() -> None:
@@ -87,8 +97,8 @@ def test_colour_statistics_match_under_stage1_views() -> None:
 
 
 def test_crops_stay_inside_each_image() -> None:
-    sizes = torch.tensor([[40, 60], [100, 30], [8, 8]] * 50)
-    boxes = crop_boxes(sizes, (0.08, 1.0), torch.Generator().manual_seed(1))
+    sizes = torch.tensor([[40, 60], [100, 30], [8, 8]] * 50, device=DEVICE)
+    boxes = crop_boxes(sizes, (0.08, 1.0), torch.Generator(DEVICE).manual_seed(1))
     h, w = sizes[:, 0].float(), sizes[:, 1].float()
     assert (boxes[:, 0] >= 0).all() and (boxes[:, 1] >= 0).all()
     assert (boxes[:, 2] <= w).all() and (boxes[:, 3] <= h).all()
@@ -96,14 +106,10 @@ def test_crops_stay_inside_each_image() -> None:
 
 
 def test_same_generator_same_views() -> None:
-    images = torch.randint(0, 256, (4, 3, 32, 40), dtype=torch.uint8)
-    sizes = torch.tensor([[32, 40]] * 4)
-    views = Views.simclr()
-    a = device_views(images, sizes, views, 24, torch.Generator().manual_seed(3))
-    b = device_views(images, sizes, views, 24, torch.Generator().manual_seed(3))
-    c = device_views(images, sizes, views, 24, torch.Generator().manual_seed(4))
-    assert a.shape == (4, 3, 24, 24) and a.dtype == torch.uint8
-    assert torch.equal(a, b) and not torch.equal(a, c)
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 40, 3), dtype=np.uint8)
+    a, b, c = (on_device(images, seed, Views.simclr(), 24) for seed in (3, 3, 4))
+    assert a.shape == (4, 3, 24, 24) and a.dtype == np.uint8
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
 def test_datamodule_makes_training_views_on_the_device(tmp_path) -> None:
@@ -160,9 +166,7 @@ def test_shrinking_is_anti_aliased_on_both_paths() -> None:
     pipe = train_pipeline(views, SIZE)
     seed_pipeline(pipe, 0)
     cpu = np.stack([pipe(image=image)["image"] for _ in range(20)])
-    batch = torch.from_numpy(image).permute(2, 0, 1)[None].repeat(20, 1, 1, 1)
-    sizes = torch.tensor([[big, big]] * 20)
-    dev = device_views(batch, sizes, views, SIZE, torch.Generator().manual_seed(0)).numpy()
+    dev = on_device(np.repeat(image[None], 20, 0), 0, views)
     resized = eval_pipeline(SIZE)(image=image)["image"]
     for name, v in (("cpu", cpu), ("device", dev), ("eval", resized)):
         v = v.astype(np.float64)
