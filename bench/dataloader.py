@@ -6,7 +6,8 @@ Compares, with one loader worker and with one per core:
 - ours with ``cache: none``: the JPEG decoded on every access, albumentations views on uint8;
 - ours with ``cache: memory``: every image decoded once; only the views are made per access;
 - ``memory-derm-only``: the same for single-modality pretraining, no clinical views made;
-- ``device`` (with a GPU): ``augment_on: device``, the views made on the GPU a batch at a time.
+- ``device`` (with a GPU): ``augment_on: device``, the views made on the GPU a batch at a time;
+  ``device-compiled``: the same with ``compile_views``.
 Prints a table and writes JSON.
 
     python bench/dataloader.py                      # synthetic data at Derm7pt's image size
@@ -96,22 +97,23 @@ def on_device(dm: Derm7ptDataModule, device: torch.device):  # noqa: ANN201
     return finish
 
 
+def endless(loader: DataLoader):  # noqa: ANN201
+    """The loader's batches, epoch after epoch (an epoch may be shorter than the warm-up)."""
+    if len(loader) == 0:
+        raise ValueError("the loader has no batch: fewer training cases than --batch-size")
+    while True:
+        yield from loader
+
+
 def measure(loader: DataLoader, batches: int, warmup: int, finish=None) -> float:  # noqa: ANN001
     """Pairs per second over ``batches`` batches after ``warmup`` (workers started, caches hot);
     ``finish`` is applied to each batch (the device views)."""
     finish = finish or (lambda b: b)
-    it = iter(loader)
+    it = endless(loader)
     for _ in range(warmup):
         finish(next(it))
     start = time.perf_counter()
-    n = 0
-    for _ in range(batches):
-        try:
-            batch = next(it)
-        except StopIteration:
-            it = iter(loader)
-            batch = next(it)
-        n += len(finish(batch)["index"])
+    n = sum(len(finish(next(it))["index"]) for _ in range(batches))
     return n / (time.perf_counter() - start)
 
 
@@ -136,12 +138,13 @@ def main() -> None:
     cores = default_workers()
     rows = []
     pipelines = ["reference", "none", "memory", "memory-derm-only"]
-    pipelines += ["device"] if torch.cuda.is_available() else []
+    pipelines += ["device", "device-compiled"] if torch.cuda.is_available() else []
     for cache in pipelines:
         for workers in sorted({1, cores}):
             kwargs = dict(cache="none" if cache == "reference" else cache, num_workers=workers)
-            if cache == "device":
+            if cache.startswith("device"):
                 kwargs.update(cache="memory", augment_on="device")
+                kwargs.update(compile_views=cache == "device-compiled")
             if cache == "memory-derm-only":  # single-modality pretraining: no clinical views
                 kwargs.update(cache="memory", clinic_views=Views(n=0))
             if args.root:
@@ -159,7 +162,7 @@ def main() -> None:
             dm.setup("fit")
             setup_s = time.perf_counter() - t0
             loader = reference_loader(dm) if cache == "reference" else dm.train_dataloader()
-            finish = on_device(dm, torch.device("cuda")) if cache == "device" else None
+            finish = on_device(dm, torch.device("cuda")) if cache.startswith("device") else None
             pairs_s = measure(loader, args.batches, warmup=max(2, workers), finish=finish)
             del loader
             views = 2 if cache == "memory-derm-only" else 4

@@ -14,6 +14,8 @@
 # (bash bench/device_wheels.sh), carry .whl, and there run:
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl &&
 #   export PYTHONPATH=/tmp/site && bash bench/device_check.sh $OUT 2>&1 | tee $OUT/log.txt
+# PARTS (e.g. PARTS="step-device data") runs only those parts: step-cpu, step-device,
+# step-device-compiled, tests, kmeans, data, quickstart, compile.
 # DEVICE, BACKBONE, SIZE, BATCH, STEPS, CASES and KMEANS_ARGS override the defaults (a CPU
 # dry run: DEVICE=cpu BACKBONE=resnet18 SIZE=64 BATCH=8 STEPS=2 CASES=64
 # KMEANS_ARGS='--repeats 1 --sklearn-max 1000'; the quick-start part runs on GPUs only).
@@ -29,9 +31,10 @@ step=(python3 bench/step.py --backbone "${BACKBONE:-resnet50}" --image-size "${S
   --channels-last --sync-check --root data/device-check-step)
 failed=()
 
-part() {  # part NAME SECONDS COMMAND...: run with a time limit, report and go on on failure
-  local name=$1 limit=$2 start=$SECONDS
-  shift 2
+part() {  # part KEY NAME SECONDS COMMAND...: run with a time limit, report, go on on failure
+  local key=$1 name=$2 limit=$3 start=$SECONDS
+  shift 3
+  [[ -z "${PARTS:-}" || " $PARTS " == *" $key "* ]] || return 0
   echo "== $name"
   timeout "$limit" "$@"
   local rc=$?
@@ -40,10 +43,11 @@ part() {  # part NAME SECONDS COMMAND...: run with a time limit, report and go o
 }
 
 quickstart_on_gpu() {  # the quick start's three stages and test on the GPU: bf16, views there
-  local cli=(python3 -m skinssl.cli) precision=(--trainer.precision bf16-mixed --trainer.enable_progress_bar false)
+  local cli=(python3 -m skinssl.cli)
+  local precision=(--trainer.precision bf16-mixed --trainer.enable_progress_bar false)
   rm -rf runs/quickstart
   "${cli[@]}" fit -c configs/quickstart/stage1.yaml "${precision[@]}" \
-    --data.init_args.augment_on device &&
+    --data.init_args.augment_on device --data.init_args.compile_views true &&
     "${cli[@]}" fit -c configs/quickstart/stage2.yaml "${precision[@]}" &&
     "${cli[@]}" fit -c configs/quickstart/finetune.yaml "${precision[@]}" &&
     "${cli[@]}" test -c configs/quickstart/finetune.yaml "${precision[@]}" \
@@ -58,33 +62,36 @@ print(f"torch {torch.__version__}, CUDA {torch.version.cuda}")
 if sys.argv[1] == "cuda":
     print(torch.cuda.get_device_name(0))
 PY
-part "step: views in CPU workers" 120 "${step[@]}" --out "$out/step_cpu_views.json"
-part "step: views on the device" 100 "${step[@]}" --augment-on device \
+part step-cpu "step: views in CPU workers" 120 "${step[@]}" --out "$out/step_cpu_views.json"
+part step-device "step: views on the device" 100 "${step[@]}" --augment-on device \
   --out "$out/step_device_views.json"
-part "device-view distribution tests on $device" 60 env SKINSSL_TEST_DEVICE="$device" \
+part step-device-compiled "step: views on the device, compiled" 120 "${step[@]}" \
+  --augment-on device --compile-views --out "$out/step_device_views_compiled.json"
+part tests "device-view tests on $device" 90 env SKINSSL_TEST_DEVICE="$device" \
   python3 -m pytest -q -p no:cacheprovider tests/test_device_views.py
-part "k-means: seconds per pass" 90 python3 bench/kmeans.py --threads "$(nproc)" \
+part kmeans "k-means: seconds per pass" 90 python3 bench/kmeans.py --threads "$(nproc)" \
   ${KMEANS_ARGS:-} --out "$out/kmeans.json"
-part "data: reference per-sample pipeline, cache on CPU, views on the device" 120 \
+part data "data: reference per-sample pipeline, cache on CPU, views on the device" 150 \
   python3 bench/dataloader.py --num-cases "$cases" --synthetic-root "data/device-check-512-$cases" \
-  --image-size "${SIZE:-224}" --batch-size "${BATCH:-96}" --out "$out/dataloader.json"
-if [ "$device" = cuda ]; then
-  part "quick start on the GPU (bf16, views on the GPU)" 150 quickstart_on_gpu
+  --image-size "${SIZE:-224}" --batch-size $((${BATCH:-96} < 32 ? ${BATCH:-96} : 32)) \
+  --out "$out/dataloader.json"
+if [ "$device" = cuda ]; then  # a function: run by bash under timeout
+  part quickstart "quick start on the GPU (bf16, compiled views on the GPU)" 150 \
+    bash -c "$(declare -f quickstart_on_gpu); quickstart_on_gpu"
 fi
-part "step: views on the device, torch.compile" 180 "${step[@]}" --augment-on device --compile \
-  --out "$out/step_device_views_compile.json"
+part compile "step: trunks and views compiled" 180 "${step[@]}" --augment-on device --compile \
+  --compile-views --out "$out/step_device_compiled.json"
 echo "== k-means share of a stage-1 epoch (413 training pairs; a lower bound for stage 2,"
 echo "   whose epochs are shorter: frozen trunks, one view)"
 python3 - "$out" <<'PY'
 import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
-if not (out / "kmeans.json").is_file():
-    sys.exit("no kmeans.json")
-km = json.loads((out / "kmeans.json").read_text())["rows"]
-for name in ("step_cpu_views", "step_device_views", "step_device_views_compile"):
+kmeans = out / "kmeans.json"
+km = json.loads(kmeans.read_text())["rows"] if kmeans.is_file() else []
+for name in ("step_cpu_views", "step_device_views", "step_device_views_compiled",
+             "step_device_compiled"):
     if not (out / f"{name}.json").is_file():
-        print(f"{name}: no result")
         continue
     rates = json.loads((out / f"{name}.json").read_text())["pairs_per_s"]
     full = next(v for k, v in rates.items() if k.startswith("full pipeline"))

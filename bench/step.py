@@ -11,9 +11,11 @@ Prints a table and writes JSON.
         --precision bf16 --channels-last --sync-check        # a GPU, as the published recipe
 
 ``--augment-on device`` makes the views on the device (the pre-made batch then holds views made
-once); ``--compile`` compiles the trunks; ``--sync-check`` counts host-device synchronisations
-in the model-alone steps and in the full-pipeline steps (transfers and views on the device
-included; CUDA only, ``torch.cuda.set_sync_debug_mode``).
+once; the time to make one batch's views is reported too, eager and compiled);
+``--compile-views`` compiles those views' colour steps; ``--compile`` compiles the trunks;
+``--sync-check`` counts host-device synchronisations in the model-alone steps and in the
+full-pipeline steps (transfers and views on the device included; CUDA only,
+``torch.cuda.set_sync_debug_mode``).
 """
 
 from __future__ import annotations
@@ -85,6 +87,25 @@ def count_syncs(run: Callable[[], float]) -> int:
     return sum("synchroniz" in str(w.message) for w in caught)
 
 
+def views_ms(
+    dm: SyntheticDerm7ptDataModule, batch: dict, device: torch.device, fused: bool
+) -> float:
+    """Milliseconds to make one key batch's views on ``device`` (after two warm-up batches)."""
+    dm.compile_views, before = fused, dm.compile_views
+    times = []
+    for _ in range(12):
+        moved = move_data_to_device(dm.on_before_batch_transfer(dict(batch), 0), device)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        dm.on_after_batch_transfer(moved, 0)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    dm.compile_views = before
+    return 1000 * sum(times[2:]) / len(times[2:])
+
+
 def loader_batches(dm: SyntheticDerm7ptDataModule) -> Iterable[dict]:
     """Training batches, epoch after epoch (each epoch its own order, as in training)."""
     loader = dm.train_dataloader()
@@ -107,6 +128,7 @@ def main() -> None:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--augment-on", choices=["cpu", "device"], default="cpu")
+    parser.add_argument("--compile-views", action="store_true")
     parser.add_argument("--sync-check", action="store_true")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message=".*self.log.*")  # no Trainer attached
@@ -122,6 +144,7 @@ def main() -> None:
         num_workers=workers,
         derm_views=Views.simclr(),
         augment_on=args.augment_on,
+        compile_views=args.compile_views,
     )
     dm.setup("fit")
     torch.manual_seed(0)
@@ -129,7 +152,8 @@ def main() -> None:
     speed_up(model, args.channels_last, args.compile)
     loader = dm.train_dataloader()
     loader.sampler.set_epoch(0)
-    fixed = move_data_to_device(dm.on_before_batch_transfer(next(iter(loader)), 0), device)
+    first = next(iter(loader))
+    fixed = move_data_to_device(dm.on_before_batch_transfer(dict(first), 0), device)
     fixed = dm.on_after_batch_transfer(fixed, 0)
 
     def alone() -> float:
@@ -147,6 +171,9 @@ def main() -> None:
     syncs = (
         {"model alone": count_syncs(alone), "full pipeline": count_syncs(full)} if check else None
     )
+    views = None
+    if args.augment_on == "device":
+        views = {f: views_ms(dm, first, device, f == "compiled") for f in ("eager", "compiled")}
     base = rows["model alone (pre-made batch)"]
     print("\n| input | pairs/s | views/s | share of model alone |\n|---|---|---|---|")
     for name, value in rows.items():
@@ -154,6 +181,9 @@ def main() -> None:
     if syncs is not None:
         for name, count in syncs.items():
             print(f"host-device synchronisations in {args.steps + 2} {name} steps: {count}")
+    if views is not None:
+        print("ms to make one batch's views on the device: " + ", ".join(
+            f"{k} {v:.1f}" for k, v in views.items()))  # fmt: skip
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
@@ -163,7 +193,7 @@ def main() -> None:
         **{k: v for k, v in vars(args).items() if k not in ("out", "root")},
         "workers": workers,
     }
-    result = {"meta": meta, "pairs_per_s": rows, "syncs": syncs}
+    result = {"meta": meta, "pairs_per_s": rows, "syncs": syncs, "views_ms": views}
     out.write_text(json.dumps(result, indent=2))
     print(f"\nwrote {out}")
 

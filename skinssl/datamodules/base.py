@@ -85,6 +85,9 @@ class PairedDataModule(L.LightningDataModule):
         augment_on: where training views are made: ``cpu`` (loader workers, albumentations)
             or ``device`` (the cached images are copied to the accelerator once and the views
             are made there a batch at a time, with the same distribution; needs a cache).
+        compile_views: with ``augment_on: device``, ``torch.compile`` the views' flips and
+            colour steps into a few fused kernels (on a GPU several times faster; the first
+            batch of each views setting waits while it compiles).
         drop_last: drop the last incomplete training batch.
     """
 
@@ -108,6 +111,7 @@ class PairedDataModule(L.LightningDataModule):
         predict_split: str = "test",
         drop_last: bool = True,
         augment_on: AugmentOn = "cpu",
+        compile_views: bool = False,
     ) -> None:
         super().__init__()
         # logged with the run and kept in checkpoints as plain values (loadable with weights_only)
@@ -120,6 +124,8 @@ class PairedDataModule(L.LightningDataModule):
             )
         if augment_on == "device" and cache == "none":
             raise ValueError("augment_on: device needs the decoded-image cache (memory or disk)")
+        if compile_views and augment_on != "device":
+            raise ValueError("compile_views: true needs augment_on: device (views on the device)")
         if cache_size < image_size:
             raise ValueError(f"cache_size {cache_size} must be >= image_size {image_size}")
         self.batch_size = batch_size
@@ -138,6 +144,7 @@ class PairedDataModule(L.LightningDataModule):
         self.predict_split = predict_split
         self.drop_last = drop_last
         self.augment_on = augment_on
+        self.compile_views = compile_views
         self._device_images: DeviceImages | None = None
         self.normalize = Normalize(mean, std)
         self.derm_views.check()
@@ -314,7 +321,8 @@ class PairedDataModule(L.LightningDataModule):
             seed = self._batch_seed(batch)
         gen = torch.Generator(device=device).manual_seed(seed)
         for key, views in (("derm", self.derm_views), ("clinic", self.clinic_views)):
-            made = self._device_images.views(batch[f"{key}_id"], views, self.image_size, gen)
+            ids = batch[f"{key}_id"]
+            made = self._device_images.views(ids, views, self.image_size, gen, self.compile_views)
             batch[key] = made[0] if views.n == 1 else made
 
     def _batch_seed(self, batch: dict[str, Any]) -> int:

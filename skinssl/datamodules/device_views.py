@@ -14,7 +14,9 @@ pixels differ a little while the distributions match (``tests/test_device_views.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -74,33 +76,24 @@ def _hue(x: Tensor, shift: Tensor) -> Tensor:
     r, g, b = x.unbind(1)
     high, low = x.amax(1), x.amin(1)
     delta = high - low
-    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
+    safe = torch.where(delta > 0, delta, 1.0)
     h = torch.where(high == r, ((g - b) / safe) % 6, torch.where(high == g, (b - r) / safe + 2,
                                                                  (r - g) / safe + 4))  # fmt: skip
-    h = torch.where(delta > 0, h / 6, torch.zeros_like(h))
-    h = (h + shift.view(-1, 1, 1)) % 1
-    s = torch.where(high > 0, delta / torch.where(high > 0, high, torch.ones_like(high)), high)
-    k = (torch.arange(5.0, 0.0, -2.0, device=x.device).view(1, 3, 1, 1) + 6 * h[:, None]) % 6
-    f = torch.minimum(k, 4 - k).clamp(0, 1)
-    return high[:, None] * (1 - s[:, None] * f)
+    h = (torch.where(delta > 0, h, 0.0) + 6 * shift.view(-1, 1, 1)) % 6
+    k = (torch.arange(5.0, 0.0, -2.0, device=x.device).view(1, 3, 1, 1) + h[:, None]) % 6
+    return high[:, None] - delta[:, None] * torch.minimum(k, 4 - k).clamp(0, 1)
 
 
-def _jitter(x: Tensor, views: Views, gen: torch.Generator) -> Tensor:
-    """ColorJitter on float [0, 1] images, applied to each image with ``p_color_jitter``:
-    brightness, contrast, saturation and hue in a random order per image.
+def _jitter(x: Tensor, factors: Tensor, hue: Tensor, order: Tensor) -> Tensor:
+    """ColorJitter on float [0, 1] images: per image, in its ``order`` [N, 4] (-1: not
+    jittered), brightness, contrast and saturation (blends with black, the mean grey and the
+    grey image by ``factors`` [N, 3]) and a hue rotation by ``hue`` [N].
 
-    Each of the four slots runs on the whole batch, each image taking its own operation there
-    (brightness, contrast and saturation are blends with black, the mean grey and the grey
-    image); no step depends on values read back from the device.
+    Each of the four slots runs on the whole batch, each image taking its own operation there;
+    no step depends on values read back from the device.
     """
-    n, device = len(x), x.device
-    b, c, s, h = views.color_jitter
-    factors = torch.stack([_uniform(n, max(0.0, 1 - v), 1 + v, gen, device) for v in (b, c, s)], 1)
-    hue = _uniform(n, -h, h, gen, device)
-    order = torch.rand(n, 4, generator=gen, device=device).argsort(dim=1)
-    on = torch.rand(n, generator=gen, device=device) < views.p_color_jitter
     for slot in range(4):
-        op = torch.where(on, order[:, slot], -1)  # 0-2 blends, 3 hue, -1 nothing
+        op = order[:, slot]  # 0-2 blends, 3 hue, -1 nothing
         per_image = op.view(-1, 1, 1, 1)
         gray = _gray(x)
         mean = gray.mean(dim=(1, 2, 3), keepdim=True)
@@ -113,42 +106,83 @@ def _jitter(x: Tensor, views: Views, gen: torch.Generator) -> Tensor:
     return x
 
 
-def _blur(x: Tensor, views: Views, gen: torch.Generator) -> Tensor:
-    """3x3 Gaussian blur with a random sigma per image, applied with ``p_blur``."""
-    n, device = len(x), x.device
-    sigma = _uniform(n, *views.blur_sigma, gen, device)
-    on = torch.rand(n, generator=gen, device=device) < views.p_blur
-    offsets = torch.arange(-1.0, 2.0, device=device)
-    taps = torch.exp(-(offsets**2) / (2 * sigma[:, None] ** 2))
-    taps = taps / taps.sum(1, keepdim=True)
-    kernel = (taps[:, :, None] * taps[:, None, :]).repeat_interleave(3, dim=0)[:, None]
-    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")  # OpenCV's default border (reflect-101)
-    blurred = F.conv2d(padded.reshape(1, 3 * n, *padded.shape[2:]), kernel, groups=3 * n)
-    return torch.where(on.view(-1, 1, 1, 1), blurred.view_as(x), x)
+def _blur(x: Tensor, taps: Tensor) -> Tensor:
+    """Separable 3x3 blur of each image by its own ``taps`` [N, 3], reflect-101 border (as
+    OpenCV's default); as shifted sums, which fuse, rather than a grouped convolution."""
+    t = [taps[:, i].view(-1, 1, 1, 1) for i in range(3)]
+    p = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    rows = p[..., :-2] * t[0] + p[..., 1:-1] * t[1] + p[..., 2:] * t[2]
+    return rows[..., :-2, :] * t[0] + rows[..., 1:-1, :] * t[1] + rows[..., 2:, :] * t[2]
+
+
+def draw(n: int, views: Views, gen: torch.Generator, device: torch.device) -> dict[str, Tensor]:
+    """The per-image random parameters of one view of ``n`` images after the crop: only those
+    of the steps ``views`` turns on."""
+    d: dict[str, Tensor] = {}
+    for name, flag in (("hflip", views.hflip), ("vflip", views.vflip)):
+        if flag:
+            d[name] = torch.rand(n, generator=gen, device=device) < 0.5
+    if views.p_color_jitter > 0:
+        b, c, s, h = views.color_jitter
+        ranges = (max(0.0, 1 - b), 1 + b), (max(0.0, 1 - c), 1 + c), (max(0.0, 1 - s), 1 + s)
+        d["factors"] = torch.stack([_uniform(n, *r, gen, device) for r in ranges], 1)
+        d["hue"] = _uniform(n, -h, h, gen, device)
+        order = torch.rand(n, 4, generator=gen, device=device).argsort(dim=1)
+        on = torch.rand(n, generator=gen, device=device) < views.p_color_jitter
+        d["order"] = torch.where(on[:, None], order, -1)
+    if views.p_grayscale > 0:
+        d["gray"] = torch.rand(n, generator=gen, device=device) < views.p_grayscale
+    if views.p_blur > 0:
+        sigma = _uniform(n, *views.blur_sigma, gen, device)
+        on = torch.rand(n, generator=gen, device=device) < views.p_blur
+        taps = torch.exp(-(torch.arange(-1.0, 2.0, device=device) ** 2) / (2 * sigma[:, None] ** 2))
+        # off: the identity kernel (1 in the middle), so that no image needs a second branch
+        d["taps"] = torch.where(on[:, None], taps / taps.sum(1, keepdim=True),
+                                torch.tensor([0.0, 1.0, 0.0], device=device))  # fmt: skip
+    return d
+
+
+def colour(x: Tensor, d: dict[str, Tensor]) -> Tensor:
+    """Flips, colour jitter, grayscale and blur of crops ``x`` (float [N, 3, S, S] in [0, 255])
+    by the parameters ``d`` of :func:`draw`; uint8 [N, 3, S, S], rounded once."""
+    x = x / 255
+    for name, dim in (("hflip", -1), ("vflip", -2)):
+        if name in d:
+            x = torch.where(d[name].view(-1, 1, 1, 1), x.flip(dim), x)
+    if "order" in d:
+        x = _jitter(x, d["factors"], d["hue"], d["order"])
+    if "gray" in d:
+        x = torch.where(d["gray"].view(-1, 1, 1, 1), _gray(x).expand_as(x), x)
+    if "taps" in d:
+        x = _blur(x, d["taps"])
+    return (x * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+@functools.cache
+def fused_colour() -> Callable[[Tensor, dict[str, Tensor]], Tensor]:
+    """:func:`colour` compiled (``torch.compile``): its element-wise steps fused into a few
+    kernels, which read and write the crops a few times instead of some hundred."""
+    return torch.compile(colour, dynamic=False)
 
 
 def device_views(
-    images: Tensor, sizes: Tensor, views: Views, size: int, gen: torch.Generator
+    images: Tensor,
+    sizes: Tensor,
+    views: Views,
+    size: int,
+    gen: torch.Generator,
+    fused: bool = False,
 ) -> Tensor:
-    """One random view of each image: uint8 [N, 3, H, W] (each image in the top-left
-    ``sizes[i]`` (h, w) of its slot) -> uint8 [N, 3, size, size], on the images' device."""
+    """One random view of each image: [N, 3, H, W] uint8 or float in [0, 255] (each image in
+    the top-left ``sizes[i]`` (h, w) of its slot) -> uint8 [N, 3, size, size], on the images'
+    device. ``fused``: the colour steps by :func:`fused_colour`."""
     views.check()
     n = len(images)
     boxes = crop_boxes(sizes, views.crop_scale, gen)
     rois = torch.cat([torch.arange(n, device=images.device, dtype=boxes.dtype)[:, None], boxes], 1)
-    x = roi_align(images.float() / 255, rois, (size, size), aligned=True, sampling_ratio=0)
-    for flag, dim in ((views.hflip, -1), (views.vflip, -2)):
-        if flag:
-            flip = torch.rand(n, generator=gen, device=x.device) < 0.5
-            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(dim), x)
-    if views.p_color_jitter > 0:
-        x = _jitter(x, views, gen)
-    if views.p_grayscale > 0:
-        gray = torch.rand(n, generator=gen, device=x.device) < views.p_grayscale
-        x = torch.where(gray.view(-1, 1, 1, 1), _gray(x).expand_as(x), x)
-    if views.p_blur > 0:
-        x = _blur(x, views, gen)
-    return (x * 255).round().clamp(0, 255).to(torch.uint8)
+    x = roi_align(images.float(), rois, (size, size), aligned=True, sampling_ratio=0)
+    d = draw(n, views, gen, x.device)
+    return (fused_colour() if fused else colour)(x, d)
 
 
 class DeviceImages:
@@ -171,7 +205,9 @@ class DeviceImages:
             ]
         self.sizes = torch.tensor([a.shape[:2] for a in arrays], device=device)
 
-    def views(self, ids: Tensor, views: Views, size: int, gen: torch.Generator) -> list[Tensor]:
+    def views(
+        self, ids: Tensor, views: Views, size: int, gen: torch.Generator, fused: bool = False
+    ) -> list[Tensor]:
         """``views.n`` random views [B, 3, size, size] of the images ``ids``."""
-        images, sizes = self.images[ids], self.sizes[ids]
-        return [device_views(images, sizes, views, size, gen) for _ in range(views.n)]
+        images, sizes = self.images[ids].float(), self.sizes[ids]
+        return [device_views(images, sizes, views, size, gen, fused) for _ in range(views.n)]
