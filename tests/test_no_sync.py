@@ -2,8 +2,9 @@
 
 Each step runs on fake tensors (shapes only, no data): any operation whose result depends on
 tensor values on the host (``.item()``, ``bool(t)``, boolean-mask indexing, ``nonzero``) raises
-there, as it would make a GPU step wait. Blocking copies of constants to the device are not
-caught here (``bench/step.py --sync-check`` on a GPU catches both). Not covered: Barlow Twins
+there, as it would make a GPU step wait. A tensor literal (``torch.tensor`` of host numbers)
+raises too: on a GPU it is a blocking copy to the device. (``bench/step.py --sync-check`` on a
+GPU counts the synchronisations of real steps.) Not covered: Barlow Twins
 (its cross-modal term selects the valid rows) and the momentum methods (BYOL, MoCo: lightly's
 memory bank reads its pointer back).
 """
@@ -17,6 +18,7 @@ import pytest
 import torch
 from lightning import LightningModule
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from skinssl.datamodules.device_views import device_views
 from skinssl.datamodules.views import Views
@@ -25,6 +27,15 @@ from skinssl.lightning_modules import MultiLabelClassifier, SM3Contrastive, SM3P
 from skinssl.lightning_modules.baselines import DeepClusterV2, SimCLR, SimSiam, SwAV
 
 SMALL = {"backbone": "resnet18", "weights": None}
+
+
+class NoLiterals(TorchDispatchMode):
+    """Raises on a tensor made from host numbers (``torch.tensor([...])``) inside the block."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        if func is torch.ops.aten.lift_fresh.default:
+            raise AssertionError("a tensor literal: on a GPU, a blocking copy to the device")
+        return func(*args, **(kwargs or {}))
 
 
 def batch(views: int) -> dict[str, Any]:
@@ -68,17 +79,18 @@ MODULES = {
 def test_training_step_and_backward(name: str) -> None:
     make, views = MODULES[name]
     module: LightningModule = make()
-    with warnings.catch_warnings(), FakeTensorMode(allow_non_fake_inputs=True):
+    inputs = batch(views)
+    with warnings.catch_warnings(), FakeTensorMode(allow_non_fake_inputs=True), NoLiterals():
         warnings.filterwarnings("ignore", message=".*self.log.*")  # no Trainer attached
-        out = module.training_step(batch(views), 0)
+        out = module.training_step(inputs, 0)
         loss = out["loss"] if isinstance(out, dict) else out
         loss.backward()
 
 
 def test_device_views() -> None:
-    with FakeTensorMode():
-        images = torch.zeros(4, 3, 40, 50, dtype=torch.uint8)
-        sizes = torch.tensor([[40, 50], [30, 50], [40, 20], [40, 50]])
+    images = torch.zeros(4, 3, 40, 50, dtype=torch.uint8)
+    sizes = torch.tensor([[40, 50], [30, 50], [40, 20], [40, 50]])
+    with FakeTensorMode(allow_non_fake_inputs=True), NoLiterals():
         for views in (Views.simclr(), Views.cluster(), Views()):
             out = device_views(images, sizes, views, 32, torch.Generator().manual_seed(0))
             assert out.shape == (4, 3, 32, 32)
@@ -88,3 +100,5 @@ def test_the_check_catches_a_sync() -> None:
     with FakeTensorMode(), pytest.raises(Exception, match="nonzero|local_scalar"):
         x = torch.randn(4)
         x[x > 0].sum()
+    with FakeTensorMode(), NoLiterals(), pytest.raises(AssertionError, match="literal"):
+        torch.randn(3) * torch.tensor([0.0, 1.0, 0.0])
