@@ -186,3 +186,30 @@ def test_compiled_views_equal_eager_views() -> None:
     )
     diff = (eager.int() - fused.int()).abs()
     assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3
+
+
+def test_datamodule_compiles_views_when_asked(tmp_path, monkeypatch) -> None:
+    """``compile_views``: on by default on CUDA only; asked for, the fused colour steps run;
+    without views on the device it is a configuration error."""
+    from test_pipeline import dm_for, make_csv
+
+    from skinssl.datamodules import device_views as module
+
+    calls = []
+
+    def counted(x: torch.Tensor, d: dict) -> torch.Tensor:
+        calls.append(len(x))
+        return module.colour(x, d)
+
+    monkeypatch.setattr(module, "fused_colour", lambda: counted)
+    csv = make_csv(tmp_path, n=20)
+    for compile_views, fused_calls in ((None, 0), (True, 4)):  # None: eager on the CPU
+        calls.clear()
+        views = Views.simclr()
+        dm = dm_for(csv, derm_views=views, augment_on="device", compile_views=compile_views)
+        dm.setup("fit")
+        batch = next(iter(dm.train_dataloader()))
+        dm.on_after_batch_transfer(dm.on_before_batch_transfer(batch, 0), 0)
+        assert len(calls) == fused_calls  # 2 derm + 2 clinic views
+    with pytest.raises(ValueError, match="compile_views: true needs augment_on: device"):
+        dm_for(csv, compile_views=True)
