@@ -1,12 +1,13 @@
-"""The training steps read no values back from the device (no host-device synchronisation).
+"""The training steps, the device views and the iterations of the authors' k-means read no
+values back from the device (no host-device synchronisation).
 
 Each step runs on fake tensors (shapes only, no data): any operation whose result depends on
-tensor values on the host (``.item()``, ``bool(t)``, boolean-mask indexing, ``nonzero``) raises
-there, as it would make a GPU step wait. A tensor literal (``torch.tensor`` of host numbers)
-raises too: on a GPU it is a blocking copy to the device. (``bench/step.py --sync-check`` on a
-GPU counts the synchronisations of real steps.) Not covered: Barlow Twins
-(its cross-modal term selects the valid rows) and the momentum methods (BYOL, MoCo: lightly's
-memory bank reads its pointer back).
+tensor values on the host (``.item()``, ``bool(t)``, mask indexing, ``nonzero``,
+``bincount``) raises there, as it would make a GPU step wait. A tensor literal
+(``torch.tensor`` of host numbers) raises too: on a GPU it is a blocking copy to the device.
+(``bench/step.py --sync-check`` on a GPU counts the synchronisations of real steps.) Not
+covered: Barlow Twins (its cross-modal term selects the valid rows) and the momentum methods
+(BYOL, MoCo: lightly's memory bank reads its pointer back).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from lightning import LightningModule
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from skinssl.callbacks.kmeans import dot_kmeans_steps
 from skinssl.datamodules.device_views import device_views
 from skinssl.datamodules.views import Views
 from skinssl.labels import CRITERIA
@@ -96,9 +98,18 @@ def test_device_views() -> None:
             assert out.shape == (4, 3, 32, 32)
 
 
+def test_authors_kmeans_iterations() -> None:
+    x, start = torch.randn(50, 8), torch.randn(3, 8)
+    with FakeTensorMode(allow_non_fake_inputs=True), NoLiterals():
+        centroids, labels = dot_kmeans_steps(x, start, 3)
+        assert centroids.shape == (3, 8) and labels.shape == (50,)
+
+
 def test_the_check_catches_a_sync() -> None:
     with FakeTensorMode(), pytest.raises(Exception, match="nonzero|local_scalar"):
         x = torch.randn(4)
         x[x > 0].sum()
+    with FakeTensorMode(), pytest.raises(Exception, match="bincount|dynamic|data-dependent"):
+        torch.bincount(torch.zeros(4, dtype=torch.long), minlength=3)
     with FakeTensorMode(), NoLiterals(), pytest.raises(AssertionError, match="literal"):
         torch.randn(3) * torch.tensor([0.0, 1.0, 0.0])

@@ -143,19 +143,26 @@ def dot_kmeans(
     if niter < 1:
         raise ValueError(f"niter = {niter}: the authors' k-means needs at least 1 iteration")
     x = torch.from_numpy(checked_features(features, k)).to(device)
-    n = len(x)
     gen = torch.Generator().manual_seed(seed)
-    centroids = x[torch.randperm(n, generator=gen)[:k].to(x.device)].clone()
-    for step in range(niter + 1):
-        assignments = (x @ centroids.T).argmax(1)
-        if step == niter:
-            break
-        sums = torch.zeros_like(centroids).index_add_(0, assignments, x)
-        counts = torch.bincount(assignments, minlength=k)
-        means = sums / counts.clamp(min=1)[:, None].to(x.dtype)
-        centroids = F.normalize(torch.where(counts[:, None] > 0, means, centroids), dim=1)
+    start = x[torch.randperm(len(x), generator=gen)[:k].to(x.device)]
+    centroids, assignments = dot_kmeans_steps(x, start, niter)
     cosine = (F.normalize(x, dim=1) * centroids[assignments]).sum(1).mean()
     return centroids.cpu().numpy(), assignments.cpu().numpy(), float(cosine)
+
+
+def dot_kmeans_steps(x: Tensor, centroids: Tensor, niter: int) -> tuple[Tensor, Tensor]:
+    """The iterations of :func:`dot_kmeans` from ``centroids`` [K, D]: (centroids, labels).
+    Nothing is read back from the device (sums and counts by one ``index_add_``; a
+    ``bincount`` would wait for the device to size its output)."""
+    k = len(centroids)
+    with_ones = torch.cat([x, torch.ones_like(x[:, :1])], 1)  # the last column counts
+    for _ in range(niter):
+        assignments = (x @ centroids.T).argmax(1)
+        sums = x.new_zeros(k, x.shape[1] + 1).index_add_(0, assignments, with_ones)
+        counts = sums[:, -1:]
+        means = sums[:, :-1] / counts.clamp(min=1)
+        centroids = F.normalize(torch.where(counts > 0, means, centroids), dim=1)
+    return centroids, (x @ centroids.T).argmax(1)
 
 
 def gather(t: Tensor) -> Tensor:
