@@ -6,6 +6,7 @@ cache, the label fraction, worker seeding and on-device normalisation live here.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from abc import abstractmethod
 from dataclasses import asdict, replace
@@ -88,7 +89,7 @@ class PairedDataModule(L.LightningDataModule):
         compile_views: with ``augment_on: device``, ``torch.compile`` the views' flips and
             colour steps into a few fused kernels (3.2x faster on an H200; the first batch of
             each views setting waits while it compiles). Default: on when the views are made
-            on a CUDA device.
+            on a CUDA device and Triton is installed.
         drop_last: drop the last incomplete training batch.
     """
 
@@ -321,7 +322,9 @@ class PairedDataModule(L.LightningDataModule):
         if seed is None:  # called without the hook before the transfer (values read back)
             seed = self._batch_seed(batch)
         gen = torch.Generator(device=device).manual_seed(seed)
-        fused = device.type == "cuda" if self.compile_views is None else self.compile_views
+        fused = self.compile_views
+        if fused is None:  # torch.compile makes GPU kernels with Triton (not on every platform)
+            fused = device.type == "cuda" and importlib.util.find_spec("triton") is not None
         for key, views in (("derm", self.derm_views), ("clinic", self.clinic_views)):
             ids = batch[f"{key}_id"]
             made = self._device_images.views(ids, views, self.image_size, gen, fused)
