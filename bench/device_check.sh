@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The checks that need a GPU, in one run of an estimated 5-8 minutes on one H100-class GPU:
+# The checks that need a GPU, in one run of about 8 minutes on one H200 (parts: 30-120 s each):
 # the stage-1 step at the published recipe (ResNet-50 x2, 224 px, batch 96, bf16,
 # channels-last) with views made in CPU workers and on the GPU, each against the model alone,
 # with host-device synchronisations counted; the device-view distribution tests on the GPU;
