@@ -297,12 +297,16 @@ def test_signal_mid_epoch_then_same_command_gives_same_weights(
         assert torch.equal(value, resumed["state_dict"][key]), key
 
 
-def test_two_process_fit_resumes_on_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("augment_on", ["cpu", "device"])
+def test_two_process_fit_resumes_on_one(
+    augment_on: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Stage 1 under Lightning's DDP (2 gloo processes), then the same run continued on one
-    process from its checkpoint: the sampler shards, the checkpoint does not depend on devices."""
+    process from its checkpoint: the sampler shards, the checkpoint does not depend on devices.
+    Views made in the loader workers or, as the published stage 1, on each rank's device."""
     monkeypatch.chdir(tmp_path)
     args = [*TINY_SYNTHETIC, "--data.init_args.batch_size=4", "--trainer.limit_train_batches=2"]
-    args.append("--resume=true")
+    args += ["--resume=true", f"--data.init_args.augment_on={augment_on}"]
     ddp = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp_spawn"]
     last = tmp_path / "runs" / "quickstart" / "stage1" / "checkpoints" / "last.ckpt"
     run("fit", "configs/quickstart/stage1.yaml", *args, *ddp, "--trainer.max_epochs=1")
