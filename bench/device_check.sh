@@ -66,7 +66,7 @@ part step-cpu "step: views in CPU workers" 120 "${step[@]}" --out "$out/step_cpu
 part step-device "step: views on the device" 100 "${step[@]}" --augment-on device \
   --out "$out/step_device_views.json"
 part step-device-compiled "step: views on the device, compiled" 120 "${step[@]}" \
-  --augment-on device --compile-views --out "$out/step_device_views_compiled.json"
+  --augment-on device --compile-views --profile-views --out "$out/step_device_views_compiled.json"
 part tests "device-view tests on $device" 90 env SKINSSL_TEST_DEVICE="$device" \
   python3 -m pytest -q -p no:cacheprovider tests/test_device_views.py
 part kmeans "k-means: seconds per pass" 90 python3 bench/kmeans.py --threads "$(nproc)" \

@@ -15,7 +15,8 @@ once; the time to make one batch's views is reported too, eager and compiled);
 ``--compile-views`` compiles those views' colour steps; ``--compile`` compiles the trunks;
 ``--sync-check`` counts host-device synchronisations in the model-alone steps and in the
 full-pipeline steps (transfers and views on the device included; CUDA only,
-``torch.cuda.set_sync_debug_mode``).
+``torch.cuda.set_sync_debug_mode``); ``--profile-views`` prints the profiler's table of one
+batch's views (the datamodule's setting: compiled with ``--compile-views``).
 """
 
 from __future__ import annotations
@@ -106,6 +107,22 @@ def views_ms(
     return 1000 * sum(times[2:]) / len(times[2:])
 
 
+def views_profile(dm: SyntheticDerm7ptDataModule, batch: dict, device: torch.device) -> str:
+    """The operations (and, on a GPU, kernels) of making one key batch's views, by time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    moved = move_data_to_device(dm.on_before_batch_transfer(dict(batch), 0), device)
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        dm.on_after_batch_transfer(moved, 0)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    return prof.key_averages().table(sort_by=sort, row_limit=15)
+
+
 def loader_batches(dm: SyntheticDerm7ptDataModule) -> Iterable[dict]:
     """Training batches, epoch after epoch (each epoch its own order, as in training)."""
     loader = dm.train_dataloader()
@@ -130,6 +147,7 @@ def main() -> None:
     parser.add_argument("--augment-on", choices=["cpu", "device"], default="cpu")
     parser.add_argument("--compile-views", action="store_true")
     parser.add_argument("--sync-check", action="store_true")
+    parser.add_argument("--profile-views", action="store_true")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message=".*self.log.*")  # no Trainer attached
 
@@ -174,6 +192,8 @@ def main() -> None:
     views = None
     if args.augment_on == "device":
         views = {f: views_ms(dm, first, device, f == "compiled") for f in ("eager", "compiled")}
+        if args.profile_views:  # after views_ms: compiled and warm
+            print(views_profile(dm, first, device))
     base = rows["model alone (pre-made batch)"]
     print("\n| input | pairs/s | views/s | share of model alone |\n|---|---|---|---|")
     for name, value in rows.items():
