@@ -154,6 +154,9 @@ def test_padding_repeats_the_image_edge() -> None:
     assert images.images.shape == (2, 3, 24, 40)
     assert (images.images[0] == 200).all()
     assert images.sizes.tolist() == [[20, 30], [24, 40]]
+    ids, gen = torch.tensor([1, 0]), torch.Generator().manual_seed(0)
+    assert [v.shape for v in images.views(ids, Views(n=2), 16, gen)] == [(2, 3, 16, 16)] * 2
+    assert images.views(ids, Views(n=0), 16, gen) == []  # a modality without views
 
 
 def test_shrinking_is_anti_aliased_on_both_paths() -> None:

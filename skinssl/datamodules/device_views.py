@@ -209,5 +209,7 @@ class DeviceImages:
         self, ids: Tensor, views: Views, size: int, gen: torch.Generator, fused: bool = False
     ) -> list[Tensor]:
         """``views.n`` random views [B, 3, size, size] of the images ``ids``."""
+        if views.n == 0:  # a modality without views: nothing gathered
+            return []
         images, sizes = self.images[ids].float(), self.sizes[ids]
         return [device_views(images, sizes, views, size, gen, fused) for _ in range(views.n)]
