@@ -6,7 +6,6 @@ cache, the label fraction, worker seeding and on-device normalisation live here.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from abc import abstractmethod
 from dataclasses import asdict, replace
@@ -20,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from skinssl.datamodules.cases import Cases, DataError
 from skinssl.datamodules.dataset import PairDataset, PairKeys, one_thread_worker, views_seed
-from skinssl.datamodules.device_views import DeviceImages
+from skinssl.datamodules.device_views import DeviceImages, fuses_by_default
 from skinssl.datamodules.images import CacheMode, ImageStore
 from skinssl.datamodules.resumable import EpochSampler, ResumableLoader
 from skinssl.datamodules.views import (
@@ -322,9 +321,7 @@ class PairedDataModule(L.LightningDataModule):
         if seed is None:  # called without the hook before the transfer (values read back)
             seed = self._batch_seed(batch)
         gen = torch.Generator(device=device).manual_seed(seed)
-        fused = self.compile_views
-        if fused is None:  # torch.compile makes GPU kernels with Triton (not on every platform)
-            fused = device.type == "cuda" and importlib.util.find_spec("triton") is not None
+        fused = fuses_by_default(device.type) if self.compile_views is None else self.compile_views
         for key, views in (("derm", self.derm_views), ("clinic", self.clinic_views)):
             ids = batch[f"{key}_id"]
             made = self._device_images.views(ids, views, self.image_size, gen, fused)

@@ -15,6 +15,7 @@ pixels differ a little while the distributions match (``tests/test_device_views.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import math
 from collections.abc import Callable
 
@@ -156,6 +157,13 @@ def colour(x: Tensor, d: dict[str, Tensor]) -> Tensor:
     if "taps" in d:
         x = _blur(x, d["taps"])
     return (x * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+@functools.cache
+def fuses_by_default(device_type: str) -> bool:
+    """``compile_views``' default: on CUDA where Triton (torch.compile's GPU kernels) is
+    installed; looked up once per process, not per batch."""
+    return device_type == "cuda" and importlib.util.find_spec("triton") is not None
 
 
 @functools.cache
