@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -83,6 +83,19 @@ class PairEncoder(nn.Module):
                     f"data.init_args.{name}_views.n: 1"
                 )
         return torch.cat([self.derm(derm), self.clinic(clinic)], dim=1)
+
+
+def two_views(views: Any, modality: str, owner: str) -> list[torch.Tensor]:
+    """A batch's two views of ``modality``; a clear error naming ``owner`` (the module)
+    and the setting to change when the data makes another number."""
+    if not isinstance(views, list) or len(views) != 2:
+        got = len(views) if isinstance(views, list) else 1
+        raise ValueError(
+            f"{owner} needs 2 views of the {modality} image per case, got {got}; set "
+            f"data.init_args.{modality}_views.n: 2 (e.g. the simclr views; clinic_views "
+            "defaults to derm_views)"
+        )
+    return views
 
 
 def projector(

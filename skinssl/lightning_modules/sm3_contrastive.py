@@ -17,7 +17,7 @@ import lightning as L
 import torch
 
 from skinssl.lightning_modules.losses import alignment, nt_xent, uniformity
-from skinssl.lightning_modules.nets import Arch, PairEncoder, projector
+from skinssl.lightning_modules.nets import Arch, PairEncoder, projector, two_views
 from skinssl.lightning_modules.optim import Schedule, configure_adamw
 
 
@@ -70,19 +70,10 @@ class SM3Contrastive(L.LightningModule):
         self.cross_derm = projector(d, proj_hidden, proj_dim, proj_layers)
         self.cross_clinic = projector(d, proj_hidden, proj_dim, proj_layers)
 
-    @staticmethod
-    def _two_views(views: Any, name: str) -> list[torch.Tensor]:
-        if not isinstance(views, list) or len(views) != 2:
-            raise ValueError(
-                f"SM3Contrastive needs 2 views of the {name} image per case; set the data's "
-                f"{name}_views.n: 2 (e.g. the simclr views)"
-            )
-        return views
-
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         hp = self.hparams
-        derm = self._two_views(batch["derm"], "derm")
-        clinic = self._two_views(batch["clinic"], "clinic")
+        derm = two_views(batch["derm"], "derm", "SM3Contrastive")
+        clinic = two_views(batch["clinic"], "clinic", "SM3Contrastive")
         n = derm[0].shape[0]
         h_derm = self.encoder.derm(torch.cat(derm))  # both views in one pass
         h_clinic = self.encoder.clinic(torch.cat(clinic))

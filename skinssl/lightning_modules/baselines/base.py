@@ -21,7 +21,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from skinssl.lightning_modules.nets import Arch, PairEncoder
+from skinssl.lightning_modules.nets import Arch, PairEncoder, two_views
 from skinssl.lightning_modules.optim import Schedule, configure_adamw
 
 Modality = Literal["derm", "clinic", "both"]
@@ -119,15 +119,7 @@ class Pretraining(L.LightningModule):
 
     def two_views(self, batch: dict[str, Any], modality: str) -> Tensor:
         """Both views of ``modality`` stacked [2N, 3, H, W]; a clear error without two."""
-        views = batch[modality]
-        if not isinstance(views, list) or len(views) != 2:
-            got = len(views) if isinstance(views, list) else 1
-            raise ValueError(
-                f"{type(self).__name__} needs 2 views of the {modality} image per case, got "
-                f"{got}; set data.init_args.{modality}_views.n: 2 (e.g. the simclr views; "
-                "clinic_views defaults to derm_views)"
-            )
-        return torch.cat(views)
+        return torch.cat(two_views(batch[modality], modality, type(self).__name__))
 
     def loss_terms(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Each unweighted term: ``intra_<modality>`` per modality, ``cross`` if used."""

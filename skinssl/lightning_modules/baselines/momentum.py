@@ -17,6 +17,7 @@ from lightly.models.utils import update_momentum
 from torch import Tensor, nn
 
 from skinssl.lightning_modules.baselines.base import Pretraining
+from skinssl.lightning_modules.optim import schedule_steps
 
 
 def momentum_at(step: int, total: int, start: float, end: float) -> float:
@@ -54,11 +55,15 @@ class MomentumPretraining(Pretraining):
         trunk = getattr(self.momentum_encoder, modality)
         return self.momentum_projectors[modality](trunk(views))
 
+    def on_train_start(self) -> None:
+        """The fit's optimiser steps, counted once for the momentum schedule (as the learning
+        rate schedule counts them)."""
+        self._momentum_total = schedule_steps(self.trainer, 0)[1]
+
     def current_momentum(self) -> float:
-        hp, trainer = self.hparams, self.trainer
-        total = trainer.estimated_stepping_batches
-        total = int(total) if math.isfinite(total) else 0
-        return momentum_at(trainer.global_step, total, hp.momentum, hp.momentum_end)
+        hp = self.hparams
+        step = self.trainer.global_step
+        return momentum_at(step, self._momentum_total, hp.momentum, hp.momentum_end)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         self.log("train/momentum", self.current_momentum(), batch_size=len(batch["index"]))
