@@ -15,6 +15,8 @@ import lightning as L
 import numpy as np
 import torch
 
+from skinssl.datamodules.dataset import shared_seed
+
 
 def step_seed(seed: int, epoch: int, batch_idx: int, rank: int) -> int:
     """A well-mixed 63-bit seed for one training batch of one rank."""
@@ -34,8 +36,7 @@ class StepSeed(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
-            seed = torch.initial_seed() % 2**32
-            self._seed = int(trainer.strategy.broadcast(seed, src=0))
+            self._seed = shared_seed(trainer)
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int

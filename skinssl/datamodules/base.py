@@ -18,7 +18,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from skinssl.datamodules.cases import Cases, DataError
-from skinssl.datamodules.dataset import PairDataset, PairKeys, one_thread_worker, views_seed
+from skinssl.datamodules.dataset import (
+    PairDataset,
+    PairKeys,
+    one_thread_worker,
+    shared_seed,
+    views_seed,
+)
 from skinssl.datamodules.device_views import DeviceImages, fuses_by_default
 from skinssl.datamodules.images import CacheMode, ImageStore
 from skinssl.datamodules.resumable import EpochSampler, ResumableLoader
@@ -167,7 +173,7 @@ class PairedDataModule(L.LightningDataModule):
     # ----------------------------------------------------------------- setup
     def setup(self, stage: str | None = None) -> None:
         if stage is not None:  # called by Lightning on every rank
-            self._seed = self._shared_seed()
+            self._seed = shared_seed(self.trainer)
         if self.cases is not None:
             return
         # Forked loader workers hang on their first parallel OpenCV call if this process has
@@ -226,9 +232,8 @@ class PairedDataModule(L.LightningDataModule):
             rows, labels = self.train_labels()
         else:
             rows, labels = self.split_rows(split), cases.labels
-        seed = self._run_seed()
         if train and self.augment_on == "device":
-            return PairKeys(rows, *self._ids, labels, cases.pair_valid, seed)
+            return PairKeys(rows, *self._ids, labels, cases.pair_valid)
         if train:
             pipes = (
                 train_pipeline(self.derm_views, self.image_size),
@@ -241,7 +246,7 @@ class PairedDataModule(L.LightningDataModule):
         tolerant = self._tolerant and not train
         return PairDataset(
             rows, self._store, *self._ids, labels, cases.pair_valid, *pipes, n_views,
-            tolerant, self.image_size, case_seed=seed,
+            tolerant, self.image_size, case_seed=self._run_seed(),
         )  # fmt: skip
 
     def loader(self, dataset: PairDataset | PairKeys, train: bool) -> DataLoader:
@@ -260,7 +265,7 @@ class PairedDataModule(L.LightningDataModule):
         )
         if not train:
             return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, **common)
-        sampler = EpochSampler(dataset, world, self._rank(), shuffle=True, seed=dataset.case_seed)
+        sampler = EpochSampler(dataset, world, self._rank(), shuffle=True, seed=self._run_seed())
         per_rank = len(sampler)
         return ResumableLoader(
             dataset,
@@ -334,15 +339,6 @@ class PairedDataModule(L.LightningDataModule):
     def _run_seed(self) -> int:
         """The seed of the training order and views (rank 0's once ``setup`` ran)."""
         return self._seed if self._seed is not None else torch.initial_seed() % 2**32
-
-    def _shared_seed(self) -> int:
-        """The run's seed (torch's initial seed), rank 0's on every rank: the training order
-        and views need one seed, also when each process drew its own (``seed_everything: true``)."""
-        seed = torch.initial_seed() % 2**32
-        trainer = self.trainer
-        if trainer is not None and trainer.world_size > 1:
-            seed = int(trainer.strategy.broadcast(seed, src=0))
-        return seed
 
     def _rank(self) -> int:
         return self.trainer.global_rank if self.trainer is not None else 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import albumentations as A
 import numpy as np
 import torch
@@ -10,6 +12,9 @@ from torch.utils.data import Dataset
 from skinssl.datamodules.cases import DataError
 from skinssl.datamodules.images import ImageStore
 from skinssl.datamodules.views import seed_pipeline, to_chw_uint8
+
+if TYPE_CHECKING:
+    import lightning as L
 
 Item = dict[str, object]
 
@@ -89,6 +94,16 @@ class PairDataset(Dataset):
         seed_pipeline(self.pipelines[1], seed + 1_000_003)
 
 
+def shared_seed(trainer: L.Trainer | None) -> int:
+    """The run's seed (torch's initial seed, as ``seed_everything`` set it), rank 0's on every
+    rank: the training order, views and per-step seeds need one seed, also when each process
+    drew its own (``seed_everything: true``)."""
+    seed = torch.initial_seed() % 2**32
+    if trainer is not None and trainer.world_size > 1:
+        seed = int(trainer.strategy.broadcast(seed, src=0))
+    return seed
+
+
 def views_seed(seed: int, epoch: int, row: int) -> int:
     """A well-mixed 32-bit seed for the views of case ``row`` in ``epoch`` of a run."""
     return int(np.random.SeedSequence([seed, epoch, row]).generate_state(1)[0])
@@ -106,18 +121,16 @@ def one_thread_worker(worker_id: int) -> None:
 class PairKeys(Dataset):
     """Training items without images, for views made on the accelerator: ``index``,
     ``labels``, ``pair_valid``, the cached image ids ``derm_id``/``clinic_id`` and the
-    ``epoch`` the views are drawn for. Keys are ``(position, epoch)``; ``case_seed`` seeds the
-    order (the datamodule seeds the views from the same run seed)."""
+    ``epoch`` the views are drawn for. Keys are ``(position, epoch)``."""
 
     def __init__(
         self, rows: np.ndarray, derm_ids: np.ndarray, clinic_ids: np.ndarray,
-        labels: np.ndarray, pair_valid: np.ndarray, case_seed: int,
+        labels: np.ndarray, pair_valid: np.ndarray,
     ) -> None:  # fmt: skip
         self.rows = np.asarray(rows, dtype=np.int64)
         self.derm_ids, self.clinic_ids = derm_ids, clinic_ids
         self.labels = torch.as_tensor(labels, dtype=torch.long)
         self.pair_valid = torch.as_tensor(pair_valid, dtype=torch.bool)
-        self.case_seed = case_seed
 
     def __len__(self) -> int:
         return len(self.rows)

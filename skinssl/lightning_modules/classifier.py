@@ -138,6 +138,7 @@ class MultiLabelClassifier(L.LightningModule):
                     "them random and frozen: use setting 'projector', or only the pretrained heads"
                 )
             loaded.append(f"relation module (new: {new_heads})")
+        from_centroids = False
         with torch.no_grad():
             for h in self.heads:
                 proto = state.get(f"prototypes.{h}.weight")
@@ -146,13 +147,12 @@ class MultiLabelClassifier(L.LightningModule):
                     clf.weight.copy_(proto)
                     clf.bias.zero_()
                     loaded.append(f"{h} head from centroids")
+                    from_centroids = True
         scaled = {
             "l2_norm": hparams.get("l2_norm", False),
             "temperature": hparams.get("temperature", 1.0),
         }
-        if any("centroids" in x for x in loaded) and (
-            scaled["l2_norm"] or scaled["temperature"] != 1
-        ):
+        if from_centroids and (scaled["l2_norm"] or scaled["temperature"] != 1):
             rank_zero_warn(
                 f"init_from {path}: its prototypes were trained with {scaled}; the heads start "
                 "from them but see unnormalised tokens at temperature 1, so their first logits "

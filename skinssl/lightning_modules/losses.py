@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +52,25 @@ def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     return torch.cat(all_gather(x)), rank * x.shape[0]
 
 
+Fn = TypeVar("Fn", bound=Callable[..., torch.Tensor])
+
+
+def float32(fn: Fn) -> Fn:
+    """Run ``fn`` with autocast off and its floating-point tensor arguments in float32."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: object, **kwargs: object) -> torch.Tensor:
+        def cast(x: object) -> object:
+            return x.float() if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+
+        device = next(a.device.type for a in args if isinstance(a, torch.Tensor))
+        with torch.autocast(device, enabled=False):
+            return fn(*map(cast, args), **{k: cast(v) for k, v in kwargs.items()})
+
+    return wrapper  # type: ignore[return-value]
+
+
+@float32  # similarities in float32
 def nt_xent(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -64,10 +85,7 @@ def nt_xent(
     cross-modal pairs whose clinical image is a stand-in; they stay as negatives. The result
     equals the mean over all ranks' valid anchors, as one process with the whole batch.
     """
-    with torch.autocast(a.device.type, enabled=False):  # similarities in float32
-        return _nt_xent(
-            F.normalize(a.float(), dim=1), F.normalize(b.float(), dim=1), temperature, valid, gather
-        )
+    return _nt_xent(F.normalize(a, dim=1), F.normalize(b, dim=1), temperature, valid, gather)
 
 
 def _nt_xent(

@@ -8,34 +8,13 @@ implementation fits it is used: lightly's Barlow Twins loss and distributed Sink
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-from typing import TypeVar
-
 import torch
 import torch.nn.functional as F
 from lightly.loss import BarlowTwinsLoss
 from lightly.loss.swav_loss import sinkhorn
 from torch import Tensor
 
-from skinssl.lightning_modules.losses import gather_with_grad, global_mean
-
-Fn = TypeVar("Fn", bound=Callable[..., Tensor])
-
-
-def float32(fn: Fn) -> Fn:
-    """Run ``fn`` with autocast off and its floating-point tensor arguments in float32."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: object, **kwargs: object) -> Tensor:
-        def cast(x: object) -> object:
-            return x.float() if isinstance(x, Tensor) and x.is_floating_point() else x
-
-        device = next(a.device.type for a in args if isinstance(a, Tensor))
-        with torch.autocast(device, enabled=False):
-            return fn(*map(cast, args), **{k: cast(v) for k, v in kwargs.items()})
-
-    return wrapper  # type: ignore[return-value]
+from skinssl.lightning_modules.losses import float32, gather_with_grad, global_mean
 
 
 def _weight(valid: Tensor | None) -> Tensor | None:
@@ -97,13 +76,13 @@ def barlow_twins(
 
 
 @torch.no_grad()
+@float32
 def swav_codes(
     scores: Tensor, iterations: int = 3, epsilon: float = 0.05, gather: bool = True
 ) -> Tensor:
     """SwAV's soft codes of prototype scores [N, K] by Sinkhorn-Knopp (lightly's; the
     equipartition runs over all ranks' rows when ``gather``)."""
-    with torch.autocast(scores.device.type, enabled=False):
-        return sinkhorn(scores.detach().float(), iterations, epsilon, gather_distributed=gather)
+    return sinkhorn(scores.detach(), iterations, epsilon, gather_distributed=gather)
 
 
 @float32
