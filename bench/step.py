@@ -12,7 +12,7 @@ Prints a table and writes JSON.
 
 ``--augment-on device`` makes the views on the device (the pre-made batch then holds views made
 once; the time to make one batch's views is reported too, eager and compiled);
-``--compile-views`` compiles those views' colour steps; ``--compile`` compiles the trunks;
+``--compile-views`` compiles those views; ``--compile`` compiles the trunks;
 ``--sync-check`` counts host-device synchronisations in the model-alone steps and in the
 full-pipeline steps (transfers and views on the device included; CUDA only,
 ``torch.cuda.set_sync_debug_mode``); ``--profile-views`` prints the profiler's table of one

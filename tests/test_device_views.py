@@ -15,8 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from skinssl.datamodules.device_views import crop_boxes, device_views
-from skinssl.datamodules.views import Views, eval_pipeline, seed_pipeline, train_pipeline
+from skinssl.datamodules.device_views import crop_boxes, device_views, uniforms
+from skinssl.datamodules.views import (
+    Normalize,
+    Views,
+    eval_pipeline,
+    seed_pipeline,
+    train_pipeline,
+)
 
 H, W, N, SIZE = 96, 144, 600, 48
 DEVICE = torch.device(os.environ.get("SKINSSL_TEST_DEVICE", "cpu"))
@@ -98,7 +104,8 @@ def test_colour_statistics_match_under_stage1_views() -> None:
 
 def test_crops_stay_inside_each_image() -> None:
     sizes = torch.tensor([[40, 60], [100, 30], [8, 8]] * 50, device=DEVICE)
-    boxes = crop_boxes(sizes, (0.08, 1.0), torch.Generator(DEVICE).manual_seed(1))
+    u = uniforms(len(sizes), torch.Generator(DEVICE).manual_seed(1), DEVICE)
+    boxes = crop_boxes(sizes, (0.08, 1.0), u)
     h, w = sizes[:, 0].float(), sizes[:, 1].float()
     assert (boxes[:, 0] >= 0).all() and (boxes[:, 1] >= 0).all()
     assert (boxes[:, 2] <= w).all() and (boxes[:, 3] <= h).all()
@@ -177,8 +184,8 @@ def test_shrinking_is_anti_aliased_on_both_paths() -> None:
 
 
 def test_compiled_views_equal_eager_views() -> None:
-    """``compile_views``: the fused colour steps give the eager views (a rare pixel may round
-    the other way where the fused arithmetic differs in the last bit)."""
+    """``compile_views``: the compiled views are the eager views (a rare pixel may round the
+    other way where the fused arithmetic differs in the last bit), uint8 or normalised."""
     images = np.random.default_rng(1).integers(0, 256, (8, 40, 56, 3), dtype=np.uint8)
     batch = torch.from_numpy(images).permute(0, 3, 1, 2).to(DEVICE)
     sizes = torch.tensor([[40, 56]] * 8, device=DEVICE)
@@ -189,10 +196,18 @@ def test_compiled_views_equal_eager_views() -> None:
     )
     diff = (eager.int() - fused.int()).abs()
     assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3
+    norm = Normalize().to(DEVICE)
+    normal = (norm.mean, norm.std)
+    for fused in (False, True):
+        gen = torch.Generator(DEVICE).manual_seed(5)
+        made = device_views(batch, sizes, views, 32, gen, fused, normal)
+        expected = norm(eager)  # the same views, normalised after the rounding
+        assert made.dtype == torch.float32
+        assert ((made - expected).abs() * norm.std).max() <= 1.0001
 
 
 def test_datamodule_compiles_views_when_asked(tmp_path, monkeypatch) -> None:
-    """``compile_views``: on by default on CUDA only; asked for, the fused colour steps run;
+    """``compile_views``: on by default on CUDA only; asked for, the compiled views run;
     without views on the device it is a configuration error."""
     from test_pipeline import dm_for, make_csv
 
@@ -200,11 +215,11 @@ def test_datamodule_compiles_views_when_asked(tmp_path, monkeypatch) -> None:
 
     calls = []
 
-    def counted(x: torch.Tensor, d: dict) -> torch.Tensor:
-        calls.append(len(x))
-        return module.colour(x, d)
+    def counted(images: torch.Tensor, *args: object) -> torch.Tensor:
+        calls.append(len(images))
+        return module.view(images, *args)
 
-    monkeypatch.setattr(module, "fused_colour", lambda: counted)
+    monkeypatch.setattr(module, "fused_view", lambda: counted)
     csv = make_csv(tmp_path, n=20)
     for compile_views, fused_calls in ((None, 0), (True, 4)):  # None: eager on the CPU
         calls.clear()
@@ -216,3 +231,25 @@ def test_datamodule_compiles_views_when_asked(tmp_path, monkeypatch) -> None:
         assert len(calls) == fused_calls  # 2 derm + 2 clinic views
     with pytest.raises(ValueError, match="compile_views: true needs augment_on: device"):
         dm_for(csv, compile_views=True)
+
+
+def test_each_view_draws_its_random_numbers_at_once() -> None:
+    """One random draw per view, whatever steps are on: on a GPU, each small draw and each
+    small operation on it would be a kernel launch of its own."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Draws(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+            self.count += func.overloadpacket in (torch.ops.aten.uniform_, torch.ops.aten.rand)
+            return func(*args, **(kwargs or {}))
+
+    images = torch.zeros(4, 3, 40, 50, dtype=torch.uint8)
+    sizes = torch.tensor([[40, 50]] * 4)
+    for views in (Views.simclr(), Views.cluster(), Views(n=3, vflip=True, p_blur=1.0)):
+        with Draws() as draws:
+            made = device_views(images, sizes, views, 16, torch.Generator().manual_seed(0))
+        assert made.shape == (4, 3, 16, 16) and draws.count == 1

@@ -91,9 +91,10 @@ class PairedDataModule(L.LightningDataModule):
         augment_on: where training views are made: ``cpu`` (loader workers, albumentations)
             or ``device`` (the cached images are copied to the accelerator once and the views
             are made there a batch at a time, with the same distribution; needs a cache).
-        compile_views: with ``augment_on: device``, ``torch.compile`` the views' flips and
-            colour steps into a few fused kernels (3.2x faster on an H200; the first batch of
-            each views setting waits while it compiles). Default: on when the views are made
+        compile_views: with ``augment_on: device``, ``torch.compile`` each view (crop boxes,
+            resampling, flips, colour steps, normalisation) into a few fused kernels (the
+            colour steps alone compiled were 3.2x faster on an H200; the first batch of each
+            views setting waits while it compiles). Default: on when the views are made
             on a CUDA device and Triton is installed.
         drop_last: drop the last incomplete training batch.
     """
@@ -305,9 +306,11 @@ class PairedDataModule(L.LightningDataModule):
         return batch
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
-        """Make the views on the device (``augment_on: device``); normalise them, batched."""
+        """Normalise the transferred views, batched; or make them on the device (``augment_on:
+        device``), normalised there."""
         if "derm_id" in batch:
             self._device_views(batch)
+            return batch
         for key in ("derm", "clinic"):
             views = batch[key]
             if isinstance(views, list):
@@ -317,7 +320,8 @@ class PairedDataModule(L.LightningDataModule):
         return batch
 
     def _device_views(self, batch: dict[str, Any]) -> None:
-        """Views of a key batch, drawn from its ``views_seed`` (set before the transfer)."""
+        """Normalised views of a key batch, drawn from its ``views_seed`` (set before the
+        transfer)."""
         device = batch["derm_id"].device
         if self._device_images is None or self._device_images.images.device != device:
             assert self._store is not None
@@ -327,9 +331,12 @@ class PairedDataModule(L.LightningDataModule):
             seed = self._batch_seed(batch)
         gen = torch.Generator(device=device).manual_seed(seed)
         fused = fuses_by_default(device.type) if self.compile_views is None else self.compile_views
+        norm = self.normalize.to(device)
         for key, views in (("derm", self.derm_views), ("clinic", self.clinic_views)):
             ids = batch[f"{key}_id"]
-            made = self._device_images.views(ids, views, self.image_size, gen, fused)
+            made = self._device_images.views(
+                ids, views, self.image_size, gen, fused, (norm.mean, norm.std)
+            )
             batch[key] = made[0] if views.n == 1 else made
 
     def _batch_seed(self, batch: dict[str, Any]) -> int:

@@ -9,6 +9,10 @@ shrinking is anti-aliased as the CPU path's area resize), colour operations run 
 float and the result is rounded to uint8 once (the CPU path rounds after every step), so single
 pixels differ a little while the distributions match (``tests/test_device_views.py``).
 
+Each view draws all its random numbers in one call (:func:`uniforms`); the rest is one pure
+function of them (:func:`view`), which ``torch.compile`` turns into a few kernels
+(:func:`fused_view`) instead of some hundred small ones.
+
 :class:`DeviceImages` holds the decoded-image cache on the accelerator, copied there once.
 """
 
@@ -30,23 +34,35 @@ from skinssl.datamodules.views import Views
 GRAY = (0.299, 0.587, 0.114)  # OpenCV's RGB -> gray, as albumentations uses
 
 
-def _uniform(n: int, lo: float, hi: float, gen: torch.Generator, device: torch.device) -> Tensor:
-    return lo + (hi - lo) * torch.rand(n, generator=gen, device=device)
+TRIES = 10
+"""Draws of area and aspect ratio per random resized crop before its centre-crop fallback."""
+COLUMNS = {
+    "area": TRIES, "log_ratio": TRIES, "top": 1, "left": 1, "hflip": 1, "vflip": 1,
+    "factors": 3, "hue": 1, "order": 4, "jitter": 1, "gray": 1, "sigma": 1, "blur": 1,
+}  # fmt: skip
+"""The uniform numbers each image draws for one view, by purpose, in column order."""
 
 
-def crop_boxes(
-    sizes: Tensor, scale: tuple[float, float], gen: torch.Generator, tries: int = 10
-) -> Tensor:
-    """[N, 4] boxes (x1, y1, x2, y2) of random resized crops of images of ``sizes`` [N, 2] (h, w).
+def uniforms(n: int, gen: torch.Generator, device: torch.device) -> dict[str, Tensor]:
+    """Every random number of one view of ``n`` images, in one draw: [N, k] per purpose."""
+    u = torch.rand(n, sum(COLUMNS.values()), generator=gen, device=device)
+    return dict(zip(COLUMNS, u.split(list(COLUMNS.values()), dim=1), strict=True))
 
-    Per image, the first of ``tries`` draws of area and aspect ratio that fits; else the largest
+
+def _scaled(u: Tensor, lo: float, hi: float) -> Tensor:
+    return lo + (hi - lo) * u
+
+
+def crop_boxes(sizes: Tensor, scale: tuple[float, float], u: dict[str, Tensor]) -> Tensor:
+    """[N, 4] boxes (x1, y1, x2, y2) of random resized crops of images of ``sizes`` [N, 2] (h, w)
+    from the :func:`uniforms` ``u``.
+
+    Per image, the first of ``TRIES`` draws of area and aspect ratio that fits; else the largest
     centred crop with a ratio in [3/4, 4/3].
     """
-    n, device = len(sizes), sizes.device
     h, w = sizes[:, :1].float(), sizes[:, 1:].float()
-    area = h * w * _uniform(n * tries, *scale, gen, device).view(n, tries)
-    log_ratio = _uniform(n * tries, math.log(3 / 4), math.log(4 / 3), gen, device).view(n, tries)
-    ratio = log_ratio.exp()
+    area = h * w * _scaled(u["area"], *scale)
+    ratio = _scaled(u["log_ratio"], math.log(3 / 4), math.log(4 / 3)).exp()
     cw, ch = (area * ratio).sqrt().round(), (area / ratio).sqrt().round()
     fits = (cw > 0) & (ch > 0) & (cw <= w) & (ch <= h)
     first = torch.where(fits.any(1), fits.float().argmax(1), -1)
@@ -59,10 +75,8 @@ def crop_boxes(
     fb_h = torch.where(in_ratio < 3 / 4, (w * 4 / 3).round(), h)
     ok = first >= 0
     cw, ch = torch.where(ok, cw, fb_w), torch.where(ok, ch, fb_h)
-    top = torch.where(ok, (torch.rand(n, generator=gen, device=device) * (h - ch + 1)).floor(),
-                      ((h - ch) / 2).floor())  # fmt: skip
-    left = torch.where(ok, (torch.rand(n, generator=gen, device=device) * (w - cw + 1)).floor(),
-                       ((w - cw) / 2).floor())  # fmt: skip
+    top = torch.where(ok, (u["top"][:, 0] * (h - ch + 1)).floor(), ((h - ch) / 2).floor())
+    left = torch.where(ok, (u["left"][:, 0] * (w - cw + 1)).floor(), ((w - cw) / 2).floor())
     return torch.stack([left, top, left + cw, top + ch], dim=1)
 
 
@@ -116,36 +130,38 @@ def _blur(x: Tensor, taps: Tensor) -> Tensor:
     return rows[..., :-2, :] * t[0] + rows[..., 1:-1, :] * t[1] + rows[..., 2:, :] * t[2]
 
 
-def draw(n: int, views: Views, gen: torch.Generator, device: torch.device) -> dict[str, Tensor]:
-    """The per-image random parameters of one view of ``n`` images after the crop: only those
-    of the steps ``views`` turns on."""
+def draw(u: dict[str, Tensor], views: Views) -> dict[str, Tensor]:
+    """The per-image parameters of the steps after the crop that ``views`` turns on, from the
+    :func:`uniforms` ``u``."""
     d: dict[str, Tensor] = {}
     for name, flag in (("hflip", views.hflip), ("vflip", views.vflip)):
         if flag:
-            d[name] = torch.rand(n, generator=gen, device=device) < 0.5
+            d[name] = u[name][:, 0] < 0.5
     if views.p_color_jitter > 0:
         b, c, s, h = views.color_jitter
         ranges = (max(0.0, 1 - b), 1 + b), (max(0.0, 1 - c), 1 + c), (max(0.0, 1 - s), 1 + s)
-        d["factors"] = torch.stack([_uniform(n, *r, gen, device) for r in ranges], 1)
-        d["hue"] = _uniform(n, -h, h, gen, device)
-        order = torch.rand(n, 4, generator=gen, device=device).argsort(dim=1)
-        on = torch.rand(n, generator=gen, device=device) < views.p_color_jitter
-        d["order"] = torch.where(on[:, None], order, -1)
+        d["factors"] = torch.stack(
+            [_scaled(u["factors"][:, i], *r) for i, r in enumerate(ranges)], 1
+        )
+        d["hue"] = _scaled(u["hue"][:, 0], -h, h)
+        d["order"] = torch.where(u["jitter"] < views.p_color_jitter, u["order"].argsort(dim=1), -1)
     if views.p_grayscale > 0:
-        d["gray"] = torch.rand(n, generator=gen, device=device) < views.p_grayscale
+        d["gray"] = u["gray"][:, 0] < views.p_grayscale
     if views.p_blur > 0:
-        sigma = _uniform(n, *views.blur_sigma, gen, device)
-        on = torch.rand(n, generator=gen, device=device) < views.p_blur
-        offsets = torch.arange(-1.0, 2.0, device=device)  # made there: no copy, no wait
-        taps = torch.exp(-(offsets**2) / (2 * sigma[:, None] ** 2))
+        sigma = _scaled(u["sigma"], *views.blur_sigma)
+        offsets = torch.arange(-1.0, 2.0, device=sigma.device)  # made there: no copy, no wait
+        taps = torch.exp(-(offsets**2) / (2 * sigma**2))
         # off: the identity kernel (1 in the middle), so that no image needs a second branch
-        d["taps"] = torch.where(on[:, None], taps / taps.sum(1, keepdim=True), offsets == 0)
+        d["taps"] = torch.where(u["blur"] < views.p_blur, taps / taps.sum(1, keepdim=True),
+                                offsets == 0)  # fmt: skip
     return d
 
 
-def colour(x: Tensor, d: dict[str, Tensor]) -> Tensor:
+def colour(x: Tensor, d: dict[str, Tensor], normal: tuple[Tensor, Tensor] | None) -> Tensor:
     """Flips, colour jitter, grayscale and blur of crops ``x`` (float [N, 3, S, S] in [0, 255])
-    by the parameters ``d`` of :func:`draw`; uint8 [N, 3, S, S], rounded once."""
+    by the parameters ``d`` of :func:`draw`, rounded once: uint8 [N, 3, S, S], or with
+    ``normal`` (mean, std [3, 1, 1] on the 0-255 scale) float normalised as
+    :class:`~skinssl.datamodules.views.Normalize` does."""
     x = x / 255
     for name, dim in (("hflip", -1), ("vflip", -2)):
         if name in d:
@@ -156,7 +172,25 @@ def colour(x: Tensor, d: dict[str, Tensor]) -> Tensor:
         x = torch.where(d["gray"].view(-1, 1, 1, 1), _gray(x).expand_as(x), x)
     if "taps" in d:
         x = _blur(x, d["taps"])
-    return (x * 255).round().clamp(0, 255).to(torch.uint8)
+    x = (x * 255).round().clamp(0, 255)
+    return x.to(torch.uint8) if normal is None else (x - normal[0]) / normal[1]
+
+
+def view(
+    images: Tensor,
+    sizes: Tensor,
+    u: dict[str, Tensor],
+    views: Views,
+    size: int,
+    normal: tuple[Tensor, Tensor] | None,
+) -> Tensor:
+    """One view of each image (float [N, 3, H, W], each in the top-left ``sizes`` of its slot)
+    from the :func:`uniforms` ``u``: crop, resample, then :func:`colour`."""
+    boxes = crop_boxes(sizes, views.crop_scale, u)
+    ids = torch.arange(len(images), device=images.device, dtype=boxes.dtype)
+    x = roi_align(images, torch.cat([ids[:, None], boxes], 1), (size, size), aligned=True,
+                  sampling_ratio=0)  # fmt: skip
+    return colour(x, draw(u, views), normal)
 
 
 @functools.cache
@@ -167,10 +201,11 @@ def fuses_by_default(device_type: str) -> bool:
 
 
 @functools.cache
-def fused_colour() -> Callable[[Tensor, dict[str, Tensor]], Tensor]:
-    """:func:`colour` compiled (``torch.compile``): its element-wise steps fused into a few
-    kernels, which read and write the crops a few times instead of some hundred."""
-    return torch.compile(colour, dynamic=False)
+def fused_view() -> Callable[..., Tensor]:
+    """:func:`view` compiled (``torch.compile``): the crop boxes and parameters in a few small
+    kernels, the element-wise steps fused into a few that read and write the crops a few times
+    instead of some hundred."""
+    return torch.compile(view, dynamic=False)
 
 
 def device_views(
@@ -180,17 +215,15 @@ def device_views(
     size: int,
     gen: torch.Generator,
     fused: bool = False,
+    normal: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """One random view of each image: [N, 3, H, W] uint8 or float in [0, 255] (each image in
     the top-left ``sizes[i]`` (h, w) of its slot) -> uint8 [N, 3, size, size], on the images'
-    device. ``fused``: the colour steps by :func:`fused_colour`."""
+    device (float normalised by ``normal``, see :func:`colour`). One draw of random numbers,
+    then the view as one function of them: :func:`fused_view` with ``fused``."""
     views.check()
-    n = len(images)
-    boxes = crop_boxes(sizes, views.crop_scale, gen)
-    rois = torch.cat([torch.arange(n, device=images.device, dtype=boxes.dtype)[:, None], boxes], 1)
-    x = roi_align(images.float(), rois, (size, size), aligned=True, sampling_ratio=0)
-    d = draw(n, views, gen, x.device)
-    return (fused_colour() if fused else colour)(x, d)
+    u = uniforms(len(images), gen, images.device)
+    return (fused_view() if fused else view)(images.float(), sizes, u, views, size, normal)
 
 
 class DeviceImages:
@@ -214,10 +247,19 @@ class DeviceImages:
         self.sizes = torch.tensor([a.shape[:2] for a in arrays], device=device)
 
     def views(
-        self, ids: Tensor, views: Views, size: int, gen: torch.Generator, fused: bool = False
+        self,
+        ids: Tensor,
+        views: Views,
+        size: int,
+        gen: torch.Generator,
+        fused: bool = False,
+        normal: tuple[Tensor, Tensor] | None = None,
     ) -> list[Tensor]:
-        """``views.n`` random views [B, 3, size, size] of the images ``ids``."""
+        """``views.n`` random views [B, 3, size, size] of the images ``ids`` (see
+        :func:`device_views`)."""
         if views.n == 0:  # a modality without views: nothing gathered
             return []
         images, sizes = self.images[ids].float(), self.sizes[ids]
-        return [device_views(images, sizes, views, size, gen, fused) for _ in range(views.n)]
+        return [
+            device_views(images, sizes, views, size, gen, fused, normal) for _ in range(views.n)
+        ]
