@@ -107,8 +107,12 @@ def views_ms(
     return 1000 * sum(times[2:]) / len(times[2:])
 
 
-def views_profile(dm: SyntheticDerm7ptDataModule, batch: dict, device: torch.device) -> str:
-    """The operations (and, on a GPU, kernels) of making one key batch's views, by time."""
+def views_profile(
+    dm: SyntheticDerm7ptDataModule, batch: dict, device: torch.device
+) -> tuple[str, dict[str, int]]:
+    """The operations (and, on a GPU, kernels) of making one key batch's views, by time; and
+    how many operations the host issued (top-level: each at least one launch on a GPU) and,
+    on a GPU, how many kernels ran."""
     from torch.profiler import ProfilerActivity, profile
 
     moved = move_data_to_device(dm.on_before_batch_transfer(dict(batch), 0), device)
@@ -120,7 +124,11 @@ def views_profile(dm: SyntheticDerm7ptDataModule, batch: dict, device: torch.dev
         if device.type == "cuda":
             torch.cuda.synchronize()
     sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
-    return prof.key_averages().table(sort_by=sort, row_limit=15)
+    events = prof.events()
+    counts = {"host operations": sum(e.cpu_parent is None for e in events)}
+    if device.type == "cuda":
+        counts["kernels"] = sum(e.device_type == torch.autograd.DeviceType.CUDA for e in events)
+    return prof.key_averages().table(sort_by=sort, row_limit=15), counts
 
 
 def loader_batches(dm: SyntheticDerm7ptDataModule) -> Iterable[dict]:
@@ -189,11 +197,12 @@ def main() -> None:
     syncs = (
         {"model alone": count_syncs(alone), "full pipeline": count_syncs(full)} if check else None
     )
-    views = None
+    views = profiled = None
     if args.augment_on == "device":
         views = {f: views_ms(dm, first, device, f == "compiled") for f in ("eager", "compiled")}
         if args.profile_views:  # after views_ms: compiled and warm
-            print(views_profile(dm, first, device))
+            table, profiled = views_profile(dm, first, device)
+            print(table)
     base = rows["model alone (pre-made batch)"]
     print("\n| input | pairs/s | views/s | share of model alone |\n|---|---|---|---|")
     for name, value in rows.items():
@@ -204,6 +213,8 @@ def main() -> None:
     if views is not None:
         print("ms to make one batch's views on the device: " + ", ".join(
             f"{k} {v:.1f}" for k, v in views.items()))  # fmt: skip
+    if profiled is not None:
+        print("one batch's views: " + ", ".join(f"{v} {k}" for k, v in profiled.items()))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
@@ -213,7 +224,13 @@ def main() -> None:
         **{k: v for k, v in vars(args).items() if k not in ("out", "root")},
         "workers": workers,
     }
-    result = {"meta": meta, "pairs_per_s": rows, "syncs": syncs, "views_ms": views}
+    result = {
+        "meta": meta,
+        "pairs_per_s": rows,
+        "syncs": syncs,
+        "views_ms": views,
+        "views_profile": profiled,
+    }
     out.write_text(json.dumps(result, indent=2))
     print(f"\nwrote {out}")
 
