@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The checks that need a GPU, in one run of about 8 minutes on one H200 (parts: 30-120 s each):
-# the stage-1 step at the published recipe (ResNet-50 x2, 224 px, batch 96, bf16,
-# channels-last) with views made in CPU workers and on the GPU, each against the model alone,
-# with host-device synchronisations counted; the device-view distribution tests on the GPU;
-# k-means seconds per pass; the data benchmark with its GPU row; the quick start on the GPU
-# (bf16, views on the GPU); the step with torch.compile; and the k-means share of a stage-1
-# epoch at Derm7pt size. Each part has its own time limit (a failed or late part is reported
-# and the rest still run); writes at most 8 files into OUT_DIR.
+# The checks that need a GPU (parts of 30-180 s; all of them about 10 minutes on one H200,
+# so choose with PARTS): the stage-1 step at the published recipe (ResNet-50 x2, 224 px,
+# batch 96, bf16, channels-last) with views made in CPU workers and on the GPU, each against
+# the model alone, with host-device synchronisations counted; the device-view distribution
+# tests on the GPU; k-means seconds per pass; the data benchmark with its GPU row; the quick
+# start on the GPU (bf16, views on the GPU); the step with torch.compile; the stage-2 step
+# (frozen trunks, batch 256) with views from CPU workers and on the GPU; and the k-means share
+# of an epoch of either stage at Derm7pt size. Each part has its own time limit (a failed or
+# late part is reported and the rest still run). Writes machine.txt and results.json (every
+# part's JSON) into OUT_DIR.
 #
 #   bash bench/device_check.sh OUT_DIR
 #
@@ -15,13 +17,14 @@
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl &&
 #   export PYTHONPATH=/tmp/site && bash bench/device_check.sh $OUT 2>&1 | tee $OUT/log.txt
 # PARTS (e.g. PARTS="step-device data") runs only those parts: step-cpu, step-device,
-# step-device-compiled, tests, kmeans, data, quickstart, compile.
+# step-device-compiled, tests, kmeans, data, quickstart, compile, stage2-cpu, stage2-device.
 # DEVICE, BACKBONE, SIZE, BATCH, STEPS, CASES and KMEANS_ARGS override the defaults (a CPU
 # dry run: DEVICE=cpu BACKBONE=resnet18 SIZE=64 BATCH=8 STEPS=2 CASES=64
 # KMEANS_ARGS='--repeats 1 --sklearn-max 1000'; the quick-start part runs on GPUs only).
 set -uo pipefail
 out=${1:?usage: bench/device_check.sh OUT_DIR}
 mkdir -p "$out"
+work=$(mktemp -d)  # each part's JSON; merged into one file at the end (a lease returns 8 files)
 cd "$(dirname "$0")/.."
 export NO_ALBUMENTATIONS_UPDATE=1 PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 device=${DEVICE:-cuda}
@@ -62,35 +65,41 @@ print(f"torch {torch.__version__}, CUDA {torch.version.cuda}")
 if sys.argv[1] == "cuda":
     print(torch.cuda.get_device_name(0))
 PY
-part step-cpu "step: views in CPU workers" 120 "${step[@]}" --out "$out/step_cpu_views.json"
+part step-cpu "step: views in CPU workers" 120 "${step[@]}" --out "$work/step_cpu_views.json"
 part step-device "step: views on the device" 100 "${step[@]}" --augment-on device \
-  --out "$out/step_device_views.json"
+  --out "$work/step_device_views.json"
 part step-device-compiled "step: views on the device, compiled" 120 "${step[@]}" \
-  --augment-on device --compile-views --profile-views --out "$out/step_device_views_compiled.json"
+  --augment-on device --compile-views --profile-views --out "$work/step_device_views_compiled.json"
 part tests "device-view tests on $device" 90 env SKINSSL_TEST_DEVICE="$device" \
   python3 -m pytest -q -p no:cacheprovider tests/test_device_views.py
 part kmeans "k-means: seconds per pass" 90 python3 bench/kmeans.py --threads "$(nproc)" \
-  ${KMEANS_ARGS:-} --out "$out/kmeans.json"
+  ${KMEANS_ARGS:-} --out "$work/kmeans.json"
 part data "data: reference per-sample pipeline, cache on CPU, views on the device" 150 \
   python3 bench/dataloader.py --num-cases "$cases" --synthetic-root "data/device-check-512-$cases" \
   --image-size "${SIZE:-224}" --batch-size $((${BATCH:-96} < 32 ? ${BATCH:-96} : 32)) \
-  --out "$out/dataloader.json"
+  --out "$work/dataloader.json"
 if [ "$device" = cuda ]; then  # a function: run by bash under timeout
   part quickstart "quick start on the GPU (bf16, compiled views on the GPU)" 150 \
     bash -c "$(declare -f quickstart_on_gpu); quickstart_on_gpu"
 fi
 part compile "step: trunks and views compiled" 180 "${step[@]}" --augment-on device --compile \
-  --compile-views --out "$out/step_device_compiled.json"
-echo "== k-means share of a stage-1 epoch (413 training pairs; a lower bound for stage 2,"
-echo "   whose epochs are shorter: frozen trunks, one view)"
-python3 - "$out" <<'PY'
+  --compile-views --out "$work/step_device_compiled.json"
+part stage2-cpu "stage-2 step: views in CPU workers" 90 "${step[@]}" --stage 2 \
+  --batch-size 256 --out "$work/step2_cpu_views.json"
+part stage2-device "stage-2 step: views on the device, compiled" 90 "${step[@]}" --stage 2 \
+  --batch-size 256 --augment-on device --compile-views --out "$work/step2_device_views.json"
+echo "== k-means share of an epoch (413 training pairs) at each step benchmark's rate"
+echo "   (step: stage 1, step2: stage 2)"
+python3 - "$work" "$out" <<'PY'
 import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
+merged = {f.stem: json.loads(f.read_text()) for f in sorted(out.glob("*.json"))}
+(Path(sys.argv[2]) / "results.json").write_text(json.dumps(merged, indent=1))
 kmeans = out / "kmeans.json"
 km = json.loads(kmeans.read_text())["rows"] if kmeans.is_file() else []
 for name in ("step_cpu_views", "step_device_views", "step_device_views_compiled",
-             "step_device_compiled"):
+             "step_device_compiled", "step2_cpu_views", "step2_device_views"):
     if not (out / f"{name}.json").is_file():
         continue
     rates = json.loads((out / f"{name}.json").read_text())["pairs_per_s"]

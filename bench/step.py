@@ -1,7 +1,8 @@
-"""Training pairs per second of SM3 stage 1: with the data pipeline vs with pre-made batches.
+"""Training pairs per second of SM3 stage 1 (or 2): with the data pipeline vs pre-made batches.
 
 Both runs do the same optimizer steps (forward, backward, AdamW) of ``SM3Contrastive`` with
-4 views per pair. The first takes its batches from the datamodule's training loader (decoded-
+4 views per pair (``--stage 2``: ``SM3PseudoLabels``, frozen trunks, random pseudo-labels, 2
+views per pair). The first takes its batches from the datamodule's training loader (decoded-
 image cache, augmentation in loader workers); the second repeats one batch already in memory,
 so it measures the model alone. Their ratio says how much the input pipeline costs.
 Prints a table and writes JSON.
@@ -38,13 +39,14 @@ from lightning.pytorch.utilities import move_data_to_device
 from skinssl.callbacks.speed import speed_up
 from skinssl.datamodules import SyntheticDerm7ptDataModule, Views
 from skinssl.datamodules.base import default_workers
-from skinssl.lightning_modules import SM3Contrastive
+from skinssl.labels import CRITERIA
+from skinssl.lightning_modules import SM3Contrastive, SM3PseudoLabels
 
 PRECISION = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
 
 
 def pairs_per_second(
-    model: SM3Contrastive,
+    model: SM3Contrastive | SM3PseudoLabels,
     dm: SyntheticDerm7ptDataModule,
     batches: Iterable[dict],
     steps: int,
@@ -66,7 +68,8 @@ def pairs_per_second(
             batch = move_data_to_device(dm.on_before_batch_transfer(batch, 0), device)
             batch = dm.on_after_batch_transfer(batch, 0)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss = model.training_step(batch, i)
+            out = model.training_step(batch, i)
+        loss = out["loss"] if isinstance(out, dict) else out
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -141,6 +144,7 @@ def loader_batches(dm: SyntheticDerm7ptDataModule) -> Iterable[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--stage", type=int, choices=[1, 2], default=1)
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -168,15 +172,24 @@ def main() -> None:
         cache_size=round(args.image_size * 8 / 7),
         batch_size=args.batch_size,
         num_workers=workers,
-        derm_views=Views.simclr(),
+        derm_views=Views.simclr() if args.stage == 1 else Views.cluster(),
         augment_on=args.augment_on,
         compile_views=args.compile_views,
     )
     dm.setup("fit")
     torch.manual_seed(0)
-    model = SM3Contrastive(backbone=args.backbone, gather_negatives=False).to(device).train()
+    model = (
+        SM3Contrastive(backbone=args.backbone, gather_negatives=False)
+        if args.stage == 1
+        else SM3PseudoLabels(backbone=args.backbone)
+    )
+    model = model.to(device).train()
     speed_up(model, args.channels_last, args.compile)
     loader = dm.train_dataloader()
+    if isinstance(model, SM3PseudoLabels):  # what the k-means callback would have set
+        labels = torch.randint(0, 2, (len(dm.cases), len(CRITERIA)))
+        model.set_clusters({}, labels, fresh=False)
+    per_pair = 2 * dm.derm_views.n
     loader.sampler.set_epoch(0)
     first = next(iter(loader))
     fixed = move_data_to_device(dm.on_before_batch_transfer(dict(first), 0), device)
@@ -206,7 +219,7 @@ def main() -> None:
     base = rows["model alone (pre-made batch)"]
     print("\n| input | pairs/s | views/s | share of model alone |\n|---|---|---|---|")
     for name, value in rows.items():
-        print(f"| {name} | {value:.1f} | {4 * value:.0f} | {100 * value / base:.0f} % |")
+        print(f"| {name} | {value:.1f} | {per_pair * value:.0f} | {100 * value / base:.0f} % |")
     if syncs is not None:
         for name, count in syncs.items():
             print(f"host-device synchronisations in {args.steps + 2} {name} steps: {count}")
