@@ -18,13 +18,14 @@
 #   export PYTHONPATH=/tmp/site && bash bench/device_check.sh $OUT 2>&1 | tee $OUT/log.txt
 # PARTS (e.g. PARTS="step-device data") runs only those parts: step-cpu, step-device,
 # step-device-compiled, tests, kmeans, data, quickstart, compile, stage2-cpu, stage2-device.
-# DEVICE, BACKBONE, SIZE, BATCH, STEPS, CASES and KMEANS_ARGS override the defaults (a CPU
-# dry run: DEVICE=cpu BACKBONE=resnet18 SIZE=64 BATCH=8 STEPS=2 CASES=64
-# KMEANS_ARGS='--repeats 1 --sklearn-max 1000'; the quick-start part runs on GPUs only).
+# DEVICE, BACKBONE, SIZE, BATCH, BATCH2 (stage 2), STEPS, CASES and KMEANS_ARGS override the
+# defaults (a CPU dry run: DEVICE=cpu BACKBONE=resnet18 SIZE=64 BATCH=8 BATCH2=16 STEPS=2
+# CASES=64 KMEANS_ARGS='--repeats 1 --sklearn-max 1000'; the quick-start part runs on GPUs only).
 set -uo pipefail
 out=${1:?usage: bench/device_check.sh OUT_DIR}
 mkdir -p "$out"
-work=$(mktemp -d)  # each part's JSON; merged into one file at the end (a lease returns 8 files)
+work=$(mktemp -d)  # each part's JSON, merged into results.json after each part (a lease
+trap 'rm -rf "$work"' EXIT  # returns 8 files; a run stopped at its time limit keeps what ran)
 cd "$(dirname "$0")/.."
 export NO_ALBUMENTATIONS_UPDATE=1 PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 device=${DEVICE:-cuda}
@@ -43,6 +44,14 @@ part() {  # part KEY NAME SECONDS COMMAND...: run with a time limit, report, go 
   local rc=$?
   echo "== $name: exit $rc after $((SECONDS - start)) s"
   [ "$rc" -eq 0 ] || failed+=("$name (exit $rc)")
+  merge
+}
+
+merge() {  # every part's JSON so far into OUT_DIR/results.json
+  python3 -c 'import json, sys; from pathlib import Path
+parts = {f.stem: json.loads(f.read_text()) for f in sorted(Path(sys.argv[1]).glob("*.json"))}
+Path(sys.argv[2], "results.json").write_text(json.dumps(parts, indent=1))' "$work" "$out" ||
+    failed+=("merging the results")
 }
 
 quickstart_on_gpu() {  # the quick start's three stages and test on the GPU: bf16, views there
@@ -70,7 +79,7 @@ part step-device "step: views on the device" 100 "${step[@]}" --augment-on devic
   --out "$work/step_device_views.json"
 part step-device-compiled "step: views on the device, compiled" 120 "${step[@]}" \
   --augment-on device --compile-views --profile-views --out "$work/step_device_views_compiled.json"
-part tests "device-view tests on $device" 90 env SKINSSL_TEST_DEVICE="$device" \
+part tests "device-view tests on $device" 150 env SKINSSL_TEST_DEVICE="$device" \
   python3 -m pytest -q -p no:cacheprovider tests/test_device_views.py
 part kmeans "k-means: seconds per pass" 90 python3 bench/kmeans.py --threads "$(nproc)" \
   ${KMEANS_ARGS:-} --out "$work/kmeans.json"
@@ -84,18 +93,17 @@ if [ "$device" = cuda ]; then  # a function: run by bash under timeout
 fi
 part compile "step: trunks and views compiled" 180 "${step[@]}" --augment-on device --compile \
   --compile-views --out "$work/step_device_compiled.json"
-part stage2-cpu "stage-2 step: views in CPU workers" 90 "${step[@]}" --stage 2 \
-  --batch-size 256 --out "$work/step2_cpu_views.json"
-part stage2-device "stage-2 step: views on the device, compiled" 90 "${step[@]}" --stage 2 \
-  --batch-size 256 --augment-on device --compile-views --out "$work/step2_device_views.json"
+step2=("${step[@]}" --stage 2 --batch-size "${BATCH2:-256}")
+part stage2-cpu "stage-2 step: views in CPU workers" 120 "${step2[@]}" \
+  --out "$work/step2_cpu_views.json"
+part stage2-device "stage-2 step: views on the device, compiled" 150 "${step2[@]}" \
+  --augment-on device --compile-views --out "$work/step2_device_views.json"
 echo "== k-means share of an epoch (413 training pairs) at each step benchmark's rate"
 echo "   (step: stage 1, step2: stage 2)"
-python3 - "$work" "$out" <<'PY'
+python3 - "$work" <<'PY' || failed+=("the k-means share")
 import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
-merged = {f.stem: json.loads(f.read_text()) for f in sorted(out.glob("*.json"))}
-(Path(sys.argv[2]) / "results.json").write_text(json.dumps(merged, indent=1))
 kmeans = out / "kmeans.json"
 km = json.loads(kmeans.read_text())["rows"] if kmeans.is_file() else []
 for name in ("step_cpu_views", "step_device_views", "step_device_views_compiled",
