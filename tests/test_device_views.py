@@ -253,3 +253,29 @@ def test_each_view_draws_its_random_numbers_at_once() -> None:
         with Draws() as draws:
             made = device_views(images, sizes, views, 16, torch.Generator().manual_seed(0))
         assert made.shape == (4, 3, 16, 16) and draws.count == 1
+
+
+def test_views_use_torchvision_kernel_not_its_python_fallback(monkeypatch) -> None:
+    """Under ``trainer.deterministic: true`` on a GPU, ``torchvision.ops.roi_align`` switches to a
+    Python fallback that samples every pixel of the image for each output pixel (gigabytes at
+    Derm7pt sizes). The views call the kernel, whose forward is deterministic, and are the same
+    under deterministic algorithms. (The fallback is forced here as the wrapper takes it.)"""
+    import sys
+
+    wrapper = sys.modules["torchvision.ops.roi_align"]
+
+    def fallback(*args: object) -> torch.Tensor:
+        raise AssertionError("torchvision's Python roi_align fallback")
+
+    monkeypatch.setattr(wrapper, "_roi_align", fallback)
+    monkeypatch.setattr(wrapper, "_has_ops", lambda: False)  # the wrapper's way to it on a CPU
+    images = torch.from_numpy(np.random.default_rng(2).integers(0, 256, (4, 3, 40, 56), np.uint8))
+    images, sizes = images.to(DEVICE), torch.tensor([[40, 56]] * 4, device=DEVICE)
+    made = [device_views(images, sizes, Views.simclr(), 24, torch.Generator(DEVICE).manual_seed(9))]
+    torch.use_deterministic_algorithms(True)
+    try:
+        gen = torch.Generator(DEVICE).manual_seed(9)
+        made.append(device_views(images, sizes, Views.simclr(), 24, gen))
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert torch.equal(made[0], made[1])

@@ -25,8 +25,8 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+import torchvision  # noqa: F401  (registers torch.ops.torchvision)
 from torch import Tensor
-from torchvision.ops import roi_align
 
 from skinssl.datamodules.images import ImageStore
 from skinssl.datamodules.views import Views
@@ -188,8 +188,11 @@ def view(
     from the :func:`uniforms` ``u``: crop, resample, then :func:`colour`."""
     boxes = crop_boxes(sizes, views.crop_scale, u)
     ids = torch.arange(len(images), device=images.device, dtype=boxes.dtype)
-    x = roi_align(images, torch.cat([ids[:, None], boxes], 1), (size, size), aligned=True,
-                  sampling_ratio=0)  # fmt: skip
+    rois = torch.cat([ids[:, None], boxes], 1)
+    # torchvision's kernel itself, not torchvision.ops.roi_align: under deterministic algorithms
+    # on a GPU that switches to a Python fallback sampling every pixel of the image for each
+    # output pixel (for its backward's sake); this forward kernel is deterministic already
+    x = torch.ops.torchvision.roi_align(images, rois, 1.0, size, size, 0, True)
     return colour(x, draw(u, views), normal)
 
 
