@@ -166,6 +166,17 @@ def test_padding_repeats_the_image_edge() -> None:
     assert images.views(ids, Views(n=0), 16, gen) == []  # a modality without views
 
 
+def test_a_cache_larger_than_the_free_gpu_memory_is_a_clear_error(monkeypatch) -> None:
+    """Checked before anything is allocated on the GPU (so this runs without one)."""
+    from skinssl.datamodules.device_views import DeviceImages
+
+    store = [np.zeros((462, 718, 3), np.uint8)] * 4  # 3.8 MiB in all
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (2**20, 2**30))
+    expected = r"needs 3.8 MiB on cuda for the 4 cached images \(462 x 718 each\), and 1.0 MiB"
+    with pytest.raises(ValueError, match=expected + r" is free there; use augment_on: cpu"):
+        DeviceImages(store, torch.device("cuda"))
+
+
 def test_shrinking_is_anti_aliased_on_both_paths() -> None:
     """Black/white pixel noise shrunk about 5x averages out (area resampling); sampling one
     point per output pixel would keep most of its contrast (std about 127)."""

@@ -229,6 +229,10 @@ def device_views(
     return (fused_view() if fused else view)(images.float(), sizes, u, views, size, normal)
 
 
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
 class DeviceImages:
     """Every cached image on one device: uint8 [M, 3, H, W] and their sizes [M, 2] (h, w).
 
@@ -240,6 +244,13 @@ class DeviceImages:
         arrays = [store[i] for i in range(len(store))]
         height = max(a.shape[0] for a in arrays)
         width = max(a.shape[1] for a in arrays)
+        need = len(arrays) * 3 * height * width
+        if device.type == "cuda" and need > (free := torch.cuda.mem_get_info(device)[0]):
+            raise ValueError(
+                f"augment_on: device needs {_size(need)} on {device} for the {len(arrays)} "
+                f"cached images ({height} x {width} each), and {_size(free)} is free there; "
+                "use augment_on: cpu, or a smaller cache_size"
+            )
         self.images = torch.empty(len(arrays), 3, height, width, dtype=torch.uint8, device=device)
         for i, a in enumerate(arrays):
             h, w = a.shape[:2]
