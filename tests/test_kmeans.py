@@ -256,6 +256,7 @@ def test_callback_fit_labels_logs_and_clean_pass(tmp_path: Path) -> None:
     cb.cluster(t, model)
     assert flags == {n: m.training for n, m in model.named_modules()}
     assert all(torch.equal(stats[n], b) for n, b in model.named_buffers())
+    logger.experiment.close()  # its writer thread would write after tmp_path is gone
 
 
 def test_callback_with_the_authors_kmeans(tmp_path: Path) -> None:

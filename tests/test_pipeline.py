@@ -206,3 +206,29 @@ def test_predict_reports_unreadable_images_per_case(tmp_path: Path, cache: str) 
         strict = dm_for(path, cache=cache)
         strict.setup("test")
         next(iter(strict.test_dataloader()))
+
+
+def test_warns_when_an_epoch_is_one_batch_or_drop_last_leaves_much_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """11 training cases: batch 3 leaves 2 out (18 %), batch 4 leaves 3 out (27 %), batch 16
+    is one batch of 11."""
+    from skinssl.datamodules import base
+
+    warned: list[str] = []
+    monkeypatch.setattr(base, "rank_zero_warn", warned.append)
+    csv = make_csv(tmp_path, n=15)
+    expected = {
+        3: None,
+        4: "11 cases per rank and batch_size 4 make 2 batch(es) per epoch, and drop_last leaves 3",
+        16: "11 cases per rank and batch_size 16 make 1 batch(es) per epoch;",
+    }
+    for batch_size, message in expected.items():
+        warned.clear()
+        dm = dm_for(csv, batch_size=batch_size)
+        dm.setup("fit")
+        dm.train_dataloader()
+        if message is None:
+            assert warned == [], batch_size
+        else:
+            assert len(warned) == 1 and message in warned[0], (batch_size, warned)

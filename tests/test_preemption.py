@@ -33,6 +33,22 @@ def test_safe_batch_ends_skip_accumulation_last_batch_and_validation() -> None:
     assert safe == [False, True, False, False, False, True, False, False]
 
 
+def test_warns_when_no_batch_end_is_safe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One batch per epoch and rank (e.g. 413 cases over 2 GPUs, batch 256): it is the epoch's
+    last, so a signal could never be honoured; said at the start instead of silently."""
+    from skinssl.callbacks import preemption
+
+    warned: list[str] = []
+    monkeypatch.setattr(preemption, "rank_zero_warn", warned.append)
+    monkeypatch.setattr(preemption.signal, "signal", lambda *args: None)
+    trainer, _ = fake_trainer(batches=1, val_every=1)
+    Preemption().on_train_start(trainer, None)
+    assert len(warned) == 1 and "1 batch(es) per epoch and rank" in warned[0]
+    trainer, _ = fake_trainer(batches=2, val_every=2)  # the first batch end is safe
+    Preemption().on_train_start(trainer, None)
+    assert len(warned) == 1
+
+
 def test_ranks_agree_every_n_batches_across_epochs(monkeypatch: pytest.MonkeyPatch) -> None:
     """Epochs of 3 batches and checks every 4: the check still comes, in the second epoch."""
     callback = Preemption(check_every_n_batches=4)

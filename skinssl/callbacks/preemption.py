@@ -77,6 +77,13 @@ class Preemption(L.Callback):
         """Installed after Lightning's own handlers (its SLURM requeue handler is replaced)."""
         if self.signal_name == "none":
             return
+        batches = trainer.num_training_batches
+        if batches != float("inf") and not any(self._safe(trainer, i) for i in range(batches)):
+            rank_zero_warn(
+                f"preemption: no batch end of an epoch here ({batches} batch(es) per epoch and "
+                f"rank) is safe to stop at, so {self.signal_name} will not save a checkpoint; "
+                "use a smaller batch_size or fewer devices for several batches per epoch"
+            )
         self.received, self._stopping, self._batches = False, False, 0
         try:
             self._previous = signal.signal(getattr(signal, self.signal_name), self._note)

@@ -15,6 +15,7 @@ import cv2
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from skinssl.datamodules.cases import Cases, DataError
@@ -267,15 +268,30 @@ class PairedDataModule(L.LightningDataModule):
         if not train:
             return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, **common)
         sampler = EpochSampler(dataset, world, self._rank(), shuffle=True, seed=self._run_seed())
-        per_rank = len(sampler)
+        drop_last = self.drop_last and len(sampler) > self.batch_size
+        self._check_batches(len(sampler), drop_last)
         return ResumableLoader(
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,
-            drop_last=self.drop_last and per_rank > self.batch_size,
+            drop_last=drop_last,
             progress=self._progress,
             **common,
         )
+
+    def _check_batches(self, per_rank: int, drop_last: bool) -> None:
+        """Warn when an epoch is one batch per rank, or drop_last leaves out over a quarter of
+        each rank's cases (e.g. a config for one GPU run on several)."""
+        batch = self.batch_size
+        batches = per_rank // batch if drop_last else -(-per_rank // batch)
+        left_out = per_rank % batch if drop_last else 0
+        if batches == 1 or 4 * left_out > per_rank:
+            dropped = f", and drop_last leaves {left_out} of them out" if left_out else ""
+            rank_zero_warn(
+                f"training: {per_rank} cases per rank and batch_size {batch} make {batches} "
+                f"batch(es) per epoch{dropped}; a smaller batch_size (or fewer devices) gives "
+                "several full batches"
+            )
 
     def _progress(self) -> tuple[int, int]:
         """(batches of this epoch the training loop has finished, batches per epoch)."""
