@@ -152,6 +152,31 @@ def test_datamodule_makes_training_views_on_the_device(tmp_path) -> None:
         dm_for(make_csv(tmp_path, n=20), augment_on="device", cache="none")
 
 
+def test_each_case_gets_views_of_its_own_images_and_only_training_images_go(
+    tmp_path,
+) -> None:
+    """Full-image crops without flips or colour: each case's device view is nearest to its own
+    CPU view (noise images, so any other case's is far). The device holds the training split's
+    images only (16 of the 20 cases here)."""
+    from test_pipeline import dm_for, make_csv
+
+    views = Views(crop_scale=(1.0, 1.0), hflip=False)
+    made, csv = {}, make_csv(tmp_path, n=20)
+    for where in ("cpu", "device"):
+        dm = dm_for(csv, batch_size=8, derm_views=views, augment_on=where)
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(0)
+        made[where] = dm.on_after_batch_transfer(
+            dm.on_before_batch_transfer(next(iter(loader)), 0), 0
+        )
+    assert torch.equal(made["cpu"]["index"], made["device"]["index"])
+    for key in ("derm", "clinic"):
+        cpu, dev = (made[w][key].flatten(1) for w in ("cpu", "device"))
+        assert torch.equal(torch.cdist(dev, cpu).argmin(1), torch.arange(len(cpu))), key
+    assert len(dm._device_images.images) == 2 * 16 < len(dm._store)
+
+
 def test_padding_repeats_the_image_edge() -> None:
     """Smaller images are padded with their own last row/column: crops at the edge stay bright."""
     from skinssl.datamodules.device_views import DeviceImages

@@ -235,7 +235,8 @@ class PairedDataModule(L.LightningDataModule):
         else:
             rows, labels = self.split_rows(split), cases.labels
         if train and self.augment_on == "device":
-            return PairKeys(rows, *self._ids, labels, cases.pair_valid)
+            _, derm, clinic = self._device_layout()
+            return PairKeys(rows, derm, clinic, labels, cases.pair_valid)
         if train:
             pipes = (
                 train_pipeline(self.derm_views, self.image_size),
@@ -250,6 +251,18 @@ class PairedDataModule(L.LightningDataModule):
             rows, self._store, *self._ids, labels, cases.pair_valid, *pipes, n_views,
             tolerant, self.image_size, case_seed=self._run_seed(),
         )  # fmt: skip
+
+    def _device_layout(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The images that go to the accelerator, the training split's only: their ids in the
+        cache, and per case the position of its dermoscopic and clinical image among them (-1
+        for cases outside training)."""
+        assert self._store is not None and self._ids is not None
+        rows, _ = self.train_labels()
+        derm, clinic = self._ids
+        keep = np.unique(np.concatenate([derm[rows], clinic[rows]]))
+        position = np.full(len(self._store), -1, dtype=np.int64)
+        position[keep] = np.arange(len(keep))
+        return keep, position[derm], position[clinic]
 
     def loader(self, dataset: PairDataset | PairKeys, train: bool) -> DataLoader:
         """A DataLoader with seeded workers, pinned memory and kept workers.
@@ -341,7 +354,7 @@ class PairedDataModule(L.LightningDataModule):
         device = batch["derm_id"].device
         if self._device_images is None or self._device_images.images.device != device:
             assert self._store is not None
-            self._device_images = DeviceImages(self._store, device)
+            self._device_images = DeviceImages(self._store, device, self._device_layout()[0])
         seed = batch.pop("views_seed", None)
         if seed is None:  # called without the hook before the transfer (values read back)
             seed = self._batch_seed(batch)

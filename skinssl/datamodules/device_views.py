@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -234,14 +234,18 @@ def _size(n: int) -> str:
 
 
 class DeviceImages:
-    """Every cached image on one device: uint8 [M, 3, H, W] and their sizes [M, 2] (h, w).
+    """Cached images on one device (the datamodule's: the training split's), uint8
+    [M, 3, H, W], and their sizes [M, 2] (h, w).
 
     Each image sits in the top-left corner of a slot of the largest size; the rest of the slot
     repeats its last row and column, so that resampling at a crop's edge reads image pixels.
     """
 
-    def __init__(self, store: ImageStore, device: torch.device) -> None:
-        arrays = [store[i] for i in range(len(store))]
+    def __init__(
+        self, store: ImageStore, device: torch.device, keep: Iterable[int] | None = None
+    ) -> None:
+        """The images ``keep`` of ``store`` (all by default), in that order."""
+        arrays = [store[int(i)] for i in (range(len(store)) if keep is None else keep)]
         height = max(a.shape[0] for a in arrays)
         width = max(a.shape[1] for a in arrays)
         need = len(arrays) * 3 * height * width
