@@ -90,8 +90,9 @@ class PairedDataModule(L.LightningDataModule):
         predict_split: split that ``predict`` runs on (``all``: every case). Prediction does
             not stop at a missing or unreadable image: the case is reported as failed.
         augment_on: where training views are made: ``cpu`` (loader workers, albumentations)
-            or ``device`` (the cached images are copied to the accelerator once and the views
-            are made there a batch at a time, with the same distribution; needs a cache).
+            or ``device`` (the training split's cached images are copied to the accelerator
+            once and the views are made there a batch at a time, with the same distribution;
+            needs a cache).
         compile_views: with ``augment_on: device``, ``torch.compile`` each view (crop boxes,
             resampling, flips, colour steps, normalisation) into a few fused kernels (the
             colour steps alone compiled were 3.2x faster on an H200; the first batch of each
