@@ -1,11 +1,16 @@
 """Seconds per clustering pass (every head once) of the pseudo-label k-means.
 
 The callback's two algorithms, ``kmeans`` (FAISS spherical k-means, CPU, and one GPU when a CUDA
-GPU and a FAISS GPU build are present) and ``dot_kmeans`` (the authors' k-means in torch, CPU and
-CUDA), against scikit-learn's ``KMeans`` (Lloyd, same iterations, one init) on the same
-L2-normalised features. Two sizes: Derm7pt's training split (413 cases x 7 heads) and
-100k cases x 8 heads, 512-d embeddings. Features are Gaussian blobs around K random directions
-plus noise, so that the clusterings have structure. Prints a Markdown table and writes JSON.
+GPU and a FAISS GPU build are present) and ``dot_kmeans_heads`` (the authors' k-means in torch,
+every head in one batch, CPU and CUDA), against scikit-learn's ``KMeans`` (Lloyd, same
+iterations, one init) on the same L2-normalised features. Two sizes: Derm7pt's training split
+(413 cases x 7 heads) and 100k cases x 8 heads, 512-d embeddings. Features are Gaussian blobs
+around K random directions plus noise, so that the clusterings have structure.
+
+At Derm7pt size also: FAISS on fewer threads; the authors' k-means one head after another; the
+statistics the callback logs per pass (NMI and ARI against the previous clustering, NMI against
+the true labels), as the callback computes them and with scikit-learn's functions. Prints a
+Markdown table and writes JSON.
 
     python bench/kmeans.py
     python bench/kmeans.py --threads 8 --repeats 5 --sklearn-max 100000
@@ -28,9 +33,18 @@ import numpy as np
 import sklearn
 import torch
 from sklearn.cluster import KMeans
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from threadpoolctl import threadpool_limits
 
-from skinssl.callbacks.kmeans import available_cores, dot_kmeans, faiss_threads, kmeans
+from skinssl.callbacks.kmeans import (
+    available_cores,
+    clustering_metrics,
+    dot_kmeans,
+    dot_kmeans_heads,
+    faiss_threads,
+    kmeans,
+)
+from skinssl.labels import UNKNOWN
 
 CASES = {
     "Derm7pt train (413 x 7 heads)": (413, (3, 2, 3, 3, 3, 3, 2)),
@@ -68,9 +82,17 @@ def faiss_pass(device: int | None, resources: object, niter: int) -> Callable:
     return run
 
 
-def authors_pass(device: str, niter: int) -> Callable:
+def authors_pass(device: str, niter: int, batched: bool = True) -> Callable:
+    """The authors' k-means of every head: in one batch as the callback runs it, or one head
+    after another (the baseline)."""
+
     def run(feats: list[np.ndarray], ks: tuple[int, ...]) -> list[float]:
-        objectives = [dot_kmeans(x, k, niter, 0, device)[2] for x, k in zip(feats, ks, strict=True)]
+        if batched:
+            objectives = [r[2] for r in dot_kmeans_heads(feats, list(ks), niter, 0, device)]
+        else:
+            objectives = [
+                dot_kmeans(x, k, niter, 0, device)[2] for x, k in zip(feats, ks, strict=True)
+            ]
         if device == "cuda":
             torch.cuda.synchronize()
         return objectives
@@ -89,6 +111,44 @@ def sklearn_pass(niter: int) -> Callable:
             )
             objectives.append(float((x * centres[assign]).sum(1).mean()))
         return objectives
+
+    return run
+
+
+def on_threads(run: Callable, threads: int) -> Callable:
+    """``run`` with FAISS on ``threads`` OpenMP threads."""
+
+    def wrapped(feats: list[np.ndarray], ks: tuple[int, ...]) -> list[float]:
+        with faiss_threads(threads):
+            return run(feats, ks)
+
+    return wrapped
+
+
+def sklearn_statistics(
+    assignments: np.ndarray, previous: np.ndarray, true: np.ndarray, k: int
+) -> dict[str, float]:
+    """The callback's per-head statistics with scikit-learn's functions (the baseline)."""
+    known = true != UNKNOWN
+    return {
+        "nmi_prev": normalized_mutual_info_score(previous, assignments),
+        "ari_prev": adjusted_rand_score(previous, assignments),
+        "nmi_true": normalized_mutual_info_score(true[known], assignments[known]),
+    }
+
+
+def statistics_pass(statistics: Callable) -> Callable:
+    """Every head's statistics of a clustering against a previous one and true labels with a
+    quarter unknown; returns each head's NMI against the previous clustering."""
+
+    def run(feats: list[np.ndarray], ks: tuple[int, ...]) -> list[float]:
+        out = []
+        for seed, (x, k) in enumerate(zip(feats, ks, strict=True)):
+            rng = np.random.default_rng(seed)
+            assignments, previous = rng.integers(0, k, (2, len(x)))
+            true = np.where(rng.random(len(x)) < 0.25, UNKNOWN, rng.integers(0, k, len(x)))
+            out.append(statistics(assignments, previous, true, k)["nmi_prev"])
+        return out
 
     return run
 
@@ -128,29 +188,39 @@ def main() -> None:
     with faiss_threads(args.threads), threadpool_limits(args.threads):
         for case, (n, ks) in CASES.items():
             feats = [head_features(n, k, seed) for seed, k in enumerate(ks)]
-            for name, run in methods.items():
+            extra = {}
+            if n < 10_000:
+                fewer = [t for t in (1, 2, 4, 8) if t < args.threads]
+                extra = {f"faiss-cpu, {t} thr": on_threads(methods["faiss-cpu"], t) for t in fewer}
+                for name in [m for m in methods if m.startswith("authors")]:
+                    extra[f"{name}, per head"] = authors_pass(name[8:], args.niter, batched=False)
+                extra["statistics"] = statistics_pass(clustering_metrics)
+                extra["statistics (sklearn)"] = statistics_pass(sklearn_statistics)
+            for name, run in {**methods, **extra}.items():
                 if name == "sklearn" and n > args.sklearn_max:
                     print(f"{case}: sklearn skipped (n = {n} > --sklearn-max {args.sklearn_max})")
                     continue
                 repeats = args.repeats if n < 10_000 else max(1, args.repeats // 3)
                 r = {"case": case, "n": n, "heads": len(ks), "dim": DIM, "method": name}
                 r.update(measure(run, feats, ks, repeats))
+                if name.startswith("statistics"):
+                    r["objective"] = None
                 rows.append(r)
-                print(f"{case:30s} {name:10s} {r['seconds']:8.3f} s/pass")
+                print(f"{case:30s} {name:20s} {r['seconds']:8.4f} s/pass")
 
     print(f"\n{args.threads} threads, {args.niter} iterations, 1 init, {DIM}-d\n")
     print("| case | method | seconds / pass | vs sklearn | mean cosine to centroid |")
     print("|---|---|---|---|---|")
     for r in rows:
+        baseline = "statistics (sklearn)" if r["method"].startswith("statistics") else "sklearn"
         base = next(
-            (b["seconds"] for b in rows if b["case"] == r["case"] and b["method"] == "sklearn"),
+            (b["seconds"] for b in rows if b["case"] == r["case"] and b["method"] == baseline),
             None,
         )
         r["speedup_vs_sklearn"] = base / r["seconds"] if base else None
         speed = f"{r['speedup_vs_sklearn']:.1f}x" if base else "-"
-        print(
-            f"| {r['case']} | {r['method']} | {r['seconds']:.3f} | {speed} | {r['objective']:.4f} |"
-        )
+        objective = "-" if r["objective"] is None else f"{r['objective']:.4f}"
+        print(f"| {r['case']} | {r['method']} | {r['seconds']:.4f} | {speed} | {objective} |")
 
     meta = {
         "date": date.today().isoformat(),

@@ -200,6 +200,31 @@ def test_authors_kmeans_matches_a_direct_loop(data: str) -> None:
     assert objective == pytest.approx(float((unit * ref_c[ref_a]).sum(1).mean()), abs=1e-5)
 
 
+def test_authors_kmeans_of_several_heads_at_once_equals_one_at_a_time() -> None:
+    """Heads with other K and D, batched (zero-padded) or in batches of one, give each head's
+    own result."""
+    rng = np.random.default_rng(2)
+    shapes = [(4, 16), (2, 8), (3, 16)]
+    feats = [blobs(24 // k, k, d, seed=s)[0] for s, (k, d) in enumerate(shapes)]  # 24 rows each
+    feats[1] = feats[1] * rng.uniform(0.5, 3, (24, 1)).astype(np.float32)
+    ks = [4, 2, 3]
+    found = km.dot_kmeans_heads(feats, ks, niter=10, seed=5)
+    for (c, a, objective), x, k in zip(found, feats, ks, strict=True):
+        ref_c, ref_a, _ = authors_reference(x, k, 10, seed=5)
+        assert c.shape == ref_c.shape
+        np.testing.assert_array_equal(a, ref_a)
+        np.testing.assert_allclose(c, ref_c, atol=1e-5)
+        unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+        assert objective == pytest.approx(float((unit * ref_c[ref_a]).sum(1).mean()), abs=1e-5)
+    one_at_a_time = km.dot_kmeans_heads(feats, ks, niter=10, seed=5, batch_bytes=1)
+    for (c, a, objective), (c1, a1, objective1) in zip(found, one_at_a_time, strict=True):
+        np.testing.assert_array_equal(a, a1)
+        np.testing.assert_allclose(c, c1, atol=1e-6)
+        assert objective == pytest.approx(objective1, abs=1e-6)
+    with pytest.raises(ValueError, match="same samples; got \\[24, 23\\]"):
+        km.dot_kmeans_heads([feats[0], feats[1][:23]], [2, 2])
+
+
 def test_authors_kmeans_weights_members_by_norm() -> None:
     """Unlike spherical k-means, a long member pulls its centroid harder."""
     x = np.array([[1, 0], [0, 1], [10, 0]], np.float32)  # one cluster: the mean of raw rows

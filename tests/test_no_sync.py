@@ -99,10 +99,11 @@ def test_device_views() -> None:
 
 
 def test_authors_kmeans_iterations() -> None:
-    x, start = torch.randn(50, 8), torch.randn(3, 8)
+    x, start = torch.randn(2, 50, 8), torch.randn(2, 3, 8)
+    valid = torch.tensor([[True, True, True], [True, True, False]])
     with FakeTensorMode(allow_non_fake_inputs=True), NoLiterals():
-        centroids, labels = dot_kmeans_steps(x, start, 3)
-        assert centroids.shape == (3, 8) and labels.shape == (50,)
+        centroids, labels = dot_kmeans_steps(x, start, valid, 3)
+        assert centroids.shape == (2, 3, 8) and labels.shape == (2, 50)
 
 
 def test_the_check_catches_a_sync() -> None:

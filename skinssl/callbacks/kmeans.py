@@ -28,11 +28,11 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import move_data_to_device
-from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 from torchmetrics.utilities.distributed import gather_all_tensors
 
+from skinssl.evaluation.agreement import adjusted_rand_index, normalized_mutual_info
 from skinssl.labels import HEAD_NAMES, UNKNOWN
 
 FeatureSource = Literal["pass", "memory_bank"]
@@ -133,36 +133,94 @@ def kmeans(
 def dot_kmeans(
     features: np.ndarray, k: int, niter: int = 10, seed: int = 0, device: str | torch.device = "cpu"
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """The authors' k-means (METHOD.md §4.2), in torch on ``device``.
+    """The authors' k-means (METHOD.md §4.2) of one head: :func:`dot_kmeans_heads` of it."""
+    return dot_kmeans_heads([features], [k], niter, seed, device)[0]
 
-    Starts from K random samples as they are; each iteration assigns every sample to the
-    centroid of largest dot product, sets each centroid to the mean of its (unnormalised)
-    members, keeps an empty cluster's previous centroid and L2-normalises the centroids; a
-    final assignment step gives the labels. Returns what :func:`kmeans` returns.
+
+def dot_kmeans_heads(
+    features: list[np.ndarray],
+    ks: list[int],
+    niter: int = 10,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    batch_bytes: int = 2**28,
+) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """The authors' k-means (METHOD.md §4.2) of several heads at once, in torch on ``device``.
+
+    Head ``h`` clusters ``features[h]`` [n, D_h] (the same n for all) into ``ks[h]`` clusters.
+    Each starts from K random samples as they are (the same draw for every head); each
+    iteration assigns every sample to the centroid of largest dot product, sets each centroid
+    to the mean of its (unnormalised) members, keeps an empty cluster's previous centroid and
+    L2-normalises the centroids; a final assignment step gives the labels. Heads run in
+    batches of up to ``batch_bytes`` of features (zero-padded to the largest D and K), so that
+    at Derm7pt size a GPU runs one set of kernels per iteration, not one per head. Returns
+    what :func:`kmeans` returns, per head.
     """
     if niter < 1:
         raise ValueError(f"niter = {niter}: the authors' k-means needs at least 1 iteration")
-    x = torch.from_numpy(checked_features(features, k)).to(device)
-    gen = torch.Generator().manual_seed(seed)
-    start = x[torch.randperm(len(x), generator=gen)[:k].to(x.device)]
-    centroids, assignments = dot_kmeans_steps(x, start, niter)
-    cosine = (F.normalize(x, dim=1) * centroids[assignments]).sum(1).mean()
-    return centroids.cpu().numpy(), assignments.cpu().numpy(), float(cosine)
+    checked = [checked_features(f, k) for f, k in zip(features, ks, strict=True)]
+    n = len(checked[0])
+    if any(len(x) != n for x in checked):
+        raise ValueError(f"every head needs the same samples; got {[len(x) for x in checked]}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    per_batch = max(1, batch_bytes // (4 * n * max(x.shape[1] for x in checked)))
+    found = []
+    for i in range(0, len(ks), per_batch):
+        part = slice(i, i + per_batch)
+        found += dot_kmeans_batch(checked[part], ks[part], order, niter, device)
+    return found
 
 
-def dot_kmeans_steps(x: Tensor, centroids: Tensor, niter: int) -> tuple[Tensor, Tensor]:
-    """The iterations of :func:`dot_kmeans` from ``centroids`` [K, D]: (centroids, labels).
+def dot_kmeans_batch(
+    features: list[np.ndarray],
+    ks: list[int],
+    order: Tensor,
+    niter: int,
+    device: str | torch.device,
+) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """:func:`dot_kmeans_heads` of checked features as one batch, starting from the samples
+    ``order[:k]``."""
+    dim, most = max(x.shape[1] for x in features), max(ks)
+    x = torch.zeros(len(ks), len(order), dim)
+    start = torch.zeros(len(ks), most, dim)
+    valid = torch.zeros(len(ks), most, dtype=torch.bool)
+    for h, (f, k) in enumerate(zip(features, ks, strict=True)):
+        x[h, :, : f.shape[1]] = torch.from_numpy(f)
+        start[h, :k], valid[h, :k] = x[h, order[:k]], True
+    x = x.to(device)
+    centroids, assignments = dot_kmeans_steps(x, start.to(device), valid.to(device), niter)
+    dots = (x @ centroids.transpose(1, 2)).gather(2, assignments[..., None])[..., 0]
+    cosine = (dots / x.norm(dim=2).clamp(min=1e-12)).mean(1).cpu()
+    centroids, assignments = centroids.cpu().numpy(), assignments.cpu().numpy()
+    return [
+        (centroids[h, :k, : f.shape[1]].copy(), assignments[h], float(cosine[h]))
+        for h, (f, k) in enumerate(zip(features, ks, strict=True))
+    ]
+
+
+def dot_kmeans_steps(
+    x: Tensor, centroids: Tensor, valid: Tensor, niter: int
+) -> tuple[Tensor, Tensor]:
+    """The iterations of :func:`dot_kmeans_heads`: samples ``x`` [H, n, D], starting centroids
+    [H, K, D] of which ``valid`` [H, K] are used; returns (centroids, labels [H, n]).
     Nothing is read back from the device (sums and counts by one ``index_add_``; a
     ``bincount`` would wait for the device to size its output)."""
-    k = len(centroids)
-    with_ones = torch.cat([x, torch.ones_like(x[:, :1])], 1)  # the last column counts
+    heads, most = valid.shape
+    flat = torch.cat([x, torch.ones_like(x[..., :1])], 2).flatten(0, 1)  # last column counts
+    offset = torch.arange(heads, device=x.device)[:, None] * most
+    unused = torch.zeros_like(valid, dtype=x.dtype).masked_fill(~valid, -torch.inf)[:, None]
+
+    def assign(centroids: Tensor) -> Tensor:
+        return (x @ centroids.transpose(1, 2) + unused).argmax(2)
+
     for _ in range(niter):
-        assignments = (x @ centroids.T).argmax(1)
-        sums = x.new_zeros(k, x.shape[1] + 1).index_add_(0, assignments, with_ones)
-        counts = sums[:, -1:]
-        means = sums[:, :-1] / counts.clamp(min=1)
-        centroids = F.normalize(torch.where(counts > 0, means, centroids), dim=1)
-    return centroids, (x @ centroids.T).argmax(1)
+        slots = (assign(centroids) + offset).flatten()
+        sums = flat.new_zeros(heads * most, flat.shape[1]).index_add_(0, slots, flat)
+        sums = sums.view(heads, most, -1)
+        counts = sums[..., -1:]
+        means = sums[..., :-1] / counts.clamp(min=1)
+        centroids = F.normalize(torch.where(counts > 0, means, centroids), dim=2)
+    return centroids, assign(centroids)
 
 
 def gather(t: Tensor) -> Tensor:
@@ -195,12 +253,12 @@ def clustering_metrics(
     if previous is not None:
         both = previous >= 0
         if both.any():
-            out["nmi_prev"] = normalized_mutual_info_score(previous[both], assignments[both])
-            out["ari_prev"] = adjusted_rand_score(previous[both], assignments[both])
+            out["nmi_prev"] = normalized_mutual_info(previous[both], assignments[both])
+            out["ari_prev"] = adjusted_rand_index(previous[both], assignments[both])
     if true is not None:
         known = true != UNKNOWN
         if known.any():
-            out["nmi_true"] = normalized_mutual_info_score(true[known], assignments[known])
+            out["nmi_true"] = normalized_mutual_info(true[known], assignments[known])
     return out
 
 
@@ -464,37 +522,53 @@ class KMeansPseudoLabels(L.Callback):
         labels = torch.full((num_cases, len(self._sizes)), UNKNOWN, dtype=torch.long)
         previous = self._labels
         picked = torch.from_numpy(rows)
-        device = self._faiss_device(pl_module) if self.algorithm == "spherical" else None
         centroids, metrics = {}, {"kmeans/samples": float(len(rows))}
         start = time.perf_counter()
-        with faiss_threads(self.threads or available_cores()):
-            for j, (head, k) in enumerate(self._sizes.items()):
-                try:
-                    if self.algorithm == "authors":
-                        c, a, objective = dot_kmeans(
-                            features[head], k, self.niter, self.seed + epoch, pl_module.device
-                        )
-                    else:
-                        c, a, objective = kmeans(
-                            features[head],
-                            k,
-                            self.niter,
-                            self.nredo,
-                            self.seed + epoch,
-                            device,
-                            self._gpu_resources,
-                        )
-                except ValueError as e:
-                    msg = f"k-means pseudo-labels of head {head!r} (K = {k}) at epoch {epoch}: {e}"
-                    return {"error": msg}
-                centroids[head] = torch.from_numpy(c)
-                labels[picked, j] = torch.from_numpy(a)
-                prev = previous[picked, j].numpy() if previous is not None else None
-                head_true = true[rows, HEAD_NAMES.index(head)] if head in HEAD_NAMES else None
-                stats = {"objective": objective, **clustering_metrics(a, prev, head_true, k)}
-                metrics.update({f"kmeans/{head}/{name}": v for name, v in stats.items()})
+        try:
+            found = self._kmeans(pl_module, features, epoch)
+        except ValueError as e:
+            return {"error": str(e)}
+        for j, (head, (c, a, objective)) in enumerate(found.items()):
+            centroids[head] = torch.from_numpy(c)
+            labels[picked, j] = torch.from_numpy(a)
+            prev = previous[picked, j].numpy() if previous is not None else None
+            head_true = true[rows, HEAD_NAMES.index(head)] if head in HEAD_NAMES else None
+            stats = {
+                "objective": objective,
+                **clustering_metrics(a, prev, head_true, self._sizes[head]),
+            }
+            metrics.update({f"kmeans/{head}/{name}": v for name, v in stats.items()})
         metrics["kmeans/seconds"] = time.perf_counter() - start
         return {"error": None, "labels": labels, "centroids": centroids, "metrics": metrics}
+
+    def _kmeans(
+        self, pl_module: L.LightningModule, features: dict[str, np.ndarray], epoch: int
+    ) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
+        """Every head's (centroids, assignments, objective); a ValueError names the head."""
+        seed, checked = self.seed + epoch, {}
+        for head, k in self._sizes.items():
+            try:
+                checked[head] = checked_features(features[head], k)
+            except ValueError as e:
+                raise ValueError(
+                    f"k-means pseudo-labels of head {head!r} (K = {k}) at epoch {epoch}: {e}"
+                ) from None
+        if self.algorithm == "authors":  # every head in one batch on the module's device
+            heads = list(self._sizes)
+            found = dot_kmeans_heads(
+                [checked[h] for h in heads],
+                list(self._sizes.values()),
+                self.niter,
+                seed,
+                pl_module.device,
+            )
+            return dict(zip(heads, found, strict=True))
+        device = self._faiss_device(pl_module)
+        with faiss_threads(self.threads or available_cores()):
+            return {
+                h: kmeans(checked[h], k, self.niter, self.nredo, seed, device, self._gpu_resources)
+                for h, k in self._sizes.items()
+            }
 
     def _faiss_device(self, pl_module: L.LightningModule) -> int | None:
         """This rank's CUDA ordinal when the module is on a GPU and FAISS has GPU support."""
