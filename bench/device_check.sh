@@ -5,8 +5,9 @@
 # the model alone, with host-device synchronisations counted; the device-view distribution
 # tests on the GPU; k-means seconds per pass; the data benchmark with its GPU row; the quick
 # start on the GPU (bf16, views on the GPU); the step with torch.compile; the stage-2 step
-# (frozen trunks, batch 256) with views from CPU workers and on the GPU; and the k-means share
-# of an epoch of either stage at Derm7pt size. Each part has its own time limit (a failed or
+# (frozen trunks, batch 256) with views from CPU workers and on the GPU; short stage-2 fits of
+# the published config with either k-means, reporting the callback's own share of an epoch;
+# and the k-means share of an epoch of either stage at each step benchmark's rate. Each part has its own time limit (a failed or
 # late part is reported and the rest still run). Writes machine.txt and results.json (every
 # part's JSON) into OUT_DIR.
 #
@@ -17,7 +18,8 @@
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl &&
 #   export PYTHONPATH=/tmp/site && bash bench/device_check.sh $OUT 2>&1 | tee $OUT/log.txt
 # PARTS (e.g. PARTS="step-device data") runs only those parts: step-cpu, step-device,
-# step-device-compiled, tests, kmeans, data, quickstart, compile, stage2-cpu, stage2-device.
+# step-device-compiled, tests, kmeans, data, quickstart, compile, stage2-cpu, stage2-device,
+# stage2-fit-spherical, stage2-fit-authors.
 # DEVICE, BACKBONE, SIZE, BATCH, BATCH2 (stage 2), STEPS, CASES and KMEANS_ARGS override the
 # defaults (a CPU dry run: DEVICE=cpu BACKBONE=resnet18 SIZE=64 BATCH=8 BATCH2=16 STEPS=2
 # CASES=64 KMEANS_ARGS='--repeats 1 --sklearn-max 1000'; the quick-start part runs on GPUs only).
@@ -98,6 +100,44 @@ part stage2-cpu "stage-2 step: views in CPU workers" 120 "${step2[@]}" \
   --out "$work/step2_cpu_views.json"
 part stage2-device "stage-2 step: views on the device, compiled" 150 "${step2[@]}" \
   --augment-on device --compile-views --out "$work/step2_device_views.json"
+stage2_fit() {  # stage2_fit ALGORITHM: 6 epochs of configs/sm3/stage2.yaml on synthetic data
+  # (413 training pairs, random frozen trunks); prints the k-means callback's own timings
+  local dir="$work/fit-$1" size=${SIZE:-224}
+  mkdir -p "$dir"
+  printf '%s\n' "trainer:" "  callbacks:" "    - class_path: skinssl.callbacks.KMeansPseudoLabels" \
+    "      init_args: {features: memory_bank, niter: 10, algorithm: $1}" > "$dir/kmeans.yaml"
+  python3 -m skinssl.cli fit -c configs/sm3/stage2.yaml -c "$dir/kmeans.yaml" \
+    --trainer.accelerator "$([ "$device" = cuda ] && echo gpu || echo cpu)" \
+    --trainer.precision "$([ "$device" = cuda ] && echo bf16-mixed || echo 32-true)" \
+    --trainer.max_epochs 6 --trainer.enable_progress_bar false \
+    --trainer.logger.init_args.save_dir "$dir" --model.init_args.pretrained null \
+    --model.init_args.weights null --model.init_args.backbone "${BACKBONE:-resnet50}" \
+    --data skinssl.datamodules.SyntheticDerm7ptDataModule \
+    --data.init_args.root data/device-check-step --data.init_args.image_size "$size" \
+    --data.init_args.cache_size $((size * 8 / 7)) --data.init_args.augment_on "$device_views" &&
+    python3 - "$dir" "$1" "$work/stage2_fit_$1.json" <<'PY'
+import json, statistics, sys
+from pathlib import Path
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+logs, algorithm, out = sys.argv[1:]
+events = EventAccumulator(str(next(Path(logs).rglob("events.out.tfevents.*")).parent),
+                          size_guidance={"scalars": 0}).Reload()
+tags = ("kmeans/seconds", "kmeans/features_seconds", "kmeans/epoch_share")
+rows = {t: [e.value for e in events.Scalars(t)] for t in tags}
+later = {t: statistics.median(v[1:]) for t, v in rows.items() if len(v) > 1}  # not the first
+print(f"{algorithm}: per epoch " + ", ".join(f"{t} {[round(x, 4) for x in v]}" for t, v in rows.items()))
+print(f"{algorithm}: median after the first clustering: k-means {later['kmeans/seconds']:.4f} s,"
+      f" features {later['kmeans/features_seconds']:.4f} s,"
+      f" share of the epoch {100 * later['kmeans/epoch_share']:.2f} %")
+Path(out).write_text(json.dumps({"algorithm": algorithm, "per_epoch": rows, "median": later}))
+PY
+}
+device_views=$([ "$device" = cuda ] && echo device || echo cpu)
+for algorithm in spherical authors; do
+  part "stage2-fit-$algorithm" "stage-2 fit, $algorithm k-means: the callback's share" 150 \
+    bash -c "$(declare -f stage2_fit); device=$device device_views=$device_views \
+      work=$work stage2_fit $algorithm"
+done
 echo "== k-means share of an epoch (413 training pairs) at each step benchmark's rate"
 echo "   (step: stage 1, step2: stage 2)"
 python3 - "$work" <<'PY' || failed+=("the k-means share")
