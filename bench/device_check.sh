@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# The checks that need a GPU (parts of 30-180 s; all of them about 10 minutes on one H200,
-# so choose with PARTS): the stage-1 step at the published recipe (ResNet-50 x2, 224 px,
-# batch 96, bf16, channels-last) with views made in CPU workers and on the GPU, each against
-# the model alone, with host-device synchronisations counted; the device-view distribution
-# tests on the GPU; k-means seconds per pass; the data benchmark with its GPU row; the quick
-# start on the GPU (bf16, views on the GPU); the step with torch.compile; the stage-2 step
-# (frozen trunks, batch 256) with views from CPU workers and on the GPU; short stage-2 fits of
-# the published config with either k-means, reporting the callback's own share of an epoch;
-# and the k-means share of an epoch of either stage at each step benchmark's rate. Each part has its own time limit (a failed or
-# late part is reported and the rest still run). Writes machine.txt and results.json (every
-# part's JSON) into OUT_DIR.
+# The checks that need a GPU, in parts with time limits of 90-180 s that add up to about 27
+# minutes, more than one lease allows: choose with PARTS, about 570 s of limits per call. The
+# first part that runs also makes the synthetic images (data/ does not travel). The parts:
+# the stage-1 step at the published recipe (ResNet-50 x2, 224 px, batch 96, bf16,
+# channels-last) with views made in CPU workers and on the GPU, each against the model alone,
+# with host-device synchronisations counted; the device-view distribution tests on the GPU;
+# k-means seconds per pass; the data benchmark with its GPU row; the quick start on the GPU
+# (bf16, views on the GPU); the step with torch.compile; the stage-2 step (frozen trunks,
+# batch 256) with views from CPU workers and on the GPU; short stage-2 fits of the published
+# config with either k-means, reporting the callback's own share of an epoch; and the k-means
+# share of an epoch of either stage at each step benchmark's rate. A failed or late part is
+# reported and the rest still run. Writes machine.txt and results.json (every part's JSON)
+# into OUT_DIR.
 #
 #   bash bench/device_check.sh OUT_DIR
 #
@@ -110,6 +112,7 @@ stage2_fit() {  # stage2_fit ALGORITHM: 6 epochs of configs/sm3/stage2.yaml on s
     --trainer.accelerator "$([ "$device" = cuda ] && echo gpu || echo cpu)" \
     --trainer.precision "$([ "$device" = cuda ] && echo bf16-mixed || echo 32-true)" \
     --trainer.max_epochs 6 --trainer.enable_progress_bar false \
+    --trainer.enable_checkpointing false \
     --trainer.logger.init_args.save_dir "$dir" --model.init_args.pretrained null \
     --model.init_args.weights null --model.init_args.backbone "${BACKBONE:-resnet50}" \
     --data skinssl.datamodules.SyntheticDerm7ptDataModule \

@@ -25,6 +25,9 @@ from skinssl.datamodules.views import (
 )
 
 H, W, N, SIZE = 96, 144, 600, 48
+# The device side draws from the device's random stream, so on a GPU it is a fresh sample:
+# limits are set for about 1 false failure in 1000 runs per check, not tuned to one seed.
+KS_LIMIT = 1.95 * np.sqrt(2 / N)  # two-sample Kolmogorov-Smirnov critical value, alpha 0.001
 DEVICE = torch.device(os.environ.get("SKINSSL_TEST_DEVICE", "cpu"))
 YY, XX = np.mgrid[0:H, 0:W]
 
@@ -67,7 +70,7 @@ def test_crop_geometry_and_flips_match() -> None:
         return v[:, 0].mean((1, 2)) / 255
 
     for stat in (width, height, centre):
-        assert ks(stat(cpu), stat(dev)) < 0.1, stat.__name__
+        assert ks(stat(cpu), stat(dev)) < KS_LIMIT, stat.__name__
 
     def flipped(v: np.ndarray) -> float:
         return float((v[:, 0, :, -1].mean(1) < v[:, 0, :, 0].mean(1)).mean())
@@ -99,7 +102,9 @@ def test_colour_statistics_match_under_stage1_views() -> None:
     def gray(v: np.ndarray) -> float:
         return float((np.abs(v[:, 0] - v[:, 1]).max((1, 2)) < 2).mean())
 
-    assert gray(cpu) == pytest.approx(gray(dev), abs=0.05)
+    four_sd = 4 * np.sqrt(views.p_grayscale * (1 - views.p_grayscale) / N)
+    assert gray(cpu) == pytest.approx(views.p_grayscale, abs=four_sd)
+    assert gray(dev) == pytest.approx(views.p_grayscale, abs=four_sd)
 
 
 def test_crops_stay_inside_each_image() -> None:

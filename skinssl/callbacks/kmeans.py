@@ -203,8 +203,11 @@ def dot_kmeans_steps(
 ) -> tuple[Tensor, Tensor]:
     """The iterations of :func:`dot_kmeans_heads`: samples ``x`` [H, n, D], starting centroids
     [H, K, D] of which ``valid`` [H, K] are used; returns (centroids, labels [H, n]).
-    Nothing is read back from the device (sums and counts by one ``index_add_``; a
-    ``bincount`` would wait for the device to size its output)."""
+
+    Sums and counts come from one ``index_add_``: nothing is read back from the device (a
+    ``bincount`` would wait for the device to size its output). On a GPU its additions run in
+    a varying order unless deterministic algorithms are on (``trainer.deterministic: true``),
+    as for the training step's own kernels."""
     heads, most = valid.shape
     flat = torch.cat([x, torch.ones_like(x[..., :1])], 2).flatten(0, 1)  # last column counts
     offset = torch.arange(heads, device=x.device)[:, None] * most
