@@ -235,6 +235,15 @@ def test_authors_kmeans_weights_members_by_norm() -> None:
     assert abs(float(sph @ raw)) < 0.99  # the spherical centroid points elsewhere
 
 
+def test_feature_check_counts_non_finite_values_only() -> None:
+    x = np.zeros((4, 3), np.float32)
+    x[0, :2] = np.finfo(np.float32).max  # finite, though their float32 sum overflows
+    assert km.checked_features(x, 2) is not None
+    x[1, 0], x[2, 1] = np.inf, -np.inf  # inf - inf: a NaN sum
+    with pytest.raises(ValueError, match="2 non-finite"):
+        km.checked_features(x, 2)
+
+
 def test_authors_kmeans_errors() -> None:
     with pytest.raises(ValueError, match="K = 5 clusters needs at least 5 samples, got 3"):
         km.dot_kmeans(np.ones((3, 4), np.float32), 5)
