@@ -225,6 +225,26 @@ def test_authors_kmeans_of_several_heads_at_once_equals_one_at_a_time() -> None:
         km.dot_kmeans_heads([feats[0], feats[1][:23]], [2, 2])
 
 
+def test_authors_kmeans_runs_at_full_float32_precision(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not TF32, which the CLI allows for training; the setting is restored afterwards."""
+    seen = []
+    steps = km.dot_kmeans_steps
+
+    def recording(*args: object) -> object:
+        seen.append(torch.get_float32_matmul_precision())
+        return steps(*args)
+
+    monkeypatch.setattr(km, "dot_kmeans_steps", recording)
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        km.dot_kmeans(blobs(10, 2, 8, seed=0)[0], 2)
+        assert seen == ["highest"]
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
 def test_authors_kmeans_weights_members_by_norm() -> None:
     """Unlike spherical k-means, a long member pulls its centroid harder."""
     x = np.array([[1, 0], [0, 1], [10, 0]], np.float32)  # one cluster: the mean of raw rows

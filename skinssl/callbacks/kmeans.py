@@ -190,8 +190,9 @@ def dot_kmeans_batch(
         x[h, :, : f.shape[1]] = torch.from_numpy(f)
         start[h, :k], valid[h, :k] = x[h, order[:k]], True
     x = x.to(device)
-    centroids, assignments = dot_kmeans_steps(x, start.to(device), valid.to(device), niter)
-    dots = (x @ centroids.transpose(1, 2)).gather(2, assignments[..., None])[..., 0]
+    with full_float32():
+        centroids, assignments = dot_kmeans_steps(x, start.to(device), valid.to(device), niter)
+        dots = (x @ centroids.transpose(1, 2)).gather(2, assignments[..., None])[..., 0]
     cosine = (dots / x.norm(dim=2).clamp(min=1e-12)).mean(1).cpu()
     centroids, assignments = centroids.cpu().numpy(), assignments.cpu().numpy()
     return [
@@ -226,6 +227,19 @@ def dot_kmeans_steps(
         means = sums[..., :-1] / counts.clamp(min=1)
         centroids = F.normalize(torch.where(counts > 0, means, centroids), dim=2)
     return centroids, assign(centroids)
+
+
+@contextmanager
+def full_float32() -> Iterator[None]:
+    """float32 matrix products at full precision, then the previous setting: the CLI allows
+    TF32 for training, whose 10-bit mantissa could flip the k-means' near-tied assignments
+    (the authors' code ran without it)."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 def gather(t: Tensor) -> Tensor:
