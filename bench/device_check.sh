@@ -103,14 +103,14 @@ part stage2-cpu "stage-2 step: views in CPU workers" 120 "${step2[@]}" \
 part stage2-device "stage-2 step: views on the device, compiled" 150 "${step2[@]}" \
   --augment-on device --compile-views --out "$work/step2_device_views.json"
 stage2_fit() {  # stage2_fit ALGORITHM: 6 epochs of configs/sm3/stage2.yaml on synthetic data
-  # (413 training pairs, random frozen trunks); prints the k-means callback's own timings
+  # (413 training pairs, random frozen trunks, the config's 32-bit precision with TF32, as the
+  # authors); prints the k-means callback's own timings
   local dir="$work/fit-$1" size=${SIZE:-224}
   mkdir -p "$dir"
   printf '%s\n' "trainer:" "  callbacks:" "    - class_path: skinssl.callbacks.KMeansPseudoLabels" \
     "      init_args: {features: memory_bank, niter: 10, algorithm: $1}" > "$dir/kmeans.yaml"
   python3 -m skinssl.cli fit -c configs/sm3/stage2.yaml -c "$dir/kmeans.yaml" \
     --trainer.accelerator "$([ "$device" = cuda ] && echo gpu || echo cpu)" \
-    --trainer.precision "$([ "$device" = cuda ] && echo bf16-mixed || echo 32-true)" \
     --trainer.max_epochs 6 --trainer.enable_progress_bar false \
     --trainer.enable_checkpointing false \
     --trainer.logger.init_args.save_dir "$dir" --model.init_args.pretrained null \
