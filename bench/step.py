@@ -163,6 +163,7 @@ def main() -> None:
     parser.add_argument("--profile-views", action="store_true")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message=".*self.log.*")  # no Trainer attached
+    torch.set_float32_matmul_precision("high")  # as skinssl's CLI: TF32 in 32-bit runs
 
     device = torch.device(args.device)
     dtype = PRECISION[args.precision]
