@@ -129,7 +129,8 @@ events = EventAccumulator(str(next(Path(logs).rglob("events.out.tfevents.*")).pa
 tags = ("kmeans/seconds", "kmeans/features_seconds", "kmeans/epoch_share")
 rows = {t: [e.value for e in events.Scalars(t)] for t in tags}
 later = {t: statistics.median(v[1:]) for t, v in rows.items() if len(v) > 1}  # not the first
-print(f"{algorithm}: per epoch " + ", ".join(f"{t} {[round(x, 4) for x in v]}" for t, v in rows.items()))
+print(f"{algorithm}: per epoch "
+      + ", ".join(f"{t} {[round(x, 4) for x in v]}" for t, v in rows.items()))
 print(f"{algorithm}: median after the first clustering: k-means {later['kmeans/seconds']:.4f} s,"
       f" features {later['kmeans/features_seconds']:.4f} s,"
       f" share of the epoch {100 * later['kmeans/epoch_share']:.2f} %")
