@@ -202,9 +202,12 @@ def test_a_cache_larger_than_the_free_gpu_memory_is_a_clear_error(monkeypatch) -
 
     store = [np.zeros((462, 718, 3), np.uint8)] * 4  # 3.8 MiB in all
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (2**20, 2**30))
-    expected = r"needs 3.8 MiB on cuda for the 4 cached images \(462 x 718 each\), and 1.0 MiB"
-    with pytest.raises(ValueError, match=expected + r" is free there; use augment_on: cpu"):
-        DeviceImages(store, torch.device("cuda"))
+    expected = (
+        r"needs 13.3 MiB on cuda: 3.8 MiB for the 4 cached images \(462 x 718 each\) and "
+        r"9.5 MiB to make views of a batch of 2; 1.0 MiB is free there. Use augment_on: cpu"
+    )
+    with pytest.raises(ValueError, match=expected):
+        DeviceImages(store, torch.device("cuda"), batch=2)
 
 
 def test_shrinking_is_anti_aliased_on_both_paths() -> None:

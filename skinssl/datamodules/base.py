@@ -355,7 +355,8 @@ class PairedDataModule(L.LightningDataModule):
         device = batch["derm_id"].device
         if self._device_images is None or self._device_images.images.device != device:
             assert self._store is not None
-            self._device_images = DeviceImages(self._store, device, self._device_layout()[0])
+            keep = self._device_layout()[0]
+            self._device_images = DeviceImages(self._store, device, keep, self.batch_size)
         seed = batch.pop("views_seed", None)
         if seed is None:  # called without the hook before the transfer (values read back)
             seed = self._batch_seed(batch)

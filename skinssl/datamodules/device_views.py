@@ -242,18 +242,26 @@ class DeviceImages:
     """
 
     def __init__(
-        self, store: ImageStore, device: torch.device, keep: Iterable[int] | None = None
+        self,
+        store: ImageStore,
+        device: torch.device,
+        keep: Iterable[int] | None = None,
+        batch: int = 0,
     ) -> None:
-        """The images ``keep`` of ``store`` (all by default), in that order."""
+        """The images ``keep`` of ``store`` (all by default), in that order. On a GPU, first a
+        clear error unless its free memory holds them and the working copy that views of
+        ``batch`` of them need (their slots gathered, then as float: 5 bytes a value)."""
         arrays = [store[int(i)] for i in (range(len(store)) if keep is None else keep)]
         height = max(a.shape[0] for a in arrays)
         width = max(a.shape[1] for a in arrays)
-        need = len(arrays) * 3 * height * width
-        if device.type == "cuda" and need > (free := torch.cuda.mem_get_info(device)[0]):
+        cache = len(arrays) * 3 * height * width  # uint8
+        work = batch * 3 * height * width * 5  # a batch's slots gathered (uint8), then as float
+        if device.type == "cuda" and cache + work > (free := torch.cuda.mem_get_info(device)[0]):
             raise ValueError(
-                f"augment_on: device needs {_size(need)} on {device} for the {len(arrays)} "
-                f"cached images ({height} x {width} each), and {_size(free)} is free there; "
-                "use augment_on: cpu, or a smaller cache_size"
+                f"augment_on: device needs {_size(cache + work)} on {device}: {_size(cache)} for "
+                f"the {len(arrays)} cached images ({height} x {width} each) and {_size(work)} to "
+                f"make views of a batch of {batch}; {_size(free)} is free there. Use "
+                "augment_on: cpu, or a smaller cache_size or batch_size"
             )
         self.images = torch.empty(len(arrays), 3, height, width, dtype=torch.uint8, device=device)
         for i, a in enumerate(arrays):
