@@ -40,9 +40,11 @@ def test_equal_to_sklearn(case: int) -> None:
     assert adjusted_rand_index(a, b) == pytest.approx(adjusted_rand_score(a, b), abs=1e-12)
 
 
-def test_contingency_counts_and_drops_empty_labels() -> None:
+def test_contingency_counts_by_label_order() -> None:
     table = contingency(np.array([0, 0, 3, 3, 3]), np.array([1, 2, 1, 1, 1]))
     np.testing.assert_array_equal(table, [[1, 1], [3, 0]])
+    big = np.array([0, 10**12, 3], np.uint64)  # sized by the labels present, not their values
+    np.testing.assert_array_equal(contingency(big, big[::-1]), [[0, 1, 0], [1, 0, 0], [0, 0, 1]])
 
 
 @pytest.mark.parametrize(

@@ -163,10 +163,12 @@ def test_kmeans_errors() -> None:
         km.kmeans(x, 2)
 
 
-def authors_reference(x: np.ndarray, k: int, niter: int, seed: int):
-    """METHOD.md §4.2 as a float64 loop: the same K starting samples, dot-product E-steps,
-    mean M-steps over raw members, empty clusters keep their centroid, normalise every step."""
-    start = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:k].numpy()
+def authors_reference(x: np.ndarray, k: int, niter: int, seed: int, head: int = 0):
+    """METHOD.md §4.2 as a float64 loop: the same K starting samples (the ``head``-th draw of
+    the seeded generator), dot-product E-steps, mean M-steps over raw members, empty clusters
+    keep their centroid, normalise every step."""
+    gen = torch.Generator().manual_seed(seed)
+    start = [torch.randperm(len(x), generator=gen) for _ in range(head + 1)][-1][:k].numpy()
     x = x.astype(np.float64)
     c = x[start].copy()
     empty = 0
@@ -202,15 +204,15 @@ def test_authors_kmeans_matches_a_direct_loop(data: str) -> None:
 
 def test_authors_kmeans_of_several_heads_at_once_equals_one_at_a_time() -> None:
     """Heads with other K and D, batched (zero-padded) or in batches of one, give each head's
-    own result."""
+    own result, from its own random start."""
     rng = np.random.default_rng(2)
     shapes = [(4, 16), (2, 8), (3, 16)]
     feats = [blobs(24 // k, k, d, seed=s)[0] for s, (k, d) in enumerate(shapes)]  # 24 rows each
     feats[1] = feats[1] * rng.uniform(0.5, 3, (24, 1)).astype(np.float32)
     ks = [4, 2, 3]
     found = km.dot_kmeans_heads(feats, ks, niter=10, seed=5)
-    for (c, a, objective), x, k in zip(found, feats, ks, strict=True):
-        ref_c, ref_a, _ = authors_reference(x, k, 10, seed=5)
+    for head, ((c, a, objective), x, k) in enumerate(zip(found, feats, ks, strict=True)):
+        ref_c, ref_a, _ = authors_reference(x, k, 10, seed=5, head=head)
         assert c.shape == ref_c.shape
         np.testing.assert_array_equal(a, ref_a)
         np.testing.assert_allclose(c, ref_c, atol=1e-5)
@@ -345,6 +347,34 @@ def test_callback_names_head_and_epoch_on_bad_features(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ two ranks
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_failure_on_rank_0_reaches_every_rank(rank: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rank 0 takes part in the broadcast before it raises (the others would wait for it
+    forever), and the other ranks raise too, naming rank 0's error."""
+    from types import SimpleNamespace
+
+    broadcasts = []
+
+    def broadcast(obj: object, src: int) -> object:
+        broadcasts.append(obj)
+        return {"error": "RuntimeError on rank 0: CUDA out of memory"} if rank else obj
+
+    cb = KMeansPseudoLabels()
+    monkeypatch.setattr(cb, "_features", lambda trainer, module: (np.arange(4), {}))
+
+    def out_of_memory(*args: object) -> None:
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(cb, "_cluster_rank0", out_of_memory)
+    trainer = SimpleNamespace(
+        current_epoch=0, is_global_zero=rank == 0, strategy=SimpleNamespace(broadcast=broadcast)
+    )
+    expected = "^CUDA out of memory$" if rank == 0 else "k-means pseudo-labels: RuntimeError on"
+    with pytest.raises(RuntimeError, match=expected):
+        cb.cluster(trainer, ToyModule())  # type: ignore[arg-type]
+    assert len(broadcasts) == 1
+
+
 def test_two_ranks_identical_labels(tmp_path: Path) -> None:
     """ddp_spawn on gloo, 7 training cases (the sampler pads one); pass, then the bank."""
     dm = make_dm(tmp_path, n_train=7)

@@ -135,8 +135,9 @@ def kmeans(
 def dot_kmeans(
     features: np.ndarray, k: int, niter: int = 10, seed: int = 0, device: str | torch.device = "cpu"
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """The authors' k-means (METHOD.md §4.2) of one head: :func:`dot_kmeans_heads` of it."""
-    return dot_kmeans_heads([features], [k], niter, seed, device)[0]
+    """The authors' k-means (METHOD.md §4.2) of one head: :func:`dot_kmeans_heads` of its
+    :func:`checked_features`."""
+    return dot_kmeans_heads([checked_features(features, k)], [k], niter, seed, device)[0]
 
 
 def dot_kmeans_heads(
@@ -149,8 +150,9 @@ def dot_kmeans_heads(
 ) -> list[tuple[np.ndarray, np.ndarray, float]]:
     """The authors' k-means (METHOD.md §4.2) of several heads at once, in torch on ``device``.
 
-    Head ``h`` clusters ``features[h]`` [n, D_h] (the same n for all) into ``ks[h]`` clusters.
-    Each starts from K random samples as they are (the same draw for every head); each
+    Head ``h`` clusters ``features[h]``, a float32 [n, D_h] array that passed
+    :func:`checked_features` (the same n for all), into ``ks[h]`` clusters. Each head starts
+    from K random samples as they are, drawn in turn from one generator seeded ``seed``; each
     iteration assigns every sample to the centroid of largest dot product, sets each centroid
     to the mean of its (unnormalised) members, keeps an empty cluster's previous centroid and
     L2-normalises the centroids; a final assignment step gives the labels. Heads run in
@@ -160,35 +162,35 @@ def dot_kmeans_heads(
     """
     if niter < 1:
         raise ValueError(f"niter = {niter}: the authors' k-means needs at least 1 iteration")
-    checked = [checked_features(f, k) for f, k in zip(features, ks, strict=True)]
-    n = len(checked[0])
-    if any(len(x) != n for x in checked):
-        raise ValueError(f"every head needs the same samples; got {[len(x) for x in checked]}")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    per_batch = max(1, batch_bytes // (4 * n * max(x.shape[1] for x in checked)))
+    n = len(features[0])
+    if any(len(x) != n for x in features):
+        raise ValueError(f"every head needs the same samples; got {[len(x) for x in features]}")
+    gen = torch.Generator().manual_seed(seed)
+    starts = [torch.randperm(n, generator=gen)[:k] for k in ks]
+    per_batch = max(1, batch_bytes // (4 * n * max(x.shape[1] for x in features)))
     found = []
     for i in range(0, len(ks), per_batch):
         part = slice(i, i + per_batch)
-        found += dot_kmeans_batch(checked[part], ks[part], order, niter, device)
+        found += dot_kmeans_batch(features[part], ks[part], starts[part], niter, device)
     return found
 
 
 def dot_kmeans_batch(
     features: list[np.ndarray],
     ks: list[int],
-    order: Tensor,
+    starts: list[Tensor],
     niter: int,
     device: str | torch.device,
 ) -> list[tuple[np.ndarray, np.ndarray, float]]:
-    """:func:`dot_kmeans_heads` of checked features as one batch, starting from the samples
-    ``order[:k]``."""
+    """:func:`dot_kmeans_heads` of some heads as one batch, head ``h`` starting from the
+    samples ``starts[h]``."""
     dim, most = max(x.shape[1] for x in features), max(ks)
-    x = torch.zeros(len(ks), len(order), dim)
+    x = torch.zeros(len(ks), len(features[0]), dim)
     start = torch.zeros(len(ks), most, dim)
     valid = torch.zeros(len(ks), most, dtype=torch.bool)
-    for h, (f, k) in enumerate(zip(features, ks, strict=True)):
+    for h, (f, k, rows) in enumerate(zip(features, ks, starts, strict=True)):
         x[h, :, : f.shape[1]] = torch.from_numpy(f)
-        start[h, :k], valid[h, :k] = x[h, order[:k]], True
+        start[h, :k], valid[h, :k] = x[h, rows], True
     x = x.to(device)
     with full_float32():
         centroids, assignments = dot_kmeans_steps(x, start.to(device), valid.to(device), niter)
@@ -232,8 +234,7 @@ def dot_kmeans_steps(
 @contextmanager
 def full_float32() -> Iterator[None]:
     """float32 matrix products at full precision, then the previous setting: the CLI allows
-    TF32 for training, whose 10-bit mantissa could flip the k-means' near-tied assignments
-    (the authors' code ran without it)."""
+    TF32 for training, whose 10-bit mantissa could flip the k-means' near-tied assignments."""
     before = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("highest")
     try:
@@ -508,18 +509,23 @@ class KMeansPseudoLabels(L.Callback):
         start = time.perf_counter()
         rows, features = self._features(trainer, pl_module)
         features_s = time.perf_counter() - start
-        result = None
+        result, failure = None, None
         if trainer.is_global_zero:
-            result = self._cluster_rank0(trainer, pl_module, rows, features, epoch)
-            if result["error"] is None:
+            try:
+                result = self._cluster_rank0(trainer, pl_module, rows, features, epoch)
+            except Exception as e:  # every rank must get past the broadcast below, then raise
+                failure, result = e, {"error": f"{type(e).__name__} on rank 0: {e}"}
+            else:
                 metrics = result["metrics"]
                 metrics["kmeans/features_seconds"] = features_s
                 if self._epoch_seconds is not None:  # clustering / (clustering + training)
                     spent = features_s + metrics["kmeans/seconds"]
                     metrics["kmeans/epoch_share"] = spent / (spent + self._epoch_seconds)
         result = trainer.strategy.broadcast(result, src=0)
+        if failure is not None:
+            raise failure
         if result["error"]:
-            raise ValueError(result["error"])
+            raise RuntimeError(f"k-means pseudo-labels: {result['error']}")
         self._epoch = epoch
         self._labels = result["labels"]
         self._centroids = result["centroids"]
@@ -535,7 +541,7 @@ class KMeansPseudoLabels(L.Callback):
         features: dict[str, np.ndarray],
         epoch: int,
     ) -> dict[str, Any]:
-        """K-means of every head; a failure is returned (not raised) so every rank can raise."""
+        """K-means of every head, their statistics and the labels of every case."""
         num_cases = self._num_cases(trainer)
         true = np.asarray(trainer.datamodule.cases.labels)
         labels = torch.full((num_cases, len(self._sizes)), UNKNOWN, dtype=torch.long)
@@ -543,10 +549,7 @@ class KMeansPseudoLabels(L.Callback):
         picked = torch.from_numpy(rows)
         centroids, metrics = {}, {"kmeans/samples": float(len(rows))}
         start = time.perf_counter()
-        try:
-            found = self._kmeans(pl_module, features, epoch)
-        except ValueError as e:
-            return {"error": str(e)}
+        found = self._kmeans(pl_module, features, epoch)
         for j, (head, (c, a, objective)) in enumerate(found.items()):
             centroids[head] = torch.from_numpy(c)
             labels[picked, j] = torch.from_numpy(a)
@@ -564,30 +567,40 @@ class KMeansPseudoLabels(L.Callback):
         self, pl_module: L.LightningModule, features: dict[str, np.ndarray], epoch: int
     ) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
         """Every head's (centroids, assignments, objective); a ValueError names the head."""
-        seed, checked = self.seed + epoch, {}
-        for head, k in self._sizes.items():
-            try:
-                checked[head] = checked_features(features[head], k)
-            except ValueError as e:
-                raise ValueError(
-                    f"k-means pseudo-labels of head {head!r} (K = {k}) at epoch {epoch}: {e}"
-                ) from None
+        seed, heads, found = self.seed + epoch, list(self._sizes), {}
         if self.algorithm == "authors":  # every head in one batch on the module's device
-            heads = list(self._sizes)
-            found = dot_kmeans_heads(
-                [checked[h] for h in heads],
-                list(self._sizes.values()),
-                self.niter,
-                seed,
-                pl_module.device,
-            )
-            return dict(zip(heads, found, strict=True))
+            checked = []
+            for h in heads:
+                with self._naming(h, epoch):
+                    checked.append(checked_features(features[h], self._sizes[h]))
+            ks = [self._sizes[h] for h in heads]
+            batch = dot_kmeans_heads(checked, ks, self.niter, seed, pl_module.device)
+            return dict(zip(heads, batch, strict=True))
         device = self._faiss_device(pl_module)
         with faiss_threads(self.threads or available_cores()):
-            return {
-                h: kmeans(checked[h], k, self.niter, self.nredo, seed, device, self._gpu_resources)
-                for h, k in self._sizes.items()
-            }
+            for h in heads:
+                with self._naming(h, epoch):
+                    found[h] = kmeans(
+                        features[h],
+                        self._sizes[h],
+                        self.niter,
+                        self.nredo,
+                        seed,
+                        device,
+                        self._gpu_resources,
+                    )
+        return found
+
+    @contextmanager
+    def _naming(self, head: str, epoch: int) -> Iterator[None]:
+        """A ValueError raised inside names the head and the epoch."""
+        try:
+            yield
+        except ValueError as e:
+            raise ValueError(
+                f"k-means pseudo-labels of head {head!r} (K = {self._sizes[head]}) at epoch "
+                f"{epoch}: {e}"
+            ) from None
 
     def _faiss_device(self, pl_module: L.LightningModule) -> int | None:
         """This rank's CUDA ordinal when the module is on a GPU and FAISS has GPU support."""

@@ -12,8 +12,8 @@ import numpy as np
 
 
 def contingency(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Counts [i, j] of the cases labelled ``i`` in ``a`` and ``j`` in ``b``, without empty rows
-    or columns; ``a`` and ``b`` are equally long 1-D arrays of non-negative integers."""
+    """Counts [i, j] of the cases with the i-th smallest label in ``a`` and the j-th smallest
+    in ``b``; ``a`` and ``b`` are equally long 1-D arrays of non-negative integers."""
     a, b = np.asarray(a), np.asarray(b)
     if a.ndim != 1 or a.shape != b.shape or a.size == 0:
         raise ValueError(
@@ -23,10 +23,18 @@ def contingency(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         raise ValueError(f"labels must be integers; got {a.dtype} and {b.dtype}")
     if a.min() < 0 or b.min() < 0:
         raise ValueError("labels must be >= 0 (drop the unknown ones first)")
-    cols = int(b.max()) + 1
-    table = np.bincount(a.astype(np.int64) * cols + b, minlength=(int(a.max()) + 1) * cols)
-    table = table.reshape(-1, cols)
+    rows, cols = (codes(x) for x in (a, b))
+    shape = (int(rows.max()) + 1, int(cols.max()) + 1)
+    table = np.bincount(rows * shape[1] + cols, minlength=shape[0] * shape[1]).reshape(shape)
     return table[table.any(1)][:, table.any(0)]
+
+
+def codes(labels: np.ndarray) -> np.ndarray:
+    """Non-negative integer ``labels`` as int64 codes in the same order, at most about twice as
+    many as there are labels: as they are when already that small, else their ranks."""
+    if labels.max() < 2 * len(labels):
+        return labels.astype(np.int64)
+    return np.unique(labels, return_inverse=True)[1].astype(np.int64)
 
 
 def entropy(counts: np.ndarray) -> float:
