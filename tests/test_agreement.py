@@ -44,6 +44,7 @@ def test_contingency_counts_by_label_order() -> None:
     table = contingency(np.array([0, 0, 3, 3, 3]), np.array([1, 2, 1, 1, 1]))
     np.testing.assert_array_equal(table, [[1, 1], [3, 0]])
     big = np.array([0, 10**12, 3], np.uint64)  # sized by the labels present, not their values
+    assert contingency(np.arange(5000), np.arange(5000) % 2).shape == (5000, 2)
     np.testing.assert_array_equal(contingency(big, big[::-1]), [[0, 1, 0], [1, 0, 0], [0, 0, 1]])
 
 

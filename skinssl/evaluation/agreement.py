@@ -30,9 +30,9 @@ def contingency(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def codes(labels: np.ndarray) -> np.ndarray:
-    """Non-negative integer ``labels`` as int64 codes in the same order, at most about twice as
-    many as there are labels: as they are when already that small, else their ranks."""
-    if labels.max() < 2 * len(labels):
+    """Non-negative integer ``labels`` as small int64 codes in the same order: as they are when
+    all are below 1024 (cluster and class labels; the table stays small), else their ranks."""
+    if labels.max() < 1024:
         return labels.astype(np.int64)
     return np.unique(labels, return_inverse=True)[1].astype(np.int64)
 
