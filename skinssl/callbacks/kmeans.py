@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 from torchmetrics.utilities.distributed import gather_all_tensors
 
-from skinssl.evaluation.agreement import adjusted_rand_index, normalized_mutual_info
+from skinssl.evaluation.agreement import contingency, normalized_mutual_info, table_ari, table_nmi
 from skinssl.labels import HEAD_NAMES, UNKNOWN
 
 FeatureSource = Literal["pass", "memory_bank"]
@@ -273,8 +273,8 @@ def clustering_metrics(
     if previous is not None:
         both = previous >= 0
         if both.any():
-            out["nmi_prev"] = normalized_mutual_info(previous[both], assignments[both])
-            out["ari_prev"] = adjusted_rand_index(previous[both], assignments[both])
+            table = contingency(previous[both], assignments[both])  # once for both scores
+            out["nmi_prev"], out["ari_prev"] = table_nmi(table), table_ari(table)
     if true is not None:
         known = true != UNKNOWN
         if known.any():
@@ -567,7 +567,7 @@ class KMeansPseudoLabels(L.Callback):
         self, pl_module: L.LightningModule, features: dict[str, np.ndarray], epoch: int
     ) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
         """Every head's (centroids, assignments, objective); a ValueError names the head."""
-        seed, heads, found = self.seed + epoch, list(self._sizes), {}
+        seed, heads = self.seed + epoch, list(self._sizes)
         if self.algorithm == "authors":  # every head in one batch on the module's device
             checked = []
             for h in heads:
@@ -576,7 +576,7 @@ class KMeansPseudoLabels(L.Callback):
             ks = [self._sizes[h] for h in heads]
             batch = dot_kmeans_heads(checked, ks, self.niter, seed, pl_module.device)
             return dict(zip(heads, batch, strict=True))
-        device = self._faiss_device(pl_module)
+        device, found = self._faiss_device(pl_module), {}
         with faiss_threads(self.threads or available_cores()):
             for h in heads:
                 with self._naming(h, epoch):

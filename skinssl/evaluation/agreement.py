@@ -46,7 +46,17 @@ def entropy(counts: np.ndarray) -> float:
 def normalized_mutual_info(a: np.ndarray, b: np.ndarray) -> float:
     """Mutual information of ``a`` and ``b`` over the mean of their entropies; 1.0 when neither
     splits the cases, 0.0 when they share no information."""
-    table = contingency(a, b)
+    return table_nmi(contingency(a, b))
+
+
+def adjusted_rand_index(a: np.ndarray, b: np.ndarray) -> float:
+    """Rand index of ``a`` and ``b`` adjusted for chance: 1.0 for the same partition, about 0.0
+    for independent ones (may be negative)."""
+    return table_ari(contingency(a, b))
+
+
+def table_nmi(table: np.ndarray) -> float:
+    """:func:`normalized_mutual_info` from the labelings' :func:`contingency` table."""
     if table.shape == (1, 1):
         return 1.0
     n = table.sum()
@@ -59,10 +69,8 @@ def normalized_mutual_info(a: np.ndarray, b: np.ndarray) -> float:
     return mi / ((entropy(rows) + entropy(cols)) / 2)
 
 
-def adjusted_rand_index(a: np.ndarray, b: np.ndarray) -> float:
-    """Rand index of ``a`` and ``b`` adjusted for chance: 1.0 for the same partition, about 0.0
-    for independent ones (may be negative)."""
-    table = contingency(a, b)
+def table_ari(table: np.ndarray) -> float:
+    """:func:`adjusted_rand_index` from the labelings' :func:`contingency` table."""
 
     def pairs(counts: np.ndarray) -> float:
         return float((counts * (counts - 1)).sum() / 2)
