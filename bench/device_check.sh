@@ -108,8 +108,13 @@ stage2_fit() {  # stage2_fit ALGORITHM: 6 epochs of configs/sm3/stage2.yaml on s
   # prints the k-means callback's own timings
   local dir="$work/fit-$1" size=${SIZE:-224}
   mkdir -p "$dir"
-  printf '%s\n' "trainer:" "  callbacks:" "    - class_path: skinssl.callbacks.KMeansPseudoLabels" \
-    "      init_args: {features: memory_bank, niter: 10, algorithm: $1}" > "$dir/kmeans.yaml"
+  python3 - "$1" "$dir/kmeans.yaml" <<'PY' || return  # the config's k-means, this algorithm
+import sys, yaml
+config = yaml.safe_load(open("configs/sm3/stage2.yaml"))
+kmeans = [c for c in config["trainer"]["callbacks"] if "KMeansPseudoLabels" in c["class_path"]]
+kmeans[0]["init_args"]["algorithm"] = sys.argv[1]
+yaml.safe_dump({"trainer": {"callbacks": kmeans}}, open(sys.argv[2], "w"))  # no ModelCheckpoint
+PY
   python3 -m skinssl.cli fit -c configs/sm3/stage2.yaml -c "$dir/kmeans.yaml" \
     --trainer.accelerator "$([ "$device" = cuda ] && echo gpu || echo cpu)" \
     --trainer.max_epochs 6 --trainer.enable_progress_bar false \
