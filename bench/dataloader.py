@@ -6,8 +6,9 @@ Compares, with one loader worker and with one per core:
 - ours with ``cache: none``: the JPEG decoded on every access, albumentations views on uint8;
 - ours with ``cache: memory``: every image decoded once; only the views are made per access;
 - ``memory-derm-only``: the same for single-modality pretraining, no clinical views made;
-- ``device`` (with a GPU): ``augment_on: device``, the views made on the GPU a batch at a time;
-  ``device-compiled``: the same with ``compile_views``.
+- ``device`` (with a GPU): ``augment_on: device``, the views made on the GPU a batch at a time
+  (the training loader then has no workers: its batches are case ids); ``device-compiled``:
+  the same with ``compile_views``. They are compared with the reference on every core.
 Prints a table and writes JSON.
 
     python bench/dataloader.py                      # synthetic data at Derm7pt's image size
@@ -140,7 +141,7 @@ def main() -> None:
     pipelines = ["reference", "none", "memory", "memory-derm-only"]
     pipelines += ["device", "device-compiled"] if torch.cuda.is_available() else []
     for cache in pipelines:
-        for workers in sorted({1, cores}):
+        for workers in [0] if cache.startswith("device") else sorted({1, cores}):
             kwargs = dict(cache="none" if cache == "reference" else cache, num_workers=workers)
             if cache.startswith("device"):
                 kwargs.update(cache="memory", augment_on="device")
@@ -176,7 +177,7 @@ def main() -> None:
     print("\n| pipeline | workers | pairs/s | views/s | vs reference | setup s |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        r["speedup_vs_reference"] = r["pairs_per_s"] / base[r["workers"]]
+        r["speedup_vs_reference"] = r["pairs_per_s"] / base[r["workers"] or cores]
         setup = f"{r['setup_s']:.1f}" if r["cache"] not in ("reference", "none") else "–"
         print(
             f"| {r['cache']} | {r['workers']} | {r['pairs_per_s']:.1f} "

@@ -207,7 +207,7 @@ def main() -> None:
 
     rows = {
         "model alone (pre-made batch)": alone(),
-        f"full pipeline ({workers} workers, views on {args.augment_on})": full(),
+        f"full pipeline ({loader.num_workers} workers, views on {args.augment_on})": full(),
     }
     check = args.sync_check and device.type == "cuda"
     syncs = (
@@ -238,7 +238,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "device": str(device),
         **{k: v for k, v in vars(args).items() if k not in ("out", "root")},
-        "workers": workers,
+        "workers": loader.num_workers,
     }
     result = {
         "meta": meta,

@@ -156,6 +156,10 @@ def test_datamodule_makes_training_views_on_the_device(tmp_path) -> None:
     assert not torch.equal(dev["derm"][0], other["derm"][0])
     with pytest.raises(ValueError, match="needs the decoded-image cache"):
         dm_for(make_csv(tmp_path, n=20), augment_on="device", cache="none")
+    # training batches are case ids: made in this process; evaluation still uses the workers
+    dm = dm_for(make_csv(tmp_path, n=20), augment_on="device", num_workers=2)
+    dm.setup("fit")
+    assert dm.train_dataloader().num_workers == 0 and dm.val_dataloader().num_workers == 2
 
 
 def test_each_case_gets_views_of_its_own_images_and_only_training_images_go(

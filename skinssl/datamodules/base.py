@@ -70,7 +70,8 @@ class PairedDataModule(L.LightningDataModule):
     Args:
         batch_size: training batch size per device.
         eval_batch_size: validation/test/predict batch size (default: ``batch_size``).
-        num_workers: loader workers (default: one per available core, at most 8).
+        num_workers: loader workers (default: one per available core, at most 8). Training
+            with ``augment_on: device`` uses none: its batches are case ids.
         image_size: side of the square views fed to the model.
         derm_views: training views of the dermoscopic image (count and augmentations).
         clinic_views: training views of the clinical image (default: same as ``derm_views``).
@@ -268,15 +269,17 @@ class PairedDataModule(L.LightningDataModule):
     def loader(self, dataset: PairDataset | PairKeys, train: bool) -> DataLoader:
         """A DataLoader with seeded workers, pinned memory and kept workers.
 
-        Training: a :class:`ResumableLoader` whose order (per epoch) and views (per case and
+        Training: a :class:`ResumableLoader` (in this process when its items are case ids
+        for the device views) whose order (per epoch) and views (per case and
         epoch) follow from the run's seed alone, whatever the worker count, that shards the
         cases over the ranks and resumes mid-epoch from a checkpoint.
         """
         world = self.trainer.world_size if self.trainer is not None else 1
+        workers = 0 if train and isinstance(dataset, PairKeys) else self.num_workers
         common = dict(
-            num_workers=self.num_workers,
+            num_workers=workers,
             pin_memory=torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=workers > 0,
             worker_init_fn=one_thread_worker,
         )
         if not train:
