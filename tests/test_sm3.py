@@ -98,8 +98,13 @@ def test_finetune_settings_from_stage2(pretrained, tmp_path: Path, setting: str)
     )
     state = torch.load(stage2, weights_only=True)["state_dict"]
     assert not model.encoder.training or setting == "finetune"  # frozen parts in eval mode
-    for h in CRITERIA:  # clustered heads start from the last centroids
+    for h in CRITERIA:  # clustered heads start from the stage-2 prototypes, zero bias
         torch.testing.assert_close(model.classifiers[h].weight, state[f"prototypes.{h}.weight"])
+        assert not model.classifiers[h].bias.any()
+    if setting != "linear":  # DIAG was not clustered: N(0, 0.01), zero bias (METHOD.md 5.1)
+        diag = model.classifiers["DIAG"]
+        assert 0.008 < diag.weight.std() < 0.012 and abs(diag.weight.mean()) < 0.004
+        assert not diag.bias.any()
     trunk = {k: v.clone() for k, v in model.encoder.state_dict().items()}
     relation = {k: v.clone() for k, v in model.relation.state_dict().items()}
     heads = model.classifiers["PN"].weight.clone()

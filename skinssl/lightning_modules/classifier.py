@@ -4,7 +4,9 @@ Two trunks give the fused feature of both modalities. With ``head_input: fused``
 linear layer on the fused feature (the supervised baseline, and a linear probe of stage 1).
 With ``head_input: tokens`` each head reads its own token of SM3's label-relation module.
 ``init_from`` loads a checkpoint of this framework (stage 1, stage 2 or a classifier: its trunks
-and label-relation module); heads that stage 2 clustered start from its last centroids.
+and label-relation module). Heads that stage 2 clustered start from its prototypes (the last
+epoch's centroids after that epoch's training) with zero bias, the others from N(0, 0.01) with
+zero bias, as the authors' code (METHOD.md 5.1).
 """
 
 from __future__ import annotations
@@ -105,6 +107,9 @@ class MultiLabelClassifier(L.LightningModule):
         in_dim = embed_dim if self.relation is not None else self.encoder.out_dim
         self.dropout = nn.Dropout(dropout)
         self.classifiers = nn.ModuleDict({h: nn.Linear(in_dim, NUM_CLASSES[h]) for h in self.heads})
+        for clf in self.classifiers.values():
+            nn.init.normal_(clf.weight, std=0.01)
+            nn.init.zeros_(clf.bias)
         if init_from:
             self._init_from(init_from)
         has_attention = self.relation is not None and len(self.relation.layers) > 0
@@ -146,7 +151,7 @@ class MultiLabelClassifier(L.LightningModule):
                 if proto is not None and proto.shape == clf.weight.shape:
                     clf.weight.copy_(proto)
                     clf.bias.zero_()
-                    loaded.append(f"{h} head from centroids")
+                    loaded.append(f"{h} head from prototypes")
                     from_centroids = True
         scaled = {
             "l2_norm": hparams.get("l2_norm", False),
