@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import os
+from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from skinssl.callbacks import (
     Explanations,
@@ -21,6 +25,46 @@ from skinssl.callbacks import (
     TestReport,
 )
 from skinssl.callbacks.preemption import checkpoint_dir
+from skinssl.lightning_modules.checkpoints import open_checkpoint
+
+
+def import_class(path: str) -> type | None:
+    """The class a ``class_path`` names, or None when it cannot be imported."""
+    module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+
+
+# data settings that change what the model sees at evaluation
+PREPROCESSING = ("image_size", "cache_size", "border_crop", "mean", "std")
+
+
+def check_ckpt_model(ckpt_path: str, subcommand: str, class_path: str | None) -> dict[str, Any]:
+    """A clear error when ``ckpt_path`` holds another model class than the config's (Lightning
+    would silently swap the config's model for the checkpoint's); returns the checkpoint's
+    data settings."""
+    ckpt = open_checkpoint(ckpt_path, mmap=True)
+    data = dict(ckpt.get("datamodule_hyper_parameters", {}))
+    saved = ckpt.get("hyper_parameters", {}).get("_class_path")
+    if class_path is None or saved is None:
+        return data
+    wanted, found = import_class(class_path), import_class(saved)
+    if wanted is found if wanted is not None else class_path == saved:
+        return data
+    name = wanted.__name__ if wanted is not None else class_path
+    hint = ""
+    if wanted is not None:
+        params = inspect.signature(wanted).parameters
+        start = next((p for p in ("init_from", "pretrained") if p in params), None)
+        if start:
+            hint = f"; to start a {name} from it, pass it as --model.init_args.{start}"
+    raise ValueError(
+        f"--ckpt_path {ckpt_path} is a checkpoint of {saved.rpartition('.')[2]}, but the "
+        f"config's model is {name}. `{subcommand}` with --ckpt_path continues or evaluates "
+        f"the model that the checkpoint holds{hint}"
+    )
 
 
 class SaveStageConfig(SaveConfigCallback):
@@ -59,6 +103,47 @@ class SkinSSLCLI(LightningCLI):
             help="fit: continue from checkpoints/last.ckpt of this run's directory if it exists, "
             "so that restarting the same command resumes it",
         )
+
+    def _parse_ckpt_path(self) -> None:
+        """Check ``ckpt_path`` before Lightning reads the model's class and settings from it."""
+        subcommand = self.config.get("subcommand")
+        config = self.config.get(subcommand) if subcommand else None
+        path = config.get("ckpt_path") if config else None
+        self._ckpt_data: dict[str, Any] = {}
+        if path and Path(path).is_file():
+            model = config.get("model")
+            class_path = model.get("class_path") if model else None
+            self._ckpt_data = check_ckpt_model(path, subcommand, class_path)
+        super()._parse_ckpt_path()
+
+    def _warn_preprocessing(self) -> None:
+        """Warn when validate/test/predict prepare images unlike the checkpoint's training."""
+        now, saved = dict(getattr(self.datamodule, "hparams", {})), self._ckpt_data
+        values = {k: (np.atleast_1d(saved[k]).tolist(), np.atleast_1d(now[k]).tolist())
+                  for k in PREPROCESSING if k in saved and k in now}  # fmt: skip
+        differ = [k for k, (a, b) in values.items() if a != b]
+        if differ:
+            diffs = "; ".join(f"{k}: trained with {saved[k]!r}, now {now[k]!r}" for k in differ)
+            fix = " ".join(
+                f"--data.init_args.{k}={','.join(map(str, values[k][0]))}"
+                if len(values[k][0]) == 1
+                else f"--data.init_args.{k}=[{','.join(map(str, values[k][0]))}]"
+                for k in differ
+            )
+            rank_zero_warn(
+                f"{self.subcommand}: the data settings differ from the checkpoint's training "
+                f"({diffs}): the model sees images prepared unlike its training images. To "
+                f"match, pass {fix}"
+            )
+
+    def before_validate(self) -> None:
+        self._warn_preprocessing()
+
+    def before_test(self) -> None:
+        self._warn_preprocessing()
+
+    def before_predict(self) -> None:
+        self._warn_preprocessing()
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)

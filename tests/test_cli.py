@@ -130,6 +130,40 @@ def test_quickstart_chain_writes_the_report(quickstart_run: Path) -> None:
     assert any(t.startswith("kmeans/") for t in tensorboard_tags(runs / "stage2")["scalars"])
 
 
+def test_ckpt_path_must_hold_the_configs_model(quickstart_run: Path, monkeypatch) -> None:
+    """Lightning would swap the config's model for the checkpoint's: a clear error instead,
+    and for files that are no Lightning checkpoint."""
+    monkeypatch.chdir(quickstart_run)
+    config, ckpt = (
+        "configs/quickstart/finetune.yaml",
+        "runs/quickstart/stage1/checkpoints/last.ckpt",
+    )
+    with pytest.raises(ValueError, match="checkpoint of SM3Contrastive, but the config's model is "
+                       "MultiLabelClassifier.*--model.init_args.init_from"):  # fmt: skip
+        run("test", config, f"--ckpt_path={ckpt}")
+    plain, junk = quickstart_run / "resnet.pt", quickstart_run / "junk.ckpt"
+    torch.save({"conv1.weight": torch.zeros(1)}, plain)
+    junk.write_text("not a checkpoint\n")
+    with pytest.raises(ValueError, match="not a Lightning checkpoint.*`weights` argument"):
+        run("test", config, f"--ckpt_path={plain}")
+    with pytest.raises(ValueError, match="cannot read .*junk.ckpt as a checkpoint: PyTorch's safe"):
+        run("test", config, f"--ckpt_path={junk}")
+
+
+def test_evaluating_with_other_data_settings_warns(quickstart_run: Path, monkeypatch) -> None:
+    monkeypatch.chdir(quickstart_run)
+    other = [a for a in TINY_SYNTHETIC if "size=" not in a]
+    other += ["--data.init_args.synthetic_size=64", "--data.init_args.image_size=40"]
+    other += ["--data.init_args.cache_size=44", "--trainer.limit_val_batches=1"]
+    ckpt = "--ckpt_path=runs/quickstart/finetune/checkpoints/best.ckpt"
+    with pytest.warns(
+        UserWarning,
+        match=r"image_size: trained with 32, now 40; cache_size: "
+        r"trained with 36, now 44\).*image_size=32 --data.init_args.cache_size=36",
+    ):
+        run("validate", "configs/quickstart/finetune.yaml", ckpt, *other)
+
+
 def test_predict_with_a_run_config_and_checkpoint(quickstart_run: Path, monkeypatch) -> None:
     """New pairs from a CSV, with the fine-tuning run's config and checkpoint; one image missing."""
     monkeypatch.chdir(quickstart_run)

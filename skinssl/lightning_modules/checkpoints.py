@@ -2,21 +2,47 @@
 
 from __future__ import annotations
 
+import pickle
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 
-def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """(state_dict, hyper_parameters) of a Lightning checkpoint, loaded with weights_only."""
+def open_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """A Lightning checkpoint's contents, loaded with weights_only (``mmap``: tensors stay on
+    disk until read), with one clear error for a missing, unreadable or foreign file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if "state_dict" not in ckpt:
-        raise ValueError(f"{path} is not a Lightning checkpoint of skinssl (no 'state_dict')")
+    try:
+        mmap = mmap and zipfile.is_zipfile(path)  # torch's format since 1.6; else read it all
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as e:  # truncated, not a torch file, not only tensors and plain values
+        text = str(e)
+        error = f"{type(e).__name__}: {(text.splitlines() or [''])[0]}"
+        if isinstance(e, pickle.UnpicklingError) and "WeightsUnpickler error:" in text:
+            detail = text.split("WeightsUnpickler error:")[1].split("Check the documentation")[0]
+            reason = " ".join(detail.split()).split(". ")[0]
+            error = (
+                f"PyTorch's safe loader refused it ({reason}); a checkpoint holds only tensors "
+                "and plain values"
+            )
+        raise ValueError(f"cannot read {path} as a checkpoint: {error}") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ValueError(
+            f"{path} is not a Lightning checkpoint of skinssl (no 'state_dict'); a ResNet "
+            "state dict goes to the model's `weights` argument"
+        )
+    return ckpt
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(state_dict, hyper_parameters) of a Lightning checkpoint, loaded with weights_only."""
+    ckpt = open_checkpoint(path)
     return ckpt["state_dict"], dict(ckpt.get("hyper_parameters", {}))
 
 
