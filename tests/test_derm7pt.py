@@ -71,6 +71,11 @@ def test_not_an_image_names_file(copy_release) -> None:
     dm = Derm7ptDataModule(root=str(root), num_workers=0, image_size=32, cache_size=32)
     with pytest.raises(DataError, match="cannot decode image .*Nel026.jpg"):
         dm.setup("fit")
+    bad = root / "images/NEL/Nel028.jpg"  # a second one: both named in one error
+    bad.write_bytes(bad.read_bytes()[:200])
+    dm = Derm7ptDataModule(root=str(root), num_workers=0, image_size=32, cache_size=32)
+    with pytest.raises(DataError, match=r"2 images cannot be read:\n .*Nel026.jpg.*\n .*Nel028"):
+        dm.setup("fit")
 
 
 def test_unknown_label_names_row_column_value(copy_release) -> None:

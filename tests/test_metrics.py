@@ -149,6 +149,11 @@ def test_report_files(tmp_path) -> None:
     outputs.labels[:, HEAD_NAMES.index("VS")] = 0  # one class only: AUC undefined -> null
     report = build_report(outputs, resamples=50, seed=0)
     text = markdown(report, figures=["figures/roc_DIAG.png"])
+    vs = ", ".join(f"VS {c}" for c in HEADS[HEAD_NAMES.index("VS")].classes)
+    assert (
+        f"Left out of every mean below (classes without a case, or with only cases of it: {vs})"
+        in text
+    )
     paths = write_report(report, tmp_path, text)
     assert [p.name for p in paths] == ["metrics.json", "report.md", "per_class.csv"]
     data = json.loads((tmp_path / "metrics.json").read_text())
@@ -164,6 +169,16 @@ def test_report_files(tmp_path) -> None:
     assert len(rows) == 25
     assert "| auc_key_classes |" in text and "![roc_DIAG](figures/roc_DIAG.png)" in text
     assert all(c in text for c in CRITERIA)
+
+
+def test_report_names_heads_without_labels() -> None:
+    outputs = fake_outputs(60, seed=5)
+    outputs.labels[:, HEAD_NAMES.index("RS")] = -1
+    report = build_report(outputs, resamples=0)
+    assert report["heads"]["RS"]["n"] == 0 and math.isnan(report["heads"]["RS"]["auc_macro"])
+    text = markdown(report)
+    assert "Left out of every mean below (heads without a labelled case: RS)." in text
+    assert "Left out" not in markdown(build_report(fake_outputs(60, seed=5), resamples=0))
 
 
 def multi_head_ce(logits: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -79,6 +80,24 @@ def test_csv_errors(tmp_path: Path) -> None:
     path.write_text(text)
     with pytest.raises(DataError, match="label column 'STR'"):
         read_pair_csv(path, label_columns={"STR": "STR"})
+    lines = text.splitlines()
+    for line, fields in ((lines[2] + ",extra", 6), (lines[2].rsplit(",", 2)[0], 3)):
+        path.write_text("\n".join([*lines[:2], line, *lines[3:]]) + "\n")
+        with pytest.raises(DataError, match=f"line 3: {fields} fields, but the header has 5 "
+                           r"\(derm,clinic,diagnosis,PN,split\)"):  # fmt: skip
+            read_pair_csv(path)
+
+
+def test_heads_without_training_labels_are_an_error(tmp_path: Path) -> None:
+    """A CSV labels DIAG and PN only: training the other heads is refused, naming them."""
+    from skinssl.lightning_modules import MultiLabelClassifier
+
+    trainer = L.Trainer(accelerator="cpu", fast_dev_run=True, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    model = MultiLabelClassifier(backbone="resnet18", weights=None)
+    named = r"\['BWV', 'VS', 'PIG', 'STR', 'DaG', 'RS'\].*--model.init_args.heads=\[DIAG,PN\]"
+    with pytest.raises(ValueError, match=r"pairs.csv: no training case has a label for .*" + named):
+        trainer.fit(model, dm_for(make_csv(tmp_path)))
 
 
 def test_batch_structure(tmp_path: Path) -> None:

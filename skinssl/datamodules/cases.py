@@ -132,7 +132,8 @@ def encode_labels(rows: list[dict[str, str]], columns: dict[str, str], source: s
 
 
 def read_csv_rows(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
-    """Rows of a CSV file as dicts; a clear error if the file or a required column is missing."""
+    """Rows of a CSV file as dicts; a clear error for a missing file or required column, and
+    for a row with more or fewer fields than the header."""
     if not path.is_file():
         raise DataError(f"file not found: {path}")
     with path.open(newline="", encoding="utf-8-sig") as f:
@@ -143,4 +144,13 @@ def read_csv_rows(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]
             raise DataError(
                 f"{path}: missing required column(s) {missing}; the header has {header}"
             )
-        return list(reader)
+        rows = []
+        for row in reader:  # DictReader keys extra fields None and fills missing ones with None
+            extra, given = row.pop(None, []), [v for v in row.values() if v is not None]
+            if extra or len(given) < len(header):
+                raise DataError(
+                    f"{path}, line {reader.line_num}: {len(given) + len(extra)} fields, but the "
+                    f"header has {len(header)} ({','.join(header)})"
+                )
+            rows.append(row)
+        return rows

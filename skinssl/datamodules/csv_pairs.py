@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from lightning.pytorch.utilities import rank_zero_info
 
 from skinssl.datamodules.cases import SPLITS, Cases, DataError, encode_labels, read_csv_rows
 from skinssl.labels import HEAD_NAMES, HEADS
@@ -59,6 +60,13 @@ def read_pair_csv(
         clinic.append(root / (c or d))
         valid.append(bool(c) and c != d)
     labels = encode_labels(rows, label_columns, str(path))
+    read = {derm_column, clinic_column, split_column, *label_columns.values()}
+    unused = [c for c in header if c not in read]
+    rank_zero_info(
+        f"{path}: labels "
+        + (", ".join(f"{h} <- {c!r}" for h, c in label_columns.items()) or "none")
+        + (f"; columns not read: {unused}" if unused else "")
+    )
     splits = (
         _read_splits(rows, split_column, path)
         if split_column in header

@@ -89,7 +89,14 @@ class ImageStore:
         self._arrays: list[np.ndarray | DataError] | None = None
         if mode != "none":
             with ThreadPoolExecutor(max(1, threads)) as pool:
-                self._arrays = list(pool.map(self._load_or_keep_error, paths))
+                self._arrays = list(pool.map(self._load_or_error, paths))
+            errors = [a for a in self._arrays if isinstance(a, DataError)]
+            if strict and len(errors) == 1:
+                raise errors[0]
+            if strict and errors:  # every bad image at once, not one per run
+                listed = "\n  ".join(str(e) for e in errors[:20])
+                more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
+                raise DataError(f"{len(errors)} images cannot be read:\n  {listed}{more}")
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -103,13 +110,11 @@ class ImageStore:
             raise item
         return item
 
-    def _load_or_keep_error(self, path: Path) -> np.ndarray | DataError:
-        """``_load``; when not ``strict`` a failure is kept (raised on access) instead."""
+    def _load_or_error(self, path: Path) -> np.ndarray | DataError:
+        """``_load``, or its error (raised on access when not ``strict``)."""
         try:
             return self._load(path)
         except DataError as error:
-            if self.strict:
-                raise
             return error
 
     def _load(self, path: Path) -> np.ndarray:

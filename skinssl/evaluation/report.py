@@ -121,6 +121,7 @@ def markdown(report: dict, title: str = "Test report", figures: list[str] = ()) 
         f"{report['cases']} test cases. All numbers in percent; {ci_note}.",
         "",
     ]
+    out += _undefined(report)
     summary = report["summary"]
     main = [k for k in summary if "/" not in k]
     out += ["## Summary", ""]
@@ -158,6 +159,25 @@ def markdown(report: dict, title: str = "Test report", figures: list[str] = ()) 
     if figures:
         out += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
     return "\n".join(out) + "\n"
+
+
+def _undefined(report: dict) -> list[str]:
+    """A note naming the heads and classes this data leaves undefined: every mean below is
+    over the others, not over all 8 heads, 7 criteria or 24 classes."""
+    heads = [h for h, r in report["heads"].items() if r["n"] == 0]
+    classes = [
+        f"{c['head']} {c['class']}"
+        for c in class_rows(report)
+        if c["head"] not in heads and math.isnan(c["auc"])
+    ]
+    if not heads and not classes:
+        return []
+    parts = []
+    if heads:
+        parts.append(f"heads without a labelled case: {', '.join(heads)}")
+    if classes:
+        parts.append(f"classes without a case, or with only cases of it: {', '.join(classes)}")
+    return [f"Left out of every mean below ({'; '.join(parts)}).", ""]
 
 
 def class_rows(report: dict) -> list[dict]:

@@ -187,6 +187,32 @@ class MultiLabelClassifier(L.LightningModule):
             part.eval()
         return self
 
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self._check_training_labels()
+
+    def _check_training_labels(self) -> None:
+        """A clear error when the training split has no label for some head: it would stay
+        untrained (and with no label at all, the loss is 0 and the run "succeeds")."""
+        dm = self.trainer.datamodule
+        if not hasattr(dm, "train_labels"):
+            return
+        rows, labels = dm.train_labels()
+        unlabelled = [h for h in self.heads if not (labels[rows, HEAD_NAMES.index(h)] >= 0).any()]
+        if not unlabelled:
+            return
+        labelled = [h for h in self.heads if h not in unlabelled]
+        fix = (
+            f", or train only the labelled heads: --model.init_args.heads=[{','.join(labelled)}]"
+            if labelled
+            else ""
+        )
+        raise ValueError(
+            f"{dm.cases.source}: no training case has a label for head(s) {unlabelled}, which "
+            "would stay untrained. Give their label columns (named after a head, e.g. PN, or as "
+            f"in Derm7pt's meta.csv, e.g. pigment_network){fix}"
+        )
+
     def on_train_epoch_start(self) -> None:
         self.train()  # Lightning restores per-module modes; frozen parts must stay in eval
 
