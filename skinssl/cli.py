@@ -179,9 +179,40 @@ class SkinSSLCLI(LightningCLI):
             config["ckpt_path"] = str(last)
 
 
+def own_error(error: BaseException) -> ValueError | None:
+    """The innermost ValueError raised by skinssl's own code in ``error``'s chain (jsonargparse
+    wraps a class's error in its report of every type it tried), or None."""
+    package, found, seen = Path(__file__).parent, None, set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        tb = current.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        raised_here = tb is not None and Path(tb.tb_frame.f_code.co_filename).is_relative_to(
+            package
+        )
+        if isinstance(current, ValueError) and raised_here:
+            found = current
+        current = current.__cause__ or current.__context__
+    return found
+
+
 def main(args: list[str] | None = None) -> None:
-    """The ``skinssl`` command: run the CLI on ``args`` (default: the command line)."""
-    build_cli(args)  # returns None: a console script's return value becomes its exit status
+    """The ``skinssl`` command: run the CLI on ``args`` (default: the command line).
+
+    Bad input that skinssl names (data, config, checkpoint: a ValueError it raises) ends the
+    command with that message alone; ``SKINSSL_TRACEBACK=1`` shows the traceback instead.
+    """
+    try:
+        build_cli(args)  # returns None: a console script's return value is its exit status
+    except ValueError as error:
+        own = own_error(error)
+        if own is None or os.environ.get("SKINSSL_TRACEBACK") == "1":
+            raise
+        raise SystemExit(
+            f"skinssl: error: {own}\n(SKINSSL_TRACEBACK=1 shows where it was raised)"
+        ) from None
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> SkinSSLCLI:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from skinssl.cli import main
+from skinssl.cli import build_cli, main
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.relative_to(REPO) for p in (REPO / "configs").rglob("*.yaml"))
@@ -35,14 +35,14 @@ ON_CPU = [
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
 def test_print_config(config: Path, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as done:
-        main(["fit", "-c", str(REPO / config), "--print_config"])
+        build_cli(["fit", "-c", str(REPO / config), "--print_config"])
     assert done.value.code in (0, None)
     out = capsys.readouterr().out
     assert "class_path: skinssl." in out and "seed_everything" in out
 
 
 def run(stage: str, config: str, *extra: str) -> None:
-    main([stage, "-c", str(REPO / config), *extra])
+    build_cli([stage, "-c", str(REPO / config), *extra])
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +148,18 @@ def test_ckpt_path_must_hold_the_configs_model(quickstart_run: Path, monkeypatch
         run("test", config, f"--ckpt_path={plain}")
     with pytest.raises(ValueError, match="cannot read .*junk.ckpt as a checkpoint: PyTorch's safe"):
         run("test", config, f"--ckpt_path={junk}")
+
+
+def test_the_command_prints_bad_input_as_its_message(monkeypatch, capsys) -> None:
+    """jsonargparse would wrap the model's error in a report of every type it tried."""
+    args = ["fit", "-c", str(REPO / "configs/quickstart/finetune.yaml")]
+    with pytest.raises(SystemExit) as done:
+        main([*args, "--model.init_args.heads=[PN,XYZ]"])
+    assert str(done.value.code).startswith("skinssl: error: unknown head 'XYZ'; valid heads: DIAG")
+    assert "Union" not in str(done.value.code)
+    monkeypatch.setenv("SKINSSL_TRACEBACK", "1")
+    with pytest.raises(ValueError, match="Union"):
+        main([*args, "--model.init_args.heads=[PN,XYZ]"])
 
 
 def test_evaluating_with_other_data_settings_warns(quickstart_run: Path, monkeypatch) -> None:
