@@ -5,8 +5,9 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import lightning as L
 import numpy as np
@@ -103,6 +104,11 @@ class SkinSSLCLI(LightningCLI):
             help="fit: continue from checkpoints/last.ckpt of this run's directory if it exists, "
             "so that restarting the same command resumes it",
         )
+        # Lightning types limit_*_batches Union[float, int]: jsonargparse then reads "1" as 1.0,
+        # the whole epoch. Integers first: "1" is one batch, "1.0" and "0.5" stay fractions.
+        for action in parser._actions:
+            if action.dest.startswith("trainer.limit_") and action.dest.endswith("_batches"):
+                action._typehint = Union[int, float, None]  # noqa: UP007 (typing.Union as Lightning)
 
     def _parse_ckpt_path(self) -> None:
         """Check ``ckpt_path`` before Lightning reads the model's class and settings from it."""
@@ -218,6 +224,8 @@ def main(args: list[str] | None = None) -> None:
 def build_cli(args: list[str] | None = None, run: bool = True) -> SkinSSLCLI:
     """The CLI on ``args``, run as a subcommand; ``run=False`` only builds it."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    # pretraining modules have no validation step, by design; the data modules all have splits
+    warnings.filterwarnings("ignore", message=".*`val_dataloader` but have no `validation_step`")
     torch.set_float32_matmul_precision("high")
     return SkinSSLCLI(
         args=args,

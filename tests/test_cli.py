@@ -41,6 +41,15 @@ def test_print_config(config: Path, capsys: pytest.CaptureFixture) -> None:
     assert "class_path: skinssl." in out and "seed_everything" in out
 
 
+@pytest.mark.parametrize("value, parsed", [("1", 1), ("3", 3), ("1.0", 1.0), ("0.25", 0.25)])
+def test_batch_limits_read_integers_as_batches(value: str, parsed: float) -> None:
+    """Lightning's Union[float, int] would make "1" the whole epoch (1.0)."""
+    args = ["-c", str(REPO / "configs/quickstart/stage1.yaml")]
+    cli = build_cli([*args, f"--trainer.limit_train_batches={value}"], run=False)
+    got = cli.config.trainer.limit_train_batches
+    assert got == parsed and type(got) is type(parsed)
+
+
 def run(stage: str, config: str, *extra: str) -> None:
     build_cli([stage, "-c", str(REPO / config), *extra])
 
