@@ -91,6 +91,23 @@ def test_unknown_label_names_row_column_value(copy_release) -> None:
     assert "'arborizing'" in msg and "'IR'" in msg
 
 
+def test_cases_in_no_split_are_reported(copy_release) -> None:
+    root = copy_release()
+    _rewrite(root / "meta/train_indexes.csv", lambda lines: lines[:-10])
+    with pytest.warns(UserWarning, match="meta.csv: 10 of 1011 cases are in no split"):
+        read_derm7pt(root)
+
+
+def test_empty_image_path_names_line_and_column(copy_release) -> None:
+    root = copy_release()
+    _rewrite(
+        root / "meta/meta.csv",
+        lambda lines: [*lines[:2], lines[2].replace(",NEL/Nel028.jpg,", ",,"), *lines[3:]],
+    )
+    with pytest.raises(DataError, match=r"meta.csv, line 3 \(row 1\): empty 'derm' image path"):
+        read_derm7pt(root)
+
+
 @pytest.mark.parametrize(
     ("edit", "pattern"),
     [

@@ -88,6 +88,15 @@ def test_csv_errors(tmp_path: Path) -> None:
             read_pair_csv(path)
 
 
+def test_an_image_in_two_splits_is_an_error(tmp_path: Path) -> None:
+    path = make_csv(tmp_path)
+    lines = path.read_text().splitlines()  # row 0 (train) again as row 11 (test)
+    path.write_text("\n".join([*lines[:-1], lines[1].replace(",train", ",test")]) + "\n")
+    with pytest.raises(DataError, match=r"image .*d0.jpg is in row 0 \('train' split\) and row "
+                       r"11 \('test' split\)"):  # fmt: skip
+        read_pair_csv(path)
+
+
 def test_heads_without_training_labels_are_an_error(tmp_path: Path) -> None:
     """A CSV labels DIAG and PN only: training the other heads is refused, naming them."""
     from skinssl.lightning_modules import MultiLabelClassifier

@@ -174,6 +174,8 @@ def test_diagnosis_as_eighth_clustered_head(pretrained, tmp_path: Path) -> None:
     }
     fit(module, data(root, Views.cluster()), tmp_path, "eight", callbacks=[KMeansPseudoLabels()])
     assert module.pseudo_labels.shape == (40, 8)
+    with pytest.raises(ValueError, match=r"heads \['BWV', 'PN'\] need K >= 2"):
+        SM3PseudoLabels(num_clusters={"PN": 1, "BWV": 0}, **SMALL)
 
 
 def test_lr_scaled_with_global_batch(pretrained) -> None:

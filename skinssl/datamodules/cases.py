@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from lightning.pytorch.utilities import rank_zero_warn
 
 from skinssl.labels import HEAD_NAMES, HEADS, UNKNOWN
 
@@ -56,6 +57,20 @@ class Cases:
                         "split; splits must not overlap"
                     )
                 seen[r] = name
+        owner: dict[Path, int] = {}  # the same image in two splits: test cases seen in training
+        for r in sorted(seen):
+            for path in dict.fromkeys((self.derm[r], self.clinic[r])):
+                first = owner.setdefault(path, r)
+                if seen[first] != seen[r]:
+                    raise DataError(
+                        f"{self.source}: image {path} is in row {first} ({seen[first]!r} split) "
+                        f"and row {r} ({seen[r]!r} split); an image must not be in two splits"
+                    )
+        unused = len(self) - len(seen)
+        if unused:
+            rank_zero_warn(
+                f"{self.source}: {unused} of {len(self)} cases are in no split (not used)"
+            )
 
     def check_images_exist(self) -> None:
         """One error listing every missing image file (not just the first)."""

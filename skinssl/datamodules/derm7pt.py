@@ -13,6 +13,7 @@ import numpy as np
 from skinssl.datamodules.cases import (
     SPLITS,
     Cases,
+    DataError,
     encode_labels,
     read_csv_rows,
     read_index_file,
@@ -47,6 +48,10 @@ def read_derm7pt(root: str | Path) -> Cases:
     root = Path(root)
     meta = root / "meta" / "meta.csv"
     rows = read_csv_rows(meta, REQUIRED_COLUMNS)
+    for i, r in enumerate(rows):
+        for column in ("derm", "clinic"):
+            if not r[column].strip():
+                raise DataError(f"{meta}, line {i + 2} (row {i}): empty {column!r} image path")
     resolve = _CaseInsensitiveResolver(root / "images")
     derm = [resolve(r["derm"]) for r in rows]
     clinic = [resolve(r["clinic"]) for r in rows]

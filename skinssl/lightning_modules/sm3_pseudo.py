@@ -13,6 +13,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from skinssl.labels import CRITERIA, NUM_CLASSES, check_heads
@@ -86,10 +87,17 @@ class SM3PseudoLabels(L.LightningModule):
         unknown = set(sizes) - set(self.heads)
         if unknown:
             raise ValueError(f"num_clusters names heads that are not clustered: {sorted(unknown)}")
+        single = sorted(h for h, k in sizes.items() if k < 2)
+        if single:
+            raise ValueError(
+                f"num_clusters: heads {single} need K >= 2 (one cluster labels nothing)"
+            )
         self.sizes = sizes
         self.encoder = PairEncoder(backbone, None if pretrained else weights, share_trunk)
         if pretrained:
-            load_trunks(self.encoder, pretrained, backbone, share_trunk)
+            _, saved = load_trunks(self.encoder, pretrained, backbone, share_trunk)
+            kind = str(saved.get("_class_path", "a checkpoint")).rpartition(".")[2]
+            rank_zero_info(f"pretrained={pretrained!r}: trunks of {kind} loaded")
         self.relation = LabelTokens.from_hparams(self.encoder.out_dim, self.heads, self.hparams)
         self.prototypes = nn.ModuleDict(
             {h: nn.Linear(embed_dim, k, bias=False) for h, k in sizes.items()}
