@@ -26,6 +26,7 @@ from skinssl.callbacks import (
     TestReport,
 )
 from skinssl.callbacks.preemption import checkpoint_dir
+from skinssl.callbacks.run_dir import log_dir
 from skinssl.lightning_modules.checkpoints import open_checkpoint
 
 
@@ -142,14 +143,25 @@ class SkinSSLCLI(LightningCLI):
                 f"match, pass {fix}"
             )
 
+    def _warn_other_run(self) -> None:
+        """Warn when ``ckpt_path`` lies in another run's ``checkpoints/`` than the config's run
+        directory: the test report and its config would go to (and overwrite) the latter's."""
+        path = self.config_init[self.subcommand].get("ckpt_path")
+        if not path or not Path(path).is_file() or Path(path).parent.name != "checkpoints":
+            return
+        source, target = Path(path).resolve().parent.parent, log_dir(self.trainer).resolve()
+        if source != target:
+            rank_zero_warn(
+                f"{self.subcommand}: --ckpt_path is from run {source}, but this run's directory "
+                f"is {target}: its files go there. Use that run's config.yaml "
+                f"(-c {source / 'config.yaml'}) to keep them together"
+            )
+
     def before_validate(self) -> None:
         self._warn_preprocessing()
+        self._warn_other_run()
 
-    def before_test(self) -> None:
-        self._warn_preprocessing()
-
-    def before_predict(self) -> None:
-        self._warn_preprocessing()
+    before_test = before_predict = before_validate
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)

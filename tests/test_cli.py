@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -169,6 +170,20 @@ def test_the_command_prints_bad_input_as_its_message(monkeypatch, capsys) -> Non
     monkeypatch.setenv("SKINSSL_TRACEBACK", "1")
     with pytest.raises(ValueError, match="Union"):
         main([*args, "--model.init_args.heads=[PN,XYZ]"])
+
+
+def test_testing_another_runs_checkpoint_warns(quickstart_run: Path, monkeypatch) -> None:
+    monkeypatch.chdir(quickstart_run)
+    other = [*TINY_SYNTHETIC, "--trainer.limit_val_batches=1"]
+    ckpt = "--ckpt_path=runs/quickstart/finetune/checkpoints/best.ckpt"
+    config = "configs/quickstart/finetune.yaml"
+    elsewhere = "--trainer.logger.init_args.version=elsewhere"
+    with pytest.warns(UserWarning, match=r"is from run .*quickstart/finetune, but this run's "
+                      r"directory is .*quickstart/elsewhere.*finetune/config.yaml"):  # fmt: skip
+        run("validate", config, ckpt, elsewhere, *other)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*is from run")
+        run("validate", config, ckpt, *other)
 
 
 def test_evaluating_with_other_data_settings_warns(quickstart_run: Path, monkeypatch) -> None:
