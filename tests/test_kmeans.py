@@ -283,7 +283,9 @@ def test_callback_fit_labels_logs_and_clean_pass(tmp_path: Path) -> None:
     model, cb = ToyModule(), KMeansPseudoLabels()
     logger = TensorBoardLogger(str(tmp_path), name="tb", version=0)
     t = trainer(tmp_path, [cb], logger=logger)
+    torch.manual_seed(11)  # as seed_everything(11): the k-means seed follows the run's
     t.fit(model, dm)
+    assert cb.state_dict()["settings"]["seed"] == 11
     assert model.calls == [0, 1]
     assert model.pass_modes and all(model.pass_modes)
     check_labels(model.pseudo, train_rows(dm))

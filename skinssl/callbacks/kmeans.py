@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 from torchmetrics.utilities.distributed import gather_all_tensors
 
+from skinssl.datamodules.dataset import shared_seed
 from skinssl.evaluation.agreement import contingency, normalized_mutual_info, table_ari, table_nmi
 from skinssl.labels import HEAD_NAMES, UNKNOWN
 
@@ -320,7 +321,8 @@ class KMeansPseudoLabels(L.Callback):
             Both assign by the largest cosine to unit centroids.
         niter: k-means iterations (the authors' code: 10).
         nredo: k-means runs per head; the best objective is kept (``spherical`` only).
-        seed: k-means seed; epoch ``e`` uses ``seed + e``.
+        seed: k-means seed; epoch ``e`` uses ``seed + e``. Default: the run's seed
+            (``seed_everything``).
         threads: FAISS CPU threads (default: the cores available to the process).
     """
 
@@ -331,7 +333,7 @@ class KMeansPseudoLabels(L.Callback):
         algorithm: Algorithm = "spherical",
         niter: int = 10,
         nredo: int = 1,
-        seed: int = 0,
+        seed: int | None = None,
         threads: int | None = None,
     ) -> None:
         if every_n_epochs < 1 or niter < 1 or nredo < 1:
@@ -351,6 +353,7 @@ class KMeansPseudoLabels(L.Callback):
         self.niter = niter
         self.nredo = nredo
         self.seed = seed
+        self._seed = 0 if seed is None else seed  # the run's seed from setup when None
         self.threads = threads
         self._sizes: dict[str, int] = {}
         self._epoch = -1
@@ -368,6 +371,7 @@ class KMeansPseudoLabels(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        self._seed = shared_seed(trainer) if self.seed is None else self.seed
         if not isinstance(pl_module, ClusteringModule):
             raise TypeError(
                 f"KMeansPseudoLabels needs a module with cluster_sizes(), cluster_embeddings() "
@@ -476,7 +480,7 @@ class KMeansPseudoLabels(L.Callback):
             "heads": dict(self._sizes),
             "niter": self.niter,
             "nredo": self.nredo,
-            "seed": self.seed,
+            "seed": self._seed,
             "features": self.features,
             "algorithm": self.algorithm,
             "every_n_epochs": self.every_n_epochs,
@@ -567,7 +571,7 @@ class KMeansPseudoLabels(L.Callback):
         self, pl_module: L.LightningModule, features: dict[str, np.ndarray], epoch: int
     ) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
         """Every head's (centroids, assignments, objective); a ValueError names the head."""
-        seed, heads = self.seed + epoch, list(self._sizes)
+        seed, heads = self._seed + epoch, list(self._sizes)
         if self.algorithm == "authors":  # every head in one batch on the module's device
             checked = []
             for h in heads:
