@@ -127,7 +127,7 @@ class SkinSSLCLI(LightningCLI):
         """Warn when validate/test/predict prepare images unlike the checkpoint's training."""
         now, saved = dict(getattr(self.datamodule, "hparams", {})), self._ckpt_data
         values = {k: (np.atleast_1d(saved[k]).tolist(), np.atleast_1d(now[k]).tolist())
-                  for k in PREPROCESSING if k in saved and k in now}  # fmt: skip
+                  for k in PREPROCESSING if saved.get(k) is not None and k in now}  # fmt: skip
         differ = [k for k, (a, b) in values.items() if a != b]
         if differ:
             diffs = "; ".join(f"{k}: trained with {saved[k]!r}, now {now[k]!r}" for k in differ)
