@@ -44,10 +44,10 @@ def finetune_and_test(version: str, seed: int, setting: str, init_from: str | No
     fit_s = skinssl("fit", "-c", config, *extra)
     ckpt = RUNS / version / "checkpoints" / "best.ckpt"
     skinssl("test", "-c", config, *extra, f"--ckpt_path={ckpt}")
-    metrics = json.loads((RUNS / version / "test_metrics.json").read_text())
+    metrics = json.loads((RUNS / version / "metrics.json").read_text())  # the test report
     return {
-        "auc_mean": metrics["auc_mean"],
-        "accuracy_mean": metrics["accuracy_mean"],
+        "auc_mean": metrics["summary"]["mean_auc_macro_heads"]["value"],
+        "accuracy_mean": metrics["summary"]["mean_accuracy_heads"]["value"],
         "auc_per_head": {h: r["auc_macro"] for h, r in metrics["heads"].items()},
         "fit_seconds": fit_s,
     }
