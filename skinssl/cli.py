@@ -53,7 +53,8 @@ def check_ckpt_model(ckpt_path: str, subcommand: str, class_path: str | None) ->
     if class_path is None or saved is None:
         return data
     wanted, found = import_class(class_path), import_class(saved)
-    if wanted is found if wanted is not None else class_path == saved:
+    same = (wanted is found) if wanted is not None else (class_path == saved)
+    if same:
         return data
     name = wanted.__name__ if wanted is not None else class_path
     hint = ""

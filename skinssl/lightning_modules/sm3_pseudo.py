@@ -96,8 +96,8 @@ class SM3PseudoLabels(L.LightningModule):
         self.encoder = PairEncoder(backbone, None if pretrained else weights, share_trunk)
         if pretrained:
             _, saved = load_trunks(self.encoder, pretrained, backbone, share_trunk)
-            kind = str(saved.get("_class_path", "a checkpoint")).rpartition(".")[2]
-            rank_zero_info(f"pretrained={pretrained!r}: trunks of {kind} loaded")
+            kind = str(saved.get("_class_path", "")).rpartition(".")[2]
+            rank_zero_info(f"pretrained={pretrained!r}: trunks loaded ({kind or 'a checkpoint'})")
         self.relation = LabelTokens.from_hparams(self.encoder.out_dim, self.heads, self.hparams)
         self.prototypes = nn.ModuleDict(
             {h: nn.Linear(embed_dim, k, bias=False) for h, k in sizes.items()}
