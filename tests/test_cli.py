@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from skinssl.cli import build_cli, main
+from skinssl.cli import SkinSSLCLI, build_cli, main
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.relative_to(REPO) for p in (REPO / "configs").rglob("*.yaml"))
@@ -51,8 +51,8 @@ def test_batch_limits_read_integers_as_batches(value: str, parsed: float) -> Non
     assert got == parsed and type(got) is type(parsed)
 
 
-def run(stage: str, config: str, *extra: str) -> None:
-    build_cli([stage, "-c", str(REPO / config), *extra])
+def run(stage: str, config: str, *extra: str) -> SkinSSLCLI:
+    return build_cli([stage, "-c", str(REPO / config), *extra])
 
 
 @pytest.fixture(scope="module")
@@ -274,7 +274,14 @@ def test_published_configs_fast_dev_run(
     ]
     if "stage2" not in config and "finetune" not in config:
         shrink.append("--model.init_args.weights=null")  # no download in tests
-    run("fit", config, *ON_CPU, *shrink, *(e.format(**paths) for e in extra))
+    cli = run("fit", config, *ON_CPU, *shrink, *(e.format(**paths) for e in extra))
+    assert cli.trainer.global_step == 1
+    source = {"stage2": paths["stage1"], "finetune": paths["stage2"]}
+    kind = next((k for k in source if k in config), None)
+    if kind:  # trunks frozen in both: still the pretrained checkpoint's after the step
+        saved = torch.load(source[kind], weights_only=True)["state_dict"]
+        for k, v in cli.model.encoder.state_dict().items():
+            assert torch.equal(v, saved[f"encoder.{k}"]), k
 
 
 def test_fit_resume_continues_from_last_checkpoint(

@@ -70,7 +70,10 @@ def test_crop_geometry_and_flips_match() -> None:
     def centre(v: np.ndarray) -> np.ndarray:
         return v[:, 0].mean((1, 2)) / 255
 
-    for stat in (width, height, centre):
+    def middle(v: np.ndarray) -> np.ndarray:  # the crop's vertical place
+        return v[:, 1].mean((1, 2)) / 255
+
+    for stat in (width, height, centre, middle):
         assert ks(stat(cpu), stat(dev)) < KS_LIMIT, stat.__name__
 
     def flipped(v: np.ndarray) -> float:
@@ -78,6 +81,19 @@ def test_crop_geometry_and_flips_match() -> None:
 
     assert flipped(cpu) == pytest.approx(0.5, abs=0.07)
     assert flipped(dev) == pytest.approx(0.5, abs=0.07)
+
+
+def test_saturation_zero_gives_each_pixels_grey() -> None:
+    """Saturation blends each pixel with its own grey (not the image's mean grey)."""
+    from skinssl.datamodules.device_views import _gray, _jitter
+
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    factors = torch.tensor([[1.0, 1.0, 0.0]] * 2)  # brightness, contrast 1; saturation 0
+    order = torch.tensor([[2, -1, -1, -1]] * 2)  # the saturation step only
+    out = _jitter(x, factors, torch.zeros(2), order)
+    torch.testing.assert_close(out, _gray(x).expand_as(x))
+    weights = torch.tensor([0.299, 0.587, 0.114])  # ITU-R 601 luma, as albumentations' grey
+    torch.testing.assert_close(_gray(x)[:, 0], torch.einsum("c,bchw->bhw", weights, x))
 
 
 def test_colour_statistics_match_under_stage1_views() -> None:
@@ -93,6 +109,8 @@ def test_colour_statistics_match_under_stage1_views() -> None:
         "contrast": lambda v: v.std((1, 2, 3)),
         "saturation": lambda v: (v.max(1) - v.min(1)).mean((1, 2)),
         "sharpness": lambda v: np.abs(np.diff(v, axis=3)).mean((1, 2, 3)),
+        # red rises and blue falls left to right: tells the grey weights of red and blue apart
+        "red slope": lambda v: v[:, 0, :, -8:].mean((1, 2)) - v[:, 0, :, :8].mean((1, 2)),
     }
     for name, stat in stats.items():
         a, b = stat(cpu), stat(dev)

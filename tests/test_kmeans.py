@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 from pathlib import Path
 
@@ -79,9 +80,10 @@ class ToyModule(L.LightningModule):
 
 
 def make_dm(root: Path, n_train: int, batch_size: int = 2) -> PairedCSVDataModule:
-    """Paired CSV data: ``n_train`` training cases, 2 valid, 2 test; PN known on 2 of 3."""
+    """Paired CSV data: 2 valid, 2 test, then ``n_train`` training cases (so that a label
+    written by position rather than by case lands on the wrong rows); PN known on 2 of 3."""
     rng = np.random.default_rng(0)
-    splits = ["train"] * n_train + ["valid", "valid", "test", "test"]
+    splits = ["valid", "valid", "test", "test"] + ["train"] * n_train
     path = root / "pairs.csv"
     with path.open("w", newline="") as f:
         w = csv.writer(f)
@@ -401,6 +403,24 @@ def test_two_ranks_identical_labels(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ resuming
+def test_two_ranks_label_each_case_as_one_process(tmp_path: Path) -> None:
+    """The first clustering (a clean pass of the same weights) gives the same labels on 1 and 2
+    processes: the features gathered from the ranks stay with their cases."""
+    dm = make_dm(tmp_path, n_train=7)
+    torch.manual_seed(0)
+    model = ToyModule()
+    labels = {}
+    for devices, extra in ((1, {}), (2, {"strategy": "ddp_spawn"})):
+        out = tmp_path / f"labels{devices}"
+        out.mkdir()
+        run = copy.deepcopy(model)
+        run.out_dir = str(out)
+        callbacks = [KMeansPseudoLabels(seed=0), GlooExit()]
+        trainer(tmp_path, callbacks, max_epochs=1, devices=devices, **extra).fit(run, dm)
+        labels[devices] = torch.load(out / "rank0_1.pt", weights_only=True)
+    assert torch.equal(labels[1], labels[2])
+
+
 def test_resume_mid_epoch_keeps_boundary_reclusters(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

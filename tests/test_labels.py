@@ -37,7 +37,7 @@ def test_grouping_of_raw_strings() -> None:
     assert head("DIAG").encode("melanoma metastasis") == 2
     assert head("DIAG").encode("vascular lesion") == 3
     assert head("PIG").encode("IR") == 2  # class names are accepted too
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError, match="spiral"):
         head("STR").encode("spiral")
 
 

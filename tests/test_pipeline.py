@@ -88,6 +88,18 @@ def test_csv_errors(tmp_path: Path) -> None:
             read_pair_csv(path)
 
 
+def test_training_batches_carry_each_cases_pair_valid(tmp_path: Path) -> None:
+    path = make_csv(tmp_path)
+    lines = path.read_text().splitlines()
+    lines[2] = lines[2].replace("img/c1.jpg", "")  # case 1 (train): no clinical image
+    path.write_text("\n".join(lines) + "\n")
+    dm = dm_for(path, batch_size=8)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    want = torch.as_tensor(dm.cases.pair_valid[batch["index"].numpy()])
+    assert not want.all() and torch.equal(batch["pair_valid"], want)
+
+
 def test_an_image_in_two_splits_is_an_error(tmp_path: Path) -> None:
     path = make_csv(tmp_path)
     lines = path.read_text().splitlines()  # row 0 (train) again as row 11 (test)

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import tiny_synthetic
 
 from skinssl.callbacks import KMeansPseudoLabels
 from skinssl.datamodules import SyntheticDerm7ptDataModule, Views
 from skinssl.labels import CRITERIA, HEAD_NAMES
 from skinssl.lightning_modules import MultiLabelClassifier, SM3Contrastive, SM3PseudoLabels
+from skinssl.lightning_modules.losses import nt_xent
 from skinssl.lightning_modules.nets import PairEncoder
-from skinssl.lightning_modules.optim import schedule_steps
+from skinssl.lightning_modules.optim import adamw, schedule_steps
 
 SMALL = dict(backbone="resnet18")
 
@@ -66,6 +69,64 @@ def pretrained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Pa
     train[torch.from_numpy(dm.cases.splits["train"])] = True
     assert (s2.pseudo_labels[train] >= 0).all() and (s2.pseudo_labels[~train] == -1).all()
     return root, stage1, stage2
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log")
+def test_stage1_loss_is_the_documented_sum() -> None:
+    """Intra terms per modality (views 1 vs 2) plus cross terms per view (dermoscopic vs
+    clinical, stand-in clinical images left out), each from its own projector (eval mode: the
+    module's joint pass and these separate passes see the same BatchNorm statistics)."""
+    torch.manual_seed(0)
+    m = SM3Contrastive(proj_hidden=16, proj_dim=8, gather_negatives=False, **SMALL).eval()
+    g = torch.Generator().manual_seed(1)
+    d1, d2, c1, c2 = (torch.randn(4, 3, 32, 32, generator=g) for _ in range(4))
+    valid = torch.tensor([True, False, True, True])
+    got = m.training_step({"derm": [d1, d2], "clinic": [c1, c2], "pair_valid": valid}, 0)
+    with torch.no_grad():
+        hd = {1: m.encoder.derm(d1), 2: m.encoder.derm(d2)}
+        hc = {1: m.encoder.clinic(c1), 2: m.encoder.clinic(c2)}
+        t = m.hparams.temperature
+        intra = nt_xent(m.intra_derm(hd[1]), m.intra_derm(hd[2]), t)
+        intra = intra + nt_xent(m.intra_clinic(hc[1]), m.intra_clinic(hc[2]), t)
+        cross = sum(nt_xent(m.cross_derm(hd[v]), m.cross_clinic(hc[v]), t, valid) for v in (1, 2))
+    want = m.hparams.intra_weight * intra + m.hparams.cross_weight * cross
+    assert float(got) == pytest.approx(float(want), rel=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log")
+def test_stage2_loss_uses_each_cases_pseudo_labels() -> None:
+    """Cross-entropy of each head's prototype logits / T against the labels of the batch's
+    cases (looked up by case index, not by position), averaged over heads."""
+    torch.manual_seed(0)
+    m = SM3PseudoLabels(embed_dim=16, relation_ffn=8, temperature=0.5, **SMALL).eval()
+    labels = torch.randint(0, 2, (10, len(CRITERIA)), generator=torch.Generator().manual_seed(1))
+    m.set_clusters({}, labels, fresh=False)
+    g, index = torch.Generator().manual_seed(2), torch.tensor([7, 2, 9, 0])
+    batch = {
+        "derm": torch.randn(4, 3, 32, 32, generator=g),
+        "clinic": torch.randn(4, 3, 32, 32, generator=g),
+        "index": index,
+    }
+    got = m.training_step(batch, 0)["loss"]
+    with torch.no_grad():
+        tokens = m.tokens(batch)
+        terms = [
+            F.cross_entropy(m.prototypes[h](tokens[:, i]) / 0.5, labels[index, i])
+            for i, h in enumerate(m.heads)
+        ]
+    assert float(got) == pytest.approx(float(sum(terms) / len(terms)), rel=1e-5)
+
+
+def test_warmup_then_cosine_multipliers() -> None:
+    p = torch.nn.Parameter(torch.zeros(1))
+    sched = adamw([{"params": [p], "lr": 1.0}], 0.0, "cosine", 2, 10)["lr_scheduler"]["scheduler"]
+    got = []
+    for _ in range(10):
+        got.append(sched.get_last_lr()[0])
+        sched.optimizer.step()
+        sched.step()
+    want = [0.5, 1.0] + [0.5 * (1 + math.cos(math.pi * k / 8)) for k in range(8)]
+    assert got == pytest.approx(want)
 
 
 def test_stage1_needs_two_views(pretrained, tmp_path: Path) -> None:
