@@ -3,6 +3,7 @@ checkpoint's trunks in the downstream classifier, the EMA update, and the input 
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import warnings
@@ -19,6 +20,8 @@ from skinssl.cli import build_cli
 from skinssl.datamodules import SyntheticDerm7ptDataModule, Views
 from skinssl.lightning_modules import MultiLabelClassifier
 from skinssl.lightning_modules.baselines import BYOL, DeepClusterV2, MoCo, SimCLR
+from skinssl.lightning_modules.baselines.losses import info_nce
+from skinssl.lightning_modules.losses import nt_xent
 
 SHRINK = [
     "--data.class_path=skinssl.datamodules.SyntheticDerm7ptDataModule",
@@ -138,6 +141,62 @@ def test_downstream_classifier_loads_the_pretrained_trunks(
 
 
 @pytest.mark.parametrize("cls", [BYOL, MoCo])
+def pair_batch() -> dict[str, object]:
+    """Two views per modality of 4 cases; case 1's clinical image is a stand-in."""
+    g = torch.Generator().manual_seed(1)
+    views = [torch.randn(4, 3, 32, 32, generator=g) for _ in range(4)]
+    valid = torch.tensor([True, False, True, True])
+    return {"derm": views[:2], "clinic": views[2:], "pair_valid": valid, "index": torch.arange(4)}
+
+
+def test_simclr_terms_are_the_documented_nt_xent() -> None:
+    """Intra: views 1 vs 2 per modality; cross: dermoscopic vs clinical view, per view, over
+    the valid pairs, averaged."""
+    torch.manual_seed(0)
+    m = SimCLR(backbone="resnet18", proj_hidden=16, proj_dim=8, gather_negatives=False).eval()
+    batch = pair_batch()
+    terms = m.loss_terms(batch)
+    with torch.no_grad():
+        z = {k: [m.projectors[k](m.trunk(k)(v)) for v in batch[k]] for k in ("derm", "clinic")}
+        t, valid = m.hparams.temperature, batch["pair_valid"]
+        want = {f"intra_{k}": nt_xent(*z[k], t) for k in ("derm", "clinic")}
+        want["cross"] = sum(nt_xent(z["derm"][i], z["clinic"][i], t, valid) for i in (0, 1)) / 2
+    assert set(terms) == set(want)
+    for k, v in want.items():
+        assert float(terms[k]) == pytest.approx(float(v), rel=1e-5), k
+
+
+def test_moco_terms_pair_each_query_with_the_other_views_key() -> None:
+    """Intra: query of view 1 vs key of view 2 and back, against the queue as it was; cross:
+    queries of one modality vs keys of the other, same view, over the valid pairs."""
+    torch.manual_seed(0)
+    m = MoCo(backbone="resnet18", proj_hidden=16, proj_dim=8, queue_size=8).eval()
+    for queue in m.queues.values():  # a queue of earlier keys, as after a few steps
+        queue.bank.copy_(torch.nn.functional.normalize(torch.randn_like(queue.bank), dim=1))
+    before = copy.deepcopy(m)
+    batch = pair_batch()
+    terms = m.loss_terms(batch)
+    with torch.no_grad():
+        q = {k: [before.projectors[k](before.trunk(k)(v)) for v in batch[k]] for k in batch
+             if k in ("derm", "clinic")}  # fmt: skip
+        key = {k: [before.momentum_embed(k, v) for v in batch[k]] for k in q}
+        bank = {k: before.queues[k].bank.clone() for k in q}
+        t, valid = m.hparams.temperature, batch["pair_valid"]
+        want = {
+            f"intra_{k}": (info_nce(q[k][0], key[k][1], bank[k], t)
+                           + info_nce(q[k][1], key[k][0], bank[k], t)) / 2
+            for k in q
+        }  # fmt: skip
+        cross = [
+            info_nce(q[a][i], key[b][i], bank[b], t, valid)
+            for a, b in (("derm", "clinic"), ("clinic", "derm"))
+            for i in (0, 1)
+        ]
+        want["cross"] = sum(cross) / len(cross)
+    for k, v in want.items():
+        assert float(terms[k]) == pytest.approx(float(v), rel=1e-5), k
+
+
 def test_momentum_copy_is_updated_after_the_optimizer_step(
     cls: type, data_root: Path, tmp_path: Path
 ) -> None:
