@@ -140,7 +140,6 @@ def test_downstream_classifier_loads_the_pretrained_trunks(
             MultiLabelClassifier(backbone="resnet18", init_from=str(path), share_trunk=True)
 
 
-@pytest.mark.parametrize("cls", [BYOL, MoCo])
 def pair_batch() -> dict[str, object]:
     """Two views per modality of 4 cases; case 1's clinical image is a stand-in."""
     g = torch.Generator().manual_seed(1)
@@ -197,6 +196,7 @@ def test_moco_terms_pair_each_query_with_the_other_views_key() -> None:
         assert float(terms[k]) == pytest.approx(float(v), rel=1e-5), k
 
 
+@pytest.mark.parametrize("cls", [BYOL, MoCo])
 def test_momentum_copy_is_updated_after_the_optimizer_step(
     cls: type, data_root: Path, tmp_path: Path
 ) -> None:
