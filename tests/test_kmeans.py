@@ -303,7 +303,9 @@ def test_callback_fit_labels_logs_and_clean_pass(tmp_path: Path) -> None:
         assert len(events.Scalars(f"kmeans/{name}")) == 2
     assert len(events.Scalars("kmeans/PN/nmi_prev")) == 1  # from the second clustering on
     (share,) = events.Scalars("kmeans/epoch_share")  # after an epoch has been timed
-    assert 0 < share.value < 1
+    (spent,) = events.Scalars("kmeans/callback_seconds")
+    (second,) = [e.value for e in events.Scalars("kmeans/seconds")][1:]
+    assert 0 < share.value < 1 and spent.value > second  # k-means and the rest of the callback
     assert "kmeans/BWV/nmi_true" not in tags["scalars"]  # no BWV column in the CSV
     assert "kmeans/BWV/ari_prev" in tags["scalars"]
     assert {"kmeans/PN/cluster_sizes", "kmeans/BWV/cluster_sizes"} <= set(tags["histograms"])

@@ -399,9 +399,18 @@ class KMeansPseudoLabels(L.Callback):
         self._refresh(trainer, pl_module, starting=True)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        start = time.perf_counter()
         if self.features == "memory_bank":
             self._merge_bank(trainer)
-        self._refresh(trainer, pl_module, starting=False)
+        clustered = self._refresh(trainer, pl_module, starting=False)
+        if clustered and trainer.is_global_zero and self._epoch_seconds is not None:
+            # all the callback did: bank merge, features, k-means, statistics, broadcast,
+            # prototypes, logging; against the previous epoch's training
+            spent = time.perf_counter() - start
+            share = {"kmeans/callback_seconds": spent}
+            share["kmeans/epoch_share"] = spent / (spent + self._epoch_seconds)
+            for logger in trainer.loggers:
+                logger.log_metrics(share, step=trainer.global_step)
         self._epoch_clock = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -487,8 +496,9 @@ class KMeansPseudoLabels(L.Callback):
         }
 
     # ------------------------------------------------------------- clustering
-    def _refresh(self, trainer: L.Trainer, pl_module: L.LightningModule, starting: bool) -> None:
-        """Cluster when due; at train start otherwise hand the kept (restored) labels over.
+    def _refresh(self, trainer: L.Trainer, pl_module: L.LightningModule, starting: bool) -> bool:
+        """Cluster when due (returns whether it did); at train start otherwise hand the kept
+        (restored) labels over.
 
         A run resumed mid-epoch restarts at the checkpoint's epoch: its labels are kept. A run
         resumed at an epoch boundary starts a later epoch and re-clusters when due.
@@ -504,8 +514,9 @@ class KMeansPseudoLabels(L.Callback):
         if self._labels is not None and not due:
             if starting:
                 self._apply(pl_module, fresh=False)
-            return
+            return False
         self.cluster(trainer, pl_module)
+        return True
 
     def cluster(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Cluster every head now (all ranks call this), then ``set_clusters`` on every rank."""
@@ -522,9 +533,6 @@ class KMeansPseudoLabels(L.Callback):
             else:
                 metrics = result["metrics"]
                 metrics["kmeans/features_seconds"] = features_s
-                if self._epoch_seconds is not None:  # clustering / (clustering + training)
-                    spent = features_s + metrics["kmeans/seconds"]
-                    metrics["kmeans/epoch_share"] = spent / (spent + self._epoch_seconds)
         result = trainer.strategy.broadcast(result, src=0)
         if failure is not None:
             raise failure
