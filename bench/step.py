@@ -148,6 +148,9 @@ def main() -> None:
     parser.add_argument("--stage", type=int, choices=[1, 2], default=1)
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--image-size", type=int, default=96)
+    parser.add_argument("--synthetic-size", type=int, default=256,
+                        help="height of the generated images (Derm7pt's: 512)")  # fmt: skip
+    parser.add_argument("--num-cases", type=int, default=1011)
     parser.add_argument("--cache-size", type=int, default=None,
                         help="cached image side (default 8/7 of --image-size; Derm7pt's "
                         "published configs: 462)")  # fmt: skip
@@ -173,6 +176,8 @@ def main() -> None:
     workers = default_workers() if args.workers is None else args.workers
     dm = SyntheticDerm7ptDataModule(
         root=args.root,
+        num_cases=args.num_cases,
+        synthetic_size=args.synthetic_size,
         image_size=args.image_size,
         cache_size=args.cache_size or round(args.image_size * 8 / 7),
         batch_size=args.batch_size,
