@@ -272,6 +272,26 @@ def test_shrinking_is_anti_aliased_on_both_paths() -> None:
         assert abs(v.mean() - 127.5) < 6 and v.std() < 45, (name, v.mean(), v.std())
 
 
+def test_cpu_crops_resample_as_the_device_views() -> None:
+    """``sampled_resize`` (the CPU crops) takes the samples of ``roi_align`` with adaptive
+    sampling (the device crops): equal within a grey level, shrinking and enlarging (inside a
+    one-pixel frame: at its edge a CPU crop repeats its own border, as torchvision's crop then
+    resize, where ``roi_align`` on the whole image reads the pixels beyond it)."""
+    from torchvision.ops import roi_align
+
+    from skinssl.datamodules.views import sampled_resize
+
+    image = np.random.default_rng(3).integers(0, 256, (90, 140, 3), dtype=np.uint8)
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    for box in ((0, 0, 140, 90), (10, 5, 120, 83), (30, 20, 52, 41)):  # x0, y0, x1, y1
+        x0, y0, x1, y1 = box
+        got = sampled_resize(np.ascontiguousarray(image[y0:y1, x0:x1]), (SIZE, SIZE))
+        rois = torch.tensor([[0.0, *box]])
+        want = roi_align(x, rois, (SIZE, SIZE), 1.0, 0, True)[0].round().permute(1, 2, 0)
+        diff = np.abs(got.astype(int) - want.numpy().astype(int))[1:-1, 1:-1]
+        assert diff.max() <= 1, box
+
+
 def test_compiled_views_equal_eager_views() -> None:
     """``compile_views``: the compiled views are the eager views (a rare pixel may round the
     other way where the fused arithmetic differs in the last bit), uint8 or normalised."""

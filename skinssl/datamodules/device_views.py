@@ -5,7 +5,7 @@ The same steps and parameter ranges as :func:`skinssl.datamodules.views.train_pi
 horizontal/vertical flip, colour jitter (brightness, contrast, saturation, hue in a random order
 per image), grayscale, 3x3 Gaussian blur. Crops are resamplings of each image's box
 (``roi_align``: each output pixel averages ceil(box/size) x ceil(box/size) bilinear samples, so
-shrinking is anti-aliased as the CPU path's area resize), colour operations run in
+shrinking is anti-aliased; the CPU path takes the same samples), colour operations run in
 float and the result is rounded to uint8 once (the CPU path rounds after every step), so single
 pixels differ a little while the distributions match (``tests/test_device_views.py``).
 

@@ -10,8 +10,10 @@ import random
 from dataclasses import dataclass
 
 import albumentations as A
+import cv2
 import numpy as np
 import torch
+from albumentations.augmentations.crops import functional as fcrops
 
 DERM7PT_MEAN = (0.7833, 0.6712, 0.6026)
 DERM7PT_STD = (0.2139, 0.2472, 0.2571)
@@ -55,17 +57,35 @@ class Views:
                 raise ValueError(f"{name} = {getattr(self, name)} is not a probability in [0, 1]")
 
 
+def sampled_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """HWC uint8 ``image`` resized to ``size`` (h, w) as the device views resample: each output
+    pixel averages ceil(h / out) x ceil(w / out) bilinear samples (``roi_align``'s adaptive
+    sampling), so shrinking is anti-aliased. Bilinear to the sample grid, then a mean over
+    whole blocks: 2-3x faster than OpenCV's area filter for crops up to twice the output, and
+    the same samples as the device views."""
+    (h, w), (out_h, out_w) = image.shape[:2], size
+    sy, sx = -(-h // out_h), -(-w // out_w)
+    samples = cv2.resize(image, (out_w * sx, out_h * sy), interpolation=cv2.INTER_LINEAR)
+    if sx == sy == 1:
+        return samples
+    return cv2.resize(samples, (out_w, out_h), interpolation=cv2.INTER_AREA)  # whole blocks
+
+
+class ResizedCrop(A.RandomResizedCrop):
+    """albumentations' RandomResizedCrop (its crop boxes) resampled by ``sampled_resize``."""
+
+    def apply(
+        self, img: np.ndarray, crop_coords: tuple[int, int, int, int], **params: object
+    ) -> np.ndarray:
+        return sampled_resize(fcrops.crop(img, *crop_coords), self.size)
+
+
 def train_pipeline(views: Views, size: int) -> A.Compose:
     """Random view of a cached uint8 image: crop first, then the colour operations."""
     views.check()
     b, c, s, h = views.color_jitter
     steps: list[A.BasicTransform] = [
-        A.RandomResizedCrop(
-            size=(size, size),
-            scale=views.crop_scale,
-            ratio=(3 / 4, 4 / 3),
-            area_for_downscale="image",  # anti-aliased when shrinking, as PIL's resize
-        ),
+        ResizedCrop(size=(size, size), scale=views.crop_scale, ratio=(3 / 4, 4 / 3)),
     ]
     if views.hflip:
         steps.append(A.HorizontalFlip(p=0.5))
