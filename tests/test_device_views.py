@@ -256,8 +256,9 @@ def test_datamodule_checks_the_memory_for_its_batch_size(tmp_path, monkeypatch) 
 
 
 def test_shrinking_is_anti_aliased_on_both_paths() -> None:
-    """Black/white pixel noise shrunk about 5x averages out (area resampling); sampling one
-    point per output pixel would keep most of its contrast (std about 127)."""
+    """Black/white pixel noise shrunk about 5x averages out (each output pixel averages
+    several samples); sampling one point per output pixel would keep most of its contrast
+    (std about 127)."""
     big = 240
     noise = np.random.default_rng(0).integers(0, 2, (big, big, 1), dtype=np.uint8) * 255
     image = noise.repeat(3, 2)
