@@ -39,23 +39,27 @@ def import_class(path: str) -> type | None:
         return None
 
 
+def cli_value(values: list) -> str:
+    """One value as itself, several as a list, written without spaces for a shell."""
+    text = ",".join(map(str, values))
+    return text if len(values) == 1 else f"[{text}]"
+
+
 # data settings that change what the model sees at evaluation
 PREPROCESSING = ("image_size", "cache_size", "border_crop", "mean", "std")
 
 
-def check_ckpt_model(ckpt_path: str, subcommand: str, class_path: str | None) -> dict[str, Any]:
-    """A clear error when ``ckpt_path`` holds another model class than the config's (Lightning
-    would silently swap the config's model for the checkpoint's); returns the checkpoint's
-    data settings."""
-    ckpt = open_checkpoint(ckpt_path, mmap=True)
-    data = dict(ckpt.get("datamodule_hyper_parameters", {}))
+def check_ckpt_model(
+    ckpt: dict[str, Any], ckpt_path: str, subcommand: str, class_path: str | None
+) -> None:
+    """A clear error when the checkpoint ``ckpt`` holds another model class than the config's
+    (Lightning would silently swap the config's model for the checkpoint's)."""
     saved = ckpt.get("hyper_parameters", {}).get("_class_path")
     if class_path is None or saved is None:
-        return data
+        return
     wanted, found = import_class(class_path), import_class(saved)
-    same = (wanted is found) if wanted is not None else (class_path == saved)
-    if same:
-        return data
+    if (wanted is found) if wanted is not None else (class_path == saved):
+        return
     name = wanted.__name__ if wanted is not None else class_path
     hint = ""
     if wanted is not None:
@@ -121,7 +125,9 @@ class SkinSSLCLI(LightningCLI):
         if path and Path(path).is_file():
             model = config.get("model")
             class_path = model.get("class_path") if model else None
-            self._ckpt_data = check_ckpt_model(path, subcommand, class_path)
+            ckpt = open_checkpoint(path, mmap=True)  # tensors stay on disk
+            check_ckpt_model(ckpt, path, subcommand, class_path)
+            self._ckpt_data = dict(ckpt.get("datamodule_hyper_parameters", {}))
         super()._parse_ckpt_path()
 
     def _warn_preprocessing(self) -> None:
@@ -132,12 +138,7 @@ class SkinSSLCLI(LightningCLI):
         differ = [k for k, (a, b) in values.items() if a != b]
         if differ:
             diffs = "; ".join(f"{k}: trained with {saved[k]!r}, now {now[k]!r}" for k in differ)
-            fix = " ".join(
-                f"--data.init_args.{k}={','.join(map(str, values[k][0]))}"
-                if len(values[k][0]) == 1
-                else f"--data.init_args.{k}=[{','.join(map(str, values[k][0]))}]"
-                for k in differ
-            )
+            fix = " ".join(f"--data.init_args.{k}={cli_value(values[k][0])}" for k in differ)
             rank_zero_warn(
                 f"{self.subcommand}: the data settings differ from the checkpoint's training "
                 f"({diffs}): the model sees images prepared unlike its training images. To "

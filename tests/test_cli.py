@@ -23,6 +23,7 @@ TINY_SYNTHETIC = [
     "--data.init_args.num_workers=0",
     "--trainer.enable_progress_bar=false",
 ]
+BEST = "runs/quickstart/finetune/checkpoints/best.ckpt"  # the quick start's fine-tuned model
 ON_CPU = [
     "--trainer.accelerator=cpu",
     "--trainer.devices=1",
@@ -77,7 +78,7 @@ def quickstart_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "test",
             "configs/quickstart/finetune.yaml",
             *TINY_SYNTHETIC,
-            "--ckpt_path=runs/quickstart/finetune/checkpoints/best.ckpt",
+            f"--ckpt_path={BEST}",
         )
     return cwd
 
@@ -175,7 +176,7 @@ def test_the_command_prints_bad_input_as_its_message(monkeypatch, capsys) -> Non
 def test_testing_another_runs_checkpoint_warns(quickstart_run: Path, monkeypatch) -> None:
     monkeypatch.chdir(quickstart_run)
     other = [*TINY_SYNTHETIC, "--trainer.limit_val_batches=1"]
-    ckpt = "--ckpt_path=runs/quickstart/finetune/checkpoints/best.ckpt"
+    ckpt = f"--ckpt_path={BEST}"
     config = "configs/quickstart/finetune.yaml"
     elsewhere = "--trainer.logger.init_args.version=elsewhere"
     with pytest.warns(UserWarning, match=r"is from run .*quickstart/finetune, but this run's "
@@ -191,7 +192,7 @@ def test_evaluating_with_other_data_settings_warns(quickstart_run: Path, monkeyp
     other = [a for a in TINY_SYNTHETIC if "size=" not in a]
     other += ["--data.init_args.synthetic_size=64", "--data.init_args.image_size=40"]
     other += ["--data.init_args.cache_size=44", "--trainer.limit_val_batches=1"]
-    ckpt = "--ckpt_path=runs/quickstart/finetune/checkpoints/best.ckpt"
+    ckpt = f"--ckpt_path={BEST}"
     with pytest.warns(
         UserWarning,
         match=r"image_size: trained with 32, now 40; cache_size: "
@@ -213,7 +214,7 @@ def test_predict_with_a_run_config_and_checkpoint(quickstart_run: Path, monkeypa
         run(
             "predict",
             "configs/quickstart/finetune.yaml",
-            "--ckpt_path=runs/quickstart/finetune/checkpoints/best.ckpt",
+            f"--ckpt_path={BEST}",
             "--data=skinssl.datamodules.PairedCSVDataModule",
             f"--data.csv_path={csv_path}",
             "--data.predict_split=all",
