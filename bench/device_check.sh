@@ -136,19 +136,28 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 logs, algorithm, out = sys.argv[1:]
 events = EventAccumulator(str(next(Path(logs).rglob("events.out.tfevents.*")).parent),
                           size_guidance={"scalars": 0}).Reload()
-tags = ("kmeans/seconds", "kmeans/features_seconds", "kmeans/callback_seconds",
-        "kmeans/epoch_share")
+tags = ("kmeans/seconds", "kmeans/statistics_seconds", "kmeans/features_seconds",
+        "kmeans/callback_seconds", "kmeans/epoch_share")
 rows = {t: [e.value for e in events.Scalars(t)] for t in tags}
 # after the first clustering (epoch 0: a pass fills the bank); the callback's own time and
 # share start at epoch 1
 late = ("kmeans/callback_seconds", "kmeans/epoch_share")
 later = {t: statistics.median(v if t in late else v[1:]) for t, v in rows.items()}
+# the k-means pass itself (features from the bank, k-means) against the epoch's training
+spent, share = rows["kmeans/callback_seconds"], rows["kmeans/epoch_share"]
+epochs = [c * (1 - s) / s for c, s in zip(spent, share)]
+passes = [f + k for f, k in zip(rows["kmeans/features_seconds"][1:], rows["kmeans/seconds"][1:])]
+later["pass_share"] = statistics.median(p / (p + e) for p, e in zip(passes, epochs))
+later["epoch_seconds"] = statistics.median(epochs)
 print(f"{algorithm}: per epoch "
       + ", ".join(f"{t} {[round(x, 4) for x in v]}" for t, v in rows.items()))
 print(f"{algorithm}: median after the first clustering: k-means {later['kmeans/seconds']:.4f} s,"
+      f" statistics {later['kmeans/statistics_seconds']:.4f} s,"
       f" features {later['kmeans/features_seconds']:.4f} s,"
       f" the callback in all {later['kmeans/callback_seconds']:.4f} s,"
-      f" share of the epoch {100 * later['kmeans/epoch_share']:.2f} %")
+      f" an epoch's training {later['epoch_seconds']:.4f} s; share of the epoch: the callback"
+      f" {100 * later['kmeans/epoch_share']:.2f} %, features + k-means"
+      f" {100 * later['pass_share']:.2f} %")
 Path(out).write_text(json.dumps({"algorithm": algorithm, "per_epoch": rows, "median": later}))
 PY
 }

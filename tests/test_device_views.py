@@ -205,17 +205,21 @@ def test_each_case_gets_views_of_its_own_images_and_only_training_images_go(
     assert len(dm._device_images.images) == 2 * 16 < len(dm._store)
 
 
-def test_padding_repeats_the_image_edge() -> None:
-    """Smaller images are padded with their own last row/column: crops at the edge stay bright."""
+def test_views_of_a_smaller_image_never_read_its_slots_padding() -> None:
+    """A smaller image sits in the top-left of its zero-filled slot, and its views are its own:
+    no crop reads beyond the image: a bright image's views stay bright up to its edges."""
     from skinssl.datamodules.device_views import DeviceImages
 
-    store = [np.full((20, 30, 3), 200, np.uint8), np.zeros((24, 40, 3), np.uint8)]
+    store = [np.full((20, 20, 3), 200, np.uint8), np.zeros((24, 40, 3), np.uint8)]
     images = DeviceImages(store, torch.device("cpu"))
     assert images.images.shape == (2, 3, 24, 40)
-    assert (images.images[0] == 200).all()
-    assert images.sizes.tolist() == [[20, 30], [24, 40]]
+    assert (images.images[0, :, :20, :20] == 200).all()
+    assert images.sizes.tolist() == [[20, 20], [24, 40]]
+    whole = Views(n=2, crop_scale=(1.0, 1.0))  # crops up to the image's edges
     ids, gen = torch.tensor([1, 0]), torch.Generator().manual_seed(0)
-    assert [v.shape for v in images.views(ids, Views(n=2), 16, gen)] == [(2, 3, 16, 16)] * 2
+    both = images.views(ids, whole, 16, gen)
+    assert [v.shape for v in both] == [(2, 3, 16, 16)] * 2
+    assert all((v[1] == 200).all() for v in both)
     assert images.views(ids, Views(n=0), 16, gen) == []  # a modality without views
 
 
@@ -274,23 +278,30 @@ def test_shrinking_is_anti_aliased_on_both_paths() -> None:
 
 
 def test_cpu_crops_resample_as_the_device_views() -> None:
-    """``sampled_resize`` (the CPU crops) takes the samples of ``roi_align`` with adaptive
-    sampling (the device crops): equal within a grey level, shrinking and enlarging (inside a
-    one-pixel frame: at its edge a CPU crop repeats its own border, as torchvision's crop then
-    resize, where ``roi_align`` on the whole image reads the pixels beyond it)."""
-    from torchvision.ops import roi_align
+    """``resize`` (the CPU crops, torch's uint8 kernel) and ``resample`` (the device crops, two
+    matrix products) weigh the same pixels alike: equal within a grey level everywhere,
+    shrinking, enlarging and at the image's edges; and both are PIL's anti-aliased bilinear."""
+    from PIL import Image
 
-    from skinssl.datamodules.views import sampled_resize
+    from skinssl.datamodules.device_views import resample
+    from skinssl.datamodules.views import resize
 
     image = np.random.default_rng(3).integers(0, 256, (90, 140, 3), dtype=np.uint8)
     x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
-    for box in ((0, 0, 140, 90), (10, 5, 120, 83), (30, 20, 52, 41)):  # x0, y0, x1, y1
+    for box in ((0, 0, 140, 90), (10, 5, 120, 83), (30, 20, 52, 41), (0, 0, 20, 90)):
         x0, y0, x1, y1 = box
-        got = sampled_resize(np.ascontiguousarray(image[y0:y1, x0:x1]), (SIZE, SIZE))
-        rois = torch.tensor([[0.0, *box]])
-        want = roi_align(x, rois, (SIZE, SIZE), 1.0, 0, True)[0].round().permute(1, 2, 0)
-        diff = np.abs(got.astype(int) - want.numpy().astype(int))[1:-1, 1:-1]
-        assert diff.max() <= 1, box
+        crop = np.ascontiguousarray(image[y0:y1, x0:x1])
+        got = resize(crop, (SIZE, SIZE)).astype(int)
+        device = resample(x, torch.tensor([box], dtype=torch.float), SIZE)[0]
+        device = device.round().permute(1, 2, 0).numpy().astype(int)
+        pil = np.asarray(Image.fromarray(crop).resize((SIZE, SIZE), Image.BILINEAR)).astype(int)
+        for want in (device, pil):
+            assert np.abs(got - want).max() <= 1, box
+    # a pixel outside the box weighs nothing
+    outside = x.clone()
+    outside[..., :5, :] = 255 - outside[..., :5, :]
+    box = torch.tensor([[10.0, 5, 120, 83]])
+    assert torch.equal(resample(x, box, SIZE), resample(outside, box, SIZE))
 
 
 def test_compiled_views_equal_eager_views() -> None:
@@ -365,20 +376,10 @@ def test_each_view_draws_its_random_numbers_at_once() -> None:
         assert made.shape == (4, 3, 16, 16) and draws.count == 1
 
 
-def test_views_use_torchvision_kernel_not_its_python_fallback(monkeypatch) -> None:
-    """Under ``trainer.deterministic: true`` on a GPU, ``torchvision.ops.roi_align`` switches to a
-    Python fallback that samples every pixel of the image for each output pixel (gigabytes at
-    Derm7pt sizes). The views call the kernel, whose forward is deterministic, and are the same
-    under deterministic algorithms. (The fallback is forced here as the wrapper takes it.)"""
-    import sys
-
-    wrapper = sys.modules["torchvision.ops.roi_align"]
-
-    def fallback(*args: object) -> torch.Tensor:
-        raise AssertionError("torchvision's Python roi_align fallback")
-
-    monkeypatch.setattr(wrapper, "_roi_align", fallback)
-    monkeypatch.setattr(wrapper, "_has_ops", lambda: False)  # the wrapper's way to it on a CPU
+def test_views_are_the_same_under_deterministic_algorithms(monkeypatch) -> None:
+    """``trainer.deterministic: true`` (deterministic algorithms; on a GPU cuBLAS with the
+    workspace setting Lightning makes) changes no view."""
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     images = torch.from_numpy(np.random.default_rng(2).integers(0, 256, (4, 3, 40, 56), np.uint8))
     images, sizes = images.to(DEVICE), torch.tensor([[40, 56]] * 4, device=DEVICE)
     made = [device_views(images, sizes, Views.simclr(), 24, torch.Generator(DEVICE).manual_seed(9))]

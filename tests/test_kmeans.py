@@ -299,7 +299,8 @@ def test_callback_fit_labels_logs_and_clean_pass(tmp_path: Path) -> None:
 
     events = EventAccumulator(logger.log_dir, size_guidance={"scalars": 0, "histograms": 0})
     tags = events.Reload().Tags()
-    for name in ("PN/objective", "PN/size_min", "PN/size_max", "PN/nmi_true", "seconds"):
+    names = ("objective", "size_min", "size_max", "nmi_true")
+    for name in [f"PN/{n}" for n in names] + ["seconds", "statistics_seconds"]:
         assert len(events.Scalars(f"kmeans/{name}")) == 2
     assert len(events.Scalars("kmeans/PN/nmi_prev")) == 1  # from the second clustering on
     (share,) = events.Scalars("kmeans/epoch_share")  # after an epoch has been timed

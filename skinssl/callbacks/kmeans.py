@@ -414,8 +414,11 @@ class KMeansPseudoLabels(L.Callback):
         self._epoch_clock = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """The epoch's training time, for the clustering's share of an epoch."""
+        """The epoch's training time, for the clustering's share of an epoch: on a GPU once its
+        queued work is done (else the next epoch's clustering would wait for it and count it)."""
         if self._epoch_clock is not None:
+            if pl_module.device.type == "cuda":
+                torch.cuda.synchronize(pl_module.device)
             self._epoch_seconds = time.perf_counter() - self._epoch_clock
 
     def on_train_batch_end(
@@ -562,6 +565,8 @@ class KMeansPseudoLabels(L.Callback):
         centroids, metrics = {}, {"kmeans/samples": float(len(rows))}
         start = time.perf_counter()
         found = self._kmeans(pl_module, features, epoch)
+        metrics["kmeans/seconds"] = time.perf_counter() - start
+        start = time.perf_counter()
         for j, (head, (c, a, objective)) in enumerate(found.items()):
             centroids[head] = torch.from_numpy(c)
             labels[picked, j] = torch.from_numpy(a)
@@ -572,7 +577,7 @@ class KMeansPseudoLabels(L.Callback):
                 **clustering_metrics(a, prev, head_true, self._sizes[head]),
             }
             metrics.update({f"kmeans/{head}/{name}": v for name, v in stats.items()})
-        metrics["kmeans/seconds"] = time.perf_counter() - start
+        metrics["kmeans/statistics_seconds"] = time.perf_counter() - start
         return {"error": None, "labels": labels, "centroids": centroids, "metrics": metrics}
 
     def _kmeans(

@@ -3,11 +3,11 @@
 The same steps and parameter ranges as :func:`skinssl.datamodules.views.train_pipeline`
 (albumentations): random resized crop (scale, ratio 3/4-4/3, 10 tries then a centre crop),
 horizontal/vertical flip, colour jitter (brightness, contrast, saturation, hue in a random order
-per image), grayscale, 3x3 Gaussian blur. Crops are resamplings of each image's box
-(``roi_align``: each output pixel averages ceil(box/size) x ceil(box/size) bilinear samples, so
-shrinking is anti-aliased; the CPU path takes the same samples), colour operations run in
-float and the result is rounded to uint8 once (the CPU path rounds after every step), so single
-pixels differ a little while the distributions match (``tests/test_device_views.py``).
+per image), grayscale, 3x3 Gaussian blur. Crops are resampled with the CPU path's weights
+(anti-aliased bilinear, as PIL: :func:`resample`, two batched matrix products), colour
+operations run in float and the result is rounded to uint8 once (the CPU path rounds after every
+step), so single pixels differ a little while the distributions match
+(``tests/test_device_views.py``).
 
 Each view draws all its random numbers in one call (:func:`uniforms`); the rest is one pure
 function of them (:func:`view`), which ``torch.compile`` turns into a few kernels
@@ -25,7 +25,6 @@ from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
-import torchvision  # noqa: F401  (registers torch.ops.torchvision)
 from torch import Tensor
 
 from skinssl.datamodules.images import ImageStore
@@ -78,6 +77,31 @@ def crop_boxes(sizes: Tensor, scale: tuple[float, float], u: dict[str, Tensor]) 
     top = torch.where(ok, (u["top"][:, 0] * (h - ch + 1)).floor(), ((h - ch) / 2).floor())
     left = torch.where(ok, (u["left"][:, 0] * (w - cw + 1)).floor(), ((w - cw) / 2).floor())
     return torch.stack([left, top, left + cw, top + ch], dim=1)
+
+
+def _weights(start: Tensor, length: Tensor, extent: int, size: int) -> Tensor:
+    """[N, size, extent] weights resampling each image's [start, start + length) [N] of an axis
+    of ``extent`` pixels to ``size``: PIL's anti-aliased bilinear (as :func:`~skinssl.datamodules.
+    views.resize`), a triangle around each output pixel's centre, widened by the scale when
+    shrinking, over the pixels of the crop, normalised."""
+    scale = (length / size)[:, None, None]
+    centre = start[:, None, None] + (torch.arange(size, device=start.device)[:, None] + 0.5) * scale
+    pixel = torch.arange(extent, device=start.device) + 0.5
+    w = (1 - (pixel - centre).abs() / scale.clamp(min=1)).clamp(min=0)
+    inside = (pixel > start[:, None, None]) & (pixel < (start + length)[:, None, None])
+    w = torch.where(inside, w, 0.0)
+    return w / w.sum(2, keepdim=True)
+
+
+def resample(images: Tensor, boxes: Tensor, size: int) -> Tensor:
+    """Each image's box (x1, y1, x2, y2 [N, 4], whole pixels) of float ``images`` [N, C, H, W]
+    resampled to [N, C, size, size] by :func:`_weights`: the rows, then the columns, each a
+    batched matrix product (tensor cores; TF32 where the run allows it)."""
+    n, c, h, w = images.shape
+    wx = _weights(boxes[:, 0], boxes[:, 2] - boxes[:, 0], w, size)
+    wy = _weights(boxes[:, 1], boxes[:, 3] - boxes[:, 1], h, size)
+    rows = torch.bmm(images.reshape(n, c * h, w), wx.transpose(1, 2)).view(n, c, h, size)
+    return wy[:, None] @ rows
 
 
 def _gray(x: Tensor) -> Tensor:
@@ -186,13 +210,7 @@ def view(
 ) -> Tensor:
     """One view of each image (float [N, 3, H, W], each in the top-left ``sizes`` of its slot)
     from the :func:`uniforms` ``u``: crop, resample, then :func:`colour`."""
-    boxes = crop_boxes(sizes, views.crop_scale, u)
-    ids = torch.arange(len(images), device=images.device, dtype=boxes.dtype)
-    rois = torch.cat([ids[:, None], boxes], 1)
-    # torchvision's kernel itself, not torchvision.ops.roi_align: under deterministic algorithms
-    # on a GPU that switches to a Python fallback sampling every pixel of the image for each
-    # output pixel (for its backward's sake); this forward kernel is deterministic already
-    x = torch.ops.torchvision.roi_align(images, rois, 1.0, size, size, 0, True)
+    x = resample(images, crop_boxes(sizes, views.crop_scale, u), size)
     return colour(x, draw(u, views), normal)
 
 
@@ -237,8 +255,8 @@ class DeviceImages:
     """Cached images on one device (the datamodule's: the training split's), uint8
     [M, 3, H, W], and their sizes [M, 2] (h, w).
 
-    Each image sits in the top-left corner of a slot of the largest size; the rest of the slot
-    repeats its last row and column, so that resampling at a crop's edge reads image pixels.
+    Each image sits in the top-left corner of a slot of the largest size, the rest of which is
+    zero and never read (the crops' weights are zero outside their boxes).
     """
 
     def __init__(
@@ -263,13 +281,10 @@ class DeviceImages:
                 f"make views of a batch of {batch}; {_size(free)} is free there. Use "
                 "augment_on: cpu, or a smaller cache_size or batch_size"
             )
-        self.images = torch.empty(len(arrays), 3, height, width, dtype=torch.uint8, device=device)
+        self.images = torch.zeros(len(arrays), 3, height, width, dtype=torch.uint8, device=device)
         for i, a in enumerate(arrays):
             h, w = a.shape[:2]
-            image = torch.from_numpy(a.transpose(2, 0, 1).copy()).to(device)
-            self.images[i] = F.pad(image[None].float(), (0, width - w, 0, height - h), "replicate")[
-                0
-            ]
+            self.images[i, :, :h, :w] = torch.from_numpy(a.transpose(2, 0, 1).copy()).to(device)
         self.sizes = torch.tensor([a.shape[:2] for a in arrays], device=device)
 
     def views(
