@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# The checks that need a GPU, in parts with time limits of 90-180 s that add up to about 27
+# The checks that need a GPU, in parts with time limits of 60-180 s that add up to about 28
 # minutes, more than one lease allows: choose with PARTS, about 570 s of limits per call. The
 # first part that runs also makes the synthetic images (data/ does not travel). The parts:
 # the stage-1 step at the published recipe (ResNet-50 x2, 224 px, batch 96, bf16,
 # channels-last) with views made in CPU workers and on the GPU, each against the model alone,
 # with host-device synchronisations counted; the device-view distribution tests on the GPU;
-# k-means seconds per pass; the data benchmark with its GPU row; the quick start on the GPU
-# (bf16, views on the GPU); the step with torch.compile; the stage-2 step (frozen trunks,
-# batch 256, 32-bit with TF32) with views from CPU workers and on the GPU; short stage-2 fits
-# of the published config with either k-means, reporting the callback's own share of an
-# epoch; and the k-means share of an epoch of either stage at each step benchmark's rate. A
-# failed or late part is reported and the rest still run. Writes machine.txt and
-# results.json (every part's JSON) into OUT_DIR.
+# k-means seconds per pass; the data benchmark with its GPU row; the views' cost per step on
+# one core, ours and the reference (where the data benchmark's ratio comes from); the quick
+# start on the GPU (bf16, views on the GPU); the step with torch.compile; the stage-2 step
+# (frozen trunks, batch 256, 32-bit with TF32) with views from CPU workers and on the GPU;
+# short stage-2 fits of the published config with either k-means, reporting the callback's
+# own share of an epoch; and the k-means share of an epoch of either stage at each step
+# benchmark's rate. A failed or late part is reported and the rest still run. Writes
+# machine.txt and results.json (every part's JSON) into OUT_DIR.
 #
 #   bash bench/device_check.sh OUT_DIR
 #
@@ -20,8 +21,8 @@
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl &&
 #   export PYTHONPATH=/tmp/site && bash bench/device_check.sh $OUT 2>&1 | tee $OUT/log.txt
 # PARTS (e.g. PARTS="step-device data") runs only those parts: step-cpu, step-device,
-# step-device-compiled, tests, kmeans, data, quickstart, compile, stage2-cpu, stage2-device,
-# stage2-fit-spherical, stage2-fit-authors.
+# step-device-compiled, tests, kmeans, data, views, quickstart, compile, stage2-cpu,
+# stage2-device, stage2-fit-spherical, stage2-fit-authors.
 # DEVICE, BACKBONE, SIZE, BATCH, BATCH2 (stage 2), STEPS, CASES, CACHE (cached image side,
 # default 462 as the published configs) and KMEANS_ARGS override the defaults (a CPU dry run:
 # DEVICE=cpu BACKBONE=resnet18 SIZE=64 BATCH=8 BATCH2=16 STEPS=2 CASES=64 CACHE=72
@@ -95,6 +96,9 @@ part data "data: reference per-sample pipeline, cache on CPU, views on the devic
   python3 bench/dataloader.py --num-cases "$cases" --synthetic-root "data/device-check-512-$cases" \
   --image-size "${SIZE:-224}" --batch-size $((${BATCH:-96} < 32 ? ${BATCH:-96} : 32)) \
   --cache-size "${CACHE:-462}" --out "$work/dataloader.json"
+part views "views: milliseconds per step on one core, ours and the reference" 60 \
+  python3 bench/views.py --image-size "${SIZE:-224}" --cache-size "${CACHE:-462}" \
+  --out "$work/views.json"
 if [ "$device" = cuda ]; then  # a function: run by bash under timeout
   part quickstart "quick start on the GPU (bf16, compiled views on the GPU)" 150 \
     bash -c "$(declare -f quickstart_on_gpu); quickstart_on_gpu"
