@@ -230,14 +230,14 @@ def test_a_cache_larger_than_the_free_gpu_memory_is_a_clear_error(monkeypatch) -
     store = [np.zeros((462, 718, 3), np.uint8)] * 4  # 3.8 MiB in all
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (2**20, 2**30))
     expected = (
-        r"needs 13.3 MiB on cuda: 3.8 MiB for the 4 cached images \(462 x 718 each\) and "
-        r"9.5 MiB to make views of a batch of 2; 1.0 MiB is free there. Use augment_on: cpu"
+        r"needs 17.7 MiB on cuda: 3.8 MiB for the 4 cached images \(462 x 718 each\) and "
+        r"13.9 MiB to make views of a batch of 2; 1.0 MiB is free there. Use augment_on: cpu"
     )
     with pytest.raises(ValueError, match=expected):
-        DeviceImages(store, torch.device("cuda"), batch=2)
+        DeviceImages(store, torch.device("cuda"), batch=2, size=224)
 
 
-def test_datamodule_checks_the_memory_for_its_batch_size(tmp_path, monkeypatch) -> None:
+def test_datamodule_checks_the_memory_for_its_batch_and_view_size(tmp_path, monkeypatch) -> None:
     import inspect
 
     from test_pipeline import dm_for, make_csv
@@ -247,7 +247,8 @@ def test_datamodule_checks_the_memory_for_its_batch_size(tmp_path, monkeypatch) 
     made, real = [], base.DeviceImages
 
     def recording(*args, **kwargs):  # noqa: ANN202
-        made.append(inspect.signature(real).bind(*args, **kwargs).arguments.get("batch"))
+        given = inspect.signature(real).bind(*args, **kwargs).arguments
+        made.append((given.get("batch"), given.get("size")))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(base, "DeviceImages", recording)
@@ -256,7 +257,7 @@ def test_datamodule_checks_the_memory_for_its_batch_size(tmp_path, monkeypatch) 
     loader = dm.train_dataloader()
     loader.sampler.set_epoch(0)
     dm.on_after_batch_transfer(dm.on_before_batch_transfer(next(iter(loader)), 0), 0)
-    assert made == [3]
+    assert made == [(3, dm.image_size)]
 
 
 def test_shrinking_is_anti_aliased_on_both_paths() -> None:

@@ -360,7 +360,9 @@ class PairedDataModule(L.LightningDataModule):
         if self._device_images is None or self._device_images.images.device != device:
             assert self._store is not None
             keep = self._device_layout()[0]
-            self._device_images = DeviceImages(self._store, device, keep, self.batch_size)
+            self._device_images = DeviceImages(
+                self._store, device, keep, self.batch_size, self.image_size
+            )
         seed = batch.pop("views_seed", None)
         if seed is None:  # called without the hook before the transfer (values read back)
             seed = self._batch_seed(batch)

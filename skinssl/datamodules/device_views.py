@@ -265,15 +265,18 @@ class DeviceImages:
         device: torch.device,
         keep: Iterable[int] | None = None,
         batch: int = 0,
+        size: int = 0,
     ) -> None:
         """The images ``keep`` of ``store`` (all by default), in that order. On a GPU, first a
-        clear error unless its free memory holds them and the working copy that views of
-        ``batch`` of them need (their slots gathered, then as float: 5 bytes a value)."""
+        clear error unless its free memory holds them and the working memory that views of
+        ``batch`` of them at ``size`` px need (their slots gathered, then as float: 5 bytes a
+        value; the resampling's weights and half-resampled rows in float)."""
         arrays = [store[int(i)] for i in (range(len(store)) if keep is None else keep)]
         height = max(a.shape[0] for a in arrays)
         width = max(a.shape[1] for a in arrays)
         cache = len(arrays) * 3 * height * width  # uint8
-        work = batch * 3 * height * width * 5  # a batch's slots gathered (uint8), then as float
+        resampling = 4 * (size * (height + width) + 3 * height * size)  # see resample()
+        work = batch * (3 * height * width * 5 + resampling)
         if device.type == "cuda" and cache + work > (free := torch.cuda.mem_get_info(device)[0]):
             raise ValueError(
                 f"augment_on: device needs {_size(cache + work)} on {device}: {_size(cache)} for "
