@@ -205,9 +205,9 @@ def test_each_case_gets_views_of_its_own_images_and_only_training_images_go(
     assert len(dm._device_images.images) == 2 * 16 < len(dm._store)
 
 
-def test_views_of_a_smaller_image_never_read_its_slots_padding() -> None:
+def test_views_of_a_smaller_image_take_nothing_from_its_slots_padding() -> None:
     """A smaller image sits in the top-left of its zero-filled slot, and its views are its own:
-    no crop reads beyond the image: a bright image's views stay bright up to its edges."""
+    nothing beyond the image weighs in, so a bright image's views stay bright to its edges."""
     from skinssl.datamodules.device_views import DeviceImages
 
     store = [np.full((20, 20, 3), 200, np.uint8), np.zeros((24, 40, 3), np.uint8)]
@@ -230,8 +230,8 @@ def test_a_cache_larger_than_the_free_gpu_memory_is_a_clear_error(monkeypatch) -
     store = [np.zeros((462, 718, 3), np.uint8)] * 4  # 3.8 MiB in all
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (2**20, 2**30))
     expected = (
-        r"needs 17.7 MiB on cuda: 3.8 MiB for the 4 cached images \(462 x 718 each\) and "
-        r"13.9 MiB to make views of a batch of 2; 1.0 MiB is free there. Use augment_on: cpu"
+        r"needs 24.1 MiB on cuda: 3.8 MiB for the 4 cached images \(462 x 718 each\) and "
+        r"20.3 MiB to make views of a batch of 2; 1.0 MiB is free there. Use augment_on: cpu"
     )
     with pytest.raises(ValueError, match=expected):
         DeviceImages(store, torch.device("cuda"), batch=2, size=224)
@@ -261,9 +261,9 @@ def test_datamodule_checks_the_memory_for_its_batch_and_view_size(tmp_path, monk
 
 
 def test_shrinking_is_anti_aliased_on_both_paths() -> None:
-    """Black/white pixel noise shrunk about 5x averages out (each output pixel averages
-    several samples); sampling one point per output pixel would keep most of its contrast
-    (std about 127)."""
+    """Black/white pixel noise shrunk about 5x averages out (each output pixel weighs some ten
+    source pixels each way); sampling one point per output pixel would keep most of its
+    contrast (std about 127)."""
     big = 240
     noise = np.random.default_rng(0).integers(0, 2, (big, big, 1), dtype=np.uint8) * 255
     image = noise.repeat(3, 2)
@@ -298,11 +298,36 @@ def test_cpu_crops_resample_as_the_device_views() -> None:
         pil = np.asarray(Image.fromarray(crop).resize((SIZE, SIZE), Image.BILINEAR)).astype(int)
         for want in (device, pil):
             assert np.abs(got - want).max() <= 1, box
+    whole = eval_pipeline(SIZE)(image=image)["image"].astype(int)  # the evaluation resize too
+    pil = np.asarray(Image.fromarray(image).resize((SIZE, SIZE), Image.BILINEAR)).astype(int)
+    assert np.abs(whole - pil).max() <= 1
     # a pixel outside the box weighs nothing
     outside = x.clone()
     outside[..., :5, :] = 255 - outside[..., :5, :]
     box = torch.tensor([[10.0, 5, 120, 83]])
     assert torch.equal(resample(x, box, SIZE), resample(outside, box, SIZE))
+
+
+def test_device_crops_under_the_runs_matmul_precision() -> None:
+    """On ``SKINSSL_TEST_DEVICE`` with TF32 allowed, as the CLI allows it for training
+    (``high``): the device crops stay within two grey levels of the CPU's, one on average
+    far less (TF32 keeps 11 significant bits of each weight; on a CPU this is float32)."""
+    from skinssl.datamodules.device_views import resample
+    from skinssl.datamodules.views import resize
+
+    image = np.random.default_rng(4).integers(0, 256, (300, 460, 3), dtype=np.uint8)
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float().to(DEVICE)
+    boxes = ((0, 0, 460, 300), (17, 9, 398, 290), (100, 50, 180, 120))
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        made = resample(x.expand(3, -1, -1, -1), torch.tensor(boxes, device=DEVICE).float(), 224)
+    finally:
+        torch.set_float32_matmul_precision(before)
+    for box, view in zip(boxes, made.round().permute(0, 2, 3, 1).cpu().numpy(), strict=True):
+        x0, y0, x1, y1 = box
+        diff = np.abs(resize(np.ascontiguousarray(image[y0:y1, x0:x1]), (224, 224)) - view)
+        assert diff.max() <= 2 and diff.mean() < 0.2, (box, diff.max(), diff.mean())
 
 
 def test_compiled_views_equal_eager_views() -> None:

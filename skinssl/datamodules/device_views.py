@@ -256,7 +256,8 @@ class DeviceImages:
     [M, 3, H, W], and their sizes [M, 2] (h, w).
 
     Each image sits in the top-left corner of a slot of the largest size, the rest of which is
-    zero and never read (the crops' weights are zero outside their boxes).
+    zero: the crops' weights are zero outside their boxes, and zeros (unlike uninitialised
+    memory, which may hold NaN) add nothing.
     """
 
     def __init__(
@@ -268,14 +269,15 @@ class DeviceImages:
         size: int = 0,
     ) -> None:
         """The images ``keep`` of ``store`` (all by default), in that order. On a GPU, first a
-        clear error unless its free memory holds them and the working memory that views of
-        ``batch`` of them at ``size`` px need (their slots gathered, then as float: 5 bytes a
-        value; the resampling's weights and half-resampled rows in float)."""
+        clear error unless its free memory holds them and about the working memory that views
+        of ``batch`` of them at ``size`` px need: their slots gathered, then as float (5 bytes
+        a value), and the resampling's float weights (about three at a time while they are
+        made), half-resampled rows and their copy for the second product."""
         arrays = [store[int(i)] for i in (range(len(store)) if keep is None else keep)]
         height = max(a.shape[0] for a in arrays)
         width = max(a.shape[1] for a in arrays)
         cache = len(arrays) * 3 * height * width  # uint8
-        resampling = 4 * (size * (height + width) + 3 * height * size)  # see resample()
+        resampling = 4 * (3 * size * (height + width) + 2 * 3 * height * size)  # resample()
         work = batch * (3 * height * width * 5 + resampling)
         if device.type == "cuda" and cache + work > (free := torch.cuda.mem_get_info(device)[0]):
             raise ValueError(
