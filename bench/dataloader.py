@@ -37,6 +37,20 @@ from skinssl.datamodules.base import default_workers
 from skinssl.datamodules.views import DERM7PT_MEAN, DERM7PT_STD
 
 
+def reference_transform(v: Views, size: int) -> T.Compose:
+    """The authors' stage-1 view of a PIL image: torchvision's transforms to a normalised
+    float tensor."""
+    return T.Compose([
+        T.RandomResizedCrop(size, scale=v.crop_scale),
+        T.RandomHorizontalFlip(),
+        T.RandomApply([T.ColorJitter(*v.color_jitter)], p=v.p_color_jitter),
+        T.RandomGrayscale(p=v.p_grayscale),
+        T.RandomApply([T.GaussianBlur(3, v.blur_sigma)], p=v.p_blur),
+        T.ToTensor(),
+        T.Normalize(DERM7PT_MEAN, DERM7PT_STD),
+    ])  # fmt: skip
+
+
 class ReferencePairs(Dataset):
     """The per-sample reference: read both JPEGs with OpenCV, crop the frame, and make two
     torchvision views of each (the stage-1 views of ``Views.simclr()``) on every access."""
@@ -45,16 +59,7 @@ class ReferencePairs(Dataset):
         rows = dm.split_rows("train")
         self.paths = [(dm.cases.derm[r], dm.cases.clinic[r]) for r in rows]
         self.border = dm.border_crop
-        v, size = Views.simclr(), dm.image_size
-        self.transform = T.Compose([
-            T.RandomResizedCrop(size, scale=v.crop_scale),
-            T.RandomHorizontalFlip(),
-            T.RandomApply([T.ColorJitter(*v.color_jitter)], p=v.p_color_jitter),
-            T.RandomGrayscale(p=v.p_grayscale),
-            T.RandomApply([T.GaussianBlur(3, v.blur_sigma)], p=v.p_blur),
-            T.ToTensor(),
-            T.Normalize(DERM7PT_MEAN, DERM7PT_STD),
-        ])  # fmt: skip
+        self.transform = reference_transform(Views.simclr(), dm.image_size)
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -143,19 +143,19 @@ events = EventAccumulator(str(next(Path(logs).rglob("events.out.tfevents.*")).pa
 tags = ("kmeans/seconds", "kmeans/statistics_seconds", "kmeans/features_seconds",
         "kmeans/callback_seconds", "kmeans/epoch_share")
 rows = {t: [e.value for e in events.Scalars(t)] for t in tags}
-# after the first clustering (epoch 0: a pass fills the bank); the callback's own time and
-# share start at epoch 1
-late = ("kmeans/callback_seconds", "kmeans/epoch_share")
-later = {t: statistics.median(v if t in late else v[1:]) for t, v in rows.items()}
+# after the first clustering (epoch 0: a pass fills the bank); the callback's own time starts
+# at epoch 1, its share at epoch 2 (epoch 0's training compiled the views)
+skip = {"kmeans/callback_seconds": 0, "kmeans/epoch_share": 1}
+later = {t: statistics.median(v[skip.get(t, 1):]) for t, v in rows.items()}
 # the k-means pass itself (features from the bank, k-means) against the epoch's training
-spent, share = rows["kmeans/callback_seconds"], rows["kmeans/epoch_share"]
+spent, share = rows["kmeans/callback_seconds"][1:], rows["kmeans/epoch_share"][1:]
 epochs = [c * (1 - s) / s for c, s in zip(spent, share)]
-passes = [f + k for f, k in zip(rows["kmeans/features_seconds"][1:], rows["kmeans/seconds"][1:])]
+passes = [f + k for f, k in zip(rows["kmeans/features_seconds"][2:], rows["kmeans/seconds"][2:])]
 later["pass_share"] = statistics.median(p / (p + e) for p, e in zip(passes, epochs))
 later["epoch_seconds"] = statistics.median(epochs)
 print(f"{algorithm}: per epoch "
       + ", ".join(f"{t} {[round(x, 4) for x in v]}" for t, v in rows.items()))
-print(f"{algorithm}: median after the first clustering: k-means {later['kmeans/seconds']:.4f} s,"
+print(f"{algorithm}: medians from epoch 1 (shares from epoch 2): k-means {later['kmeans/seconds']:.4f} s,"
       f" statistics {later['kmeans/statistics_seconds']:.4f} s,"
       f" features {later['kmeans/features_seconds']:.4f} s,"
       f" the callback in all {later['kmeans/callback_seconds']:.4f} s,"
