@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The checks that need a GPU, in parts with time limits of 60-180 s that add up to about 28
+# The checks that need a GPU, in parts with time limits of 60-180 s that add up to about 30
 # minutes, more than one lease allows: choose with PARTS, about 570 s of limits per call. The
 # first part that runs also makes the synthetic images (data/ does not travel). The parts:
 # the stage-1 step at the published recipe (ResNet-50 x2, 224 px, batch 96, bf16,
@@ -10,9 +10,10 @@
 # start on the GPU (bf16, views on the GPU); the step with torch.compile; the stage-2 step
 # (frozen trunks, batch 256, 32-bit with TF32) with views from CPU workers and on the GPU;
 # short stage-2 fits of the published config with either k-means, reporting the callback's
-# own share of an epoch; and the k-means share of an epoch of either stage at each step
-# benchmark's rate. A failed or late part is reported and the rest still run. Writes
-# machine.txt and results.json (every part's JSON) into OUT_DIR.
+# own share of an epoch, and one under cProfile (where the callback's time goes); and the
+# k-means share of an epoch of either stage at each step benchmark's rate. A failed or late
+# part is reported and the rest still run. Writes machine.txt and results.json (every part's
+# JSON) into OUT_DIR.
 #
 #   bash bench/device_check.sh OUT_DIR
 #
@@ -22,7 +23,7 @@
 #   export PYTHONPATH=/tmp/site && bash bench/device_check.sh $OUT 2>&1 | tee $OUT/log.txt
 # PARTS (e.g. PARTS="step-device data") runs only those parts: step-cpu, step-device,
 # step-device-compiled, tests, kmeans, data, views, quickstart, compile, stage2-cpu,
-# stage2-device, stage2-fit-spherical, stage2-fit-authors.
+# stage2-device, stage2-fit-spherical, stage2-fit-authors, stage2-profile.
 # DEVICE, BACKBONE, SIZE, BATCH, BATCH2 (stage 2), STEPS, CASES, CACHE (cached image side,
 # default 462 as the published configs) and KMEANS_ARGS override the defaults (a CPU dry run:
 # DEVICE=cpu BACKBONE=resnet18 SIZE=64 BATCH=8 BATCH2=16 STEPS=2 CASES=64 CACHE=72
@@ -111,10 +112,13 @@ part stage2-cpu "stage-2 step: views in CPU workers" 120 "${step2[@]}" \
   --out "$work/step2_cpu_views.json"
 part stage2-device "stage-2 step: views on the device, compiled" 150 "${step2[@]}" \
   --augment-on device --compile-views --out "$work/step2_device_views.json"
-stage2_fit() {  # stage2_fit ALGORITHM: 6 epochs of configs/sm3/stage2.yaml on synthetic data
-  # (413 training pairs, random frozen trunks, the config's 32-bit precision, TF32 allowed);
-  # prints the k-means callback's own timings
-  local dir="$work/fit-$1" size=${SIZE:-224}
+stage2_fit() {  # stage2_fit ALGORITHM [profile]: 6 epochs of configs/sm3/stage2.yaml on
+  # synthetic data (413 training pairs, random frozen trunks, the config's 32-bit precision,
+  # TF32 allowed); prints the k-means callback's own timings. With "profile": 4 epochs under
+  # cProfile, printing the milliseconds per call of the callback's steps (cProfile slows
+  # Python-heavy code most, so these are for where the time goes, not for the share)
+  local dir="$work/fit-$1${2:+-$2}" size=${SIZE:-224} run=(python3) epochs=6
+  [ "${2:-}" = profile ] && run=(python3 -m cProfile -o "$dir/profile.out") epochs=4
   mkdir -p "$dir"
   python3 - "$1" "$dir/kmeans.yaml" <<'PY' || return  # the config's k-means, this algorithm
 import sys, yaml
@@ -123,17 +127,36 @@ kmeans = [c for c in config["trainer"]["callbacks"] if "KMeansPseudoLabels" in c
 kmeans[0]["init_args"]["algorithm"] = sys.argv[1]
 yaml.safe_dump({"trainer": {"callbacks": kmeans}}, open(sys.argv[2], "w"))  # no ModelCheckpoint
 PY
-  python3 -m skinssl.cli fit -c configs/sm3/stage2.yaml -c "$dir/kmeans.yaml" \
+  "${run[@]}" -m skinssl.cli fit -c configs/sm3/stage2.yaml -c "$dir/kmeans.yaml" \
     --trainer.accelerator "$([ "$device" = cuda ] && echo gpu || echo cpu)" \
-    --trainer.max_epochs 6 --trainer.enable_progress_bar false \
+    --trainer.max_epochs "$epochs" --trainer.enable_progress_bar false \
     --trainer.enable_checkpointing false \
     --trainer.logger.init_args.save_dir "$dir" --model.init_args.pretrained null \
     --model.init_args.weights null --model.init_args.backbone "${BACKBONE:-resnet50}" \
     --data skinssl.datamodules.SyntheticDerm7ptDataModule \
     --data.init_args.root "data/device-check-512-$cases" --data.init_args.num_cases "$cases" \
     --data.init_args.synthetic_size 512 --data.init_args.image_size "$size" \
-    --data.init_args.cache_size "${CACHE:-462}" --data.init_args.augment_on "$device_views" &&
-    python3 - "$dir" "$1" "$work/stage2_fit_$1.json" <<'PY'
+    --data.init_args.cache_size "${CACHE:-462}" --data.init_args.augment_on "$device_views" ||
+    return
+  if [ "${2:-}" = profile ]; then
+    python3 - "$dir/profile.out" "$1" "$work/stage2_profile_$1.json" <<'PY'
+import json, pstats, sys
+from pathlib import Path
+profile, algorithm, out = sys.argv[1:]
+steps = ("on_train_epoch_start", "_merge_bank", "cluster", "_features", "_kmeans",
+         "checked_features", "dot_kmeans_heads", "kmeans", "clustering_metrics", "_apply", "_log")
+rows = {}
+for (path, _, name), (_, calls, _, cumulative, _) in pstats.Stats(profile).stats.items():
+    if path.endswith("callbacks/kmeans.py") and name in steps:
+        rows[name] = {"calls": calls, "ms_per_call": 1e3 * cumulative / calls}
+print(f"{algorithm}, under cProfile (means over the calls; the first clustering, before epoch"
+      " 0, also makes a pass over the data): " + ", ".join(
+    f"{n} {rows[n]['ms_per_call']:.2f} ms x {rows[n]['calls']}" for n in steps if n in rows))
+Path(out).write_text(json.dumps({"algorithm": algorithm, "steps": rows}))
+PY
+    return
+  fi
+  python3 - "$dir" "$1" "$work/stage2_fit_$1.json" <<'PY'
 import json, statistics, sys
 from pathlib import Path
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -155,7 +178,8 @@ later["pass_share"] = statistics.median(p / (p + e) for p, e in zip(passes, epoc
 later["epoch_seconds"] = statistics.median(epochs)
 print(f"{algorithm}: per epoch "
       + ", ".join(f"{t} {[round(x, 4) for x in v]}" for t, v in rows.items()))
-print(f"{algorithm}: medians from epoch 1 (shares from epoch 2): k-means {later['kmeans/seconds']:.4f} s,"
+print(f"{algorithm}: medians from epoch 1 (shares from epoch 2):"
+      f" k-means {later['kmeans/seconds']:.4f} s,"
       f" statistics {later['kmeans/statistics_seconds']:.4f} s,"
       f" features {later['kmeans/features_seconds']:.4f} s,"
       f" the callback in all {later['kmeans/callback_seconds']:.4f} s,"
@@ -171,6 +195,9 @@ for algorithm in spherical authors; do
     bash -c "$(declare -f stage2_fit); device=$device device_views=$device_views \
       work=$work cases=$cases CACHE=${CACHE:-462} stage2_fit $algorithm"
 done
+part stage2-profile "stage-2 fit, authors k-means, under cProfile: the callback's steps" 120 \
+  bash -c "$(declare -f stage2_fit); device=$device device_views=$device_views \
+    work=$work cases=$cases CACHE=${CACHE:-462} stage2_fit authors profile"
 echo "== k-means share of an epoch at each step benchmark's rate (step: a stage-1 epoch, 384"
 echo "   pairs with drop_last, as DeepCluster-v2 clusters; step2: stage 2, 413 pairs; the"
 echo "   stage2-fit parts measure the callback itself)"
