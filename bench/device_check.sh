@@ -77,10 +77,18 @@ quickstart_on_gpu() {  # the quick start's three stages and test on the GPU: bf1
 }
 
 python3 - "$device" <<'PY' | tee "$out/machine.txt"
-import os, platform, sys
-import torch
+import os, platform, re, sys
+import cv2, torch
 print(f"date {__import__('datetime').date.today()}, {platform.machine()}, {os.cpu_count()} cores")
-print(f"torch {torch.__version__}, CUDA {torch.version.cuda}")
+cpuinfo = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+model = re.search(r"model name\s*:\s*(.*)", cpuinfo)
+flags = re.search(r"flags\s*:\s*(.*)", cpuinfo)
+flags = set(flags.group(1).split()) if flags else set()
+print(f"CPU {model.group(1) if model else '?'}, AVX2 {'avx2' in flags},"
+      f" AVX-512 {'avx512f' in flags}")
+# torch's uint8 anti-aliased resize (the CPU crops) is 8x slower without its AVX2 kernels
+print(f"torch {torch.__version__} (CPU kernels {torch.backends.cpu.get_cpu_capability()}),"
+      f" CUDA {torch.version.cuda}, OpenCV {cv2.__version__}")
 if sys.argv[1] == "cuda":
     print(torch.cuda.get_device_name(0))
 PY
