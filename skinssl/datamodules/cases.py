@@ -76,10 +76,8 @@ class Cases:
         """One error listing every missing image file (not just the first)."""
         missing = sorted({str(p) for p in self.derm + self.clinic if not p.is_file()})
         if missing:
-            shown = "\n  ".join(missing[:50])
-            more = f"\n  ... and {len(missing) - 50} more" if len(missing) > 50 else ""
             raise DataError(
-                f"{self.source}: {len(missing)} image file(s) not found:\n  {shown}{more}\n"
+                f"{self.source}: {len(missing)} image file(s) not found:{listing(missing, 50)}\n"
                 "Check the image root folder and the paths in the table."
             )
 
@@ -144,6 +142,12 @@ def encode_labels(rows: list[dict[str, str]], columns: dict[str, str], source: s
                     f"for head {h.name}; valid values: {', '.join(map(repr, h.valid_values()))}"
                 ) from None
     return labels
+
+
+def listing(items: list[str], limit: int) -> str:
+    """``items`` one per indented line, the first ``limit`` of them, then how many more."""
+    more = [f"... and {len(items) - limit} more"] if len(items) > limit else []
+    return "".join(f"\n  {item}" for item in items[:limit] + more)
 
 
 def read_csv_rows(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:

@@ -16,7 +16,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from skinssl.datamodules.cases import DataError
+from skinssl.datamodules.cases import DataError, listing
 
 CacheMode = Literal["memory", "disk", "none"]
 
@@ -94,9 +94,8 @@ class ImageStore:
             if strict and len(errors) == 1:
                 raise errors[0]
             if strict and errors:  # every bad image at once, not one per run
-                listed = "\n  ".join(str(e) for e in errors[:20])
-                more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
-                raise DataError(f"{len(errors)} images cannot be read:\n  {listed}{more}")
+                listed = listing([str(e) for e in errors], 20)
+                raise DataError(f"{len(errors)} images cannot be read:{listed}")
 
     def __len__(self) -> int:
         return len(self.paths)
