@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import os
 from pathlib import Path
 
 import lightning as L
@@ -22,6 +23,7 @@ from skinssl.callbacks import GlooExit, KMeansPseudoLabels
 from skinssl.datamodules import PairedCSVDataModule
 
 HEADS = {"PN": 3, "BWV": 2}
+DEVICE = torch.device(os.environ.get("SKINSSL_TEST_DEVICE", "cpu"))
 
 
 class ToyModule(L.LightningModule):
@@ -212,21 +214,54 @@ def test_authors_kmeans_of_several_heads_at_once_equals_one_at_a_time() -> None:
     feats = [blobs(24 // k, k, d, seed=s)[0] for s, (k, d) in enumerate(shapes)]  # 24 rows each
     feats[1] = feats[1] * rng.uniform(0.5, 3, (24, 1)).astype(np.float32)
     ks = [4, 2, 3]
-    found = km.dot_kmeans_heads(feats, ks, niter=10, seed=5)
+    tensors = [torch.from_numpy(x) for x in feats]
+    found = km.dot_kmeans_heads(tensors, ks, niter=10, seed=5)
     for head, ((c, a, objective), x, k) in enumerate(zip(found, feats, ks, strict=True)):
         ref_c, ref_a, _ = authors_reference(x, k, 10, seed=5, head=head)
-        assert c.shape == ref_c.shape
-        np.testing.assert_array_equal(a, ref_a)
-        np.testing.assert_allclose(c, ref_c, atol=1e-5)
+        assert c.shape == ref_c.shape and a.dtype == torch.int64 and objective.ndim == 0
+        np.testing.assert_array_equal(a.numpy(), ref_a)
+        np.testing.assert_allclose(c.numpy(), ref_c, atol=1e-5)
         unit = x / np.linalg.norm(x, axis=1, keepdims=True)
-        assert objective == pytest.approx(float((unit * ref_c[ref_a]).sum(1).mean()), abs=1e-5)
-    one_at_a_time = km.dot_kmeans_heads(feats, ks, niter=10, seed=5, batch_bytes=1)
+        expected = float((unit * ref_c[ref_a]).sum(1).mean())
+        assert float(objective) == pytest.approx(expected, abs=1e-5)
+    one_at_a_time = km.dot_kmeans_heads(tensors, ks, niter=10, seed=5, batch_bytes=1)
     for (c, a, objective), (c1, a1, objective1) in zip(found, one_at_a_time, strict=True):
-        np.testing.assert_array_equal(a, a1)
-        np.testing.assert_allclose(c, c1, atol=1e-6)
-        assert objective == pytest.approx(objective1, abs=1e-6)
+        assert torch.equal(a, a1)
+        torch.testing.assert_close(c, c1, atol=1e-6, rtol=0)
+        assert float(objective) == pytest.approx(float(objective1), abs=1e-6)
     with pytest.raises(ValueError, match="same samples; got \\[24, 23\\]"):
-        km.dot_kmeans_heads([feats[0], feats[1][:23]], [2, 2])
+        km.dot_kmeans_heads([tensors[0], tensors[1][:23]], [2, 2])
+
+
+def test_authors_kmeans_on_the_test_device_is_queued_without_waiting() -> None:
+    """On ``SKINSSL_TEST_DEVICE`` (``cuda`` in the device check): the CPU's labels; on a GPU
+    the k-means, its clock and the copies of its results to the host are queued without a
+    synchronisation (CUDA's sync debug mode raises on one)."""
+    ks = [4, 2, 3]
+    feats = [torch.from_numpy(blobs(72 // k, k, 16, seed=k)[0]) for k in ks]  # 72 rows each
+    on_cpu = km.dot_kmeans_heads(feats, ks, niter=10, seed=5)
+    feats = [f.to(DEVICE) for f in feats]
+    cuda = DEVICE.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(DEVICE)
+        torch.cuda.set_sync_debug_mode("error")
+    try:
+        clock = km.Clock(DEVICE)
+        found = km.dot_kmeans_heads(feats, ks, niter=10, seed=5)
+        clock.stop()
+        copies = km.HostCopies(
+            assignments=torch.stack([a for _, a, _ in found]),
+            objectives=torch.stack([o for _, _, o in found]),
+            previous=None,
+        )
+    finally:
+        if cuda:
+            torch.cuda.set_sync_debug_mode(0)
+    host = copies.get()
+    assert torch.equal(host["assignments"], torch.stack([a for _, a, _ in on_cpu]))
+    expected = torch.stack([o for _, _, o in on_cpu])
+    torch.testing.assert_close(host["objectives"], expected, atol=1e-5, rtol=0)
+    assert host["previous"] is None and clock.seconds() > 0
 
 
 def test_authors_kmeans_runs_at_full_float32_precision(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,5 +1,5 @@
-"""The training steps, the device views and the iterations of the authors' k-means read no
-values back from the device (no host-device synchronisation).
+"""The training steps, the device views and the authors' k-means read no values back from the
+device (no host-device synchronisation).
 
 Each step runs on fake tensors (shapes only, no data): any operation whose result depends on
 tensor values on the host (``.item()``, ``bool(t)``, mask indexing, ``nonzero``,
@@ -21,7 +21,7 @@ from lightning import LightningModule
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from skinssl.callbacks.kmeans import dot_kmeans_steps
+from skinssl.callbacks.kmeans import dot_kmeans_heads
 from skinssl.datamodules.device_views import device_views
 from skinssl.datamodules.views import Views
 from skinssl.labels import CRITERIA
@@ -98,12 +98,13 @@ def test_device_views() -> None:
             assert out.shape == (4, 3, 32, 32)
 
 
-def test_authors_kmeans_iterations() -> None:
-    x, start = torch.randn(2, 50, 8), torch.randn(2, 3, 8)
-    valid = torch.tensor([[True, True, True], [True, True, False]])
+def test_authors_kmeans() -> None:
+    """Every head's k-means, from the features on the device to the results there."""
+    features = [torch.randn(50, 8), torch.randn(50, 6)]
     with FakeTensorMode(allow_non_fake_inputs=True), NoLiterals():
-        centroids, labels = dot_kmeans_steps(x, start, valid, 3)
-        assert centroids.shape == (2, 3, 8) and labels.shape == (2, 50)
+        (c1, a1, o1), (c2, a2, o2) = dot_kmeans_heads(features, [3, 2], niter=3)
+        assert c1.shape == (3, 8) and c2.shape == (2, 6) and a1.shape == a2.shape == (50,)
+        assert o1.shape == o2.shape == ()
 
 
 def test_the_check_catches_a_sync() -> None:

@@ -8,9 +8,11 @@ centroids into its prototype heads and trains them on the assignments, looked up
 ``batch["index"]``.
 
 The callback owns when and how: features (a clean eval pass, or the previous epoch's training
-embeddings), gathering across ranks, the k-means on rank 0 (FAISS on the rank's GPU or the CPU;
-torch on the module's device), broadcasting the result, the resumable state and the TensorBoard
-statistics.
+embeddings, kept on the module's device), gathering across ranks, the k-means on rank 0 (FAISS
+on the rank's GPU or the CPU; torch on the module's device), broadcasting the result, the
+resumable state and the TensorBoard statistics. With the authors' k-means on a GPU, training
+does not wait for the k-means: it is queued ahead of the next training step, and its statistics
+and logs are made while that step runs.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import faiss
@@ -29,6 +32,7 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import move_data_to_device
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, DistributedSampler
 from torchmetrics.utilities.distributed import gather_all_tensors
 
@@ -74,20 +78,41 @@ def faiss_threads(n: int) -> Iterator[None]:
         faiss.omp_set_num_threads(before)
 
 
+def feature_problems(features: list[Tensor], ks: list[int]) -> list[str]:
+    """Why each of ``features`` (one [n, D] tensor per head) cannot be clustered into its
+    ``ks`` clusters, '' where it can: not 2-D, fewer than K rows, NaN/inf values. All heads
+    are checked with one read-back from the device (a finite sum: every value is finite);
+    values are counted only where a sum is not."""
+    problems = []
+    for x, k in zip(features, ks, strict=True):
+        if x.ndim != 2:
+            problems.append(
+                f"features must be a 2-D [samples, dim] array, got shape {tuple(x.shape)}"
+            )
+        elif len(x) < k:
+            problems.append(
+                f"k-means with K = {k} clusters needs at least {k} samples, got {len(x)}"
+            )
+        else:
+            problems.append("")
+    shaped = [i for i, p in enumerate(problems) if not p]
+    if shaped:
+        finite = torch.stack([features[i].float().sum() for i in shaped]).isfinite().tolist()
+        for i, ok in zip(shaped, finite, strict=True):
+            bad = 0 if ok else int((~features[i].isfinite()).sum())
+            if bad:
+                n, d = features[i].shape
+                problems[i] = f"{bad} non-finite (NaN/inf) values in the {n} x {d} features"
+    return problems
+
+
 def checked_features(features: np.ndarray, k: int) -> np.ndarray:
-    """``features`` as a contiguous float32 [n, d] array; a clear error if it is not 2-D, has
-    fewer than ``k`` rows or holds NaN/inf."""
+    """``features`` as a contiguous float32 [n, d] array; a clear error (see
+    :func:`feature_problems`) if it cannot be clustered into ``k`` clusters."""
     x = np.ascontiguousarray(features, dtype=np.float32)
-    if x.ndim != 2:
-        raise ValueError(f"features must be a 2-D [samples, dim] array, got shape {x.shape}")
-    n, d = x.shape
-    if n < k:
-        raise ValueError(f"k-means with K = {k} clusters needs at least {k} samples, got {n}")
-    with np.errstate(over="ignore", invalid="ignore"):
-        finite = np.isfinite(x.sum())  # a finite sum: every value is finite (a fast check)
-    bad = 0 if finite else int((~np.isfinite(x)).sum())
-    if bad:
-        raise ValueError(f"{bad} non-finite (NaN/inf) values in the {n} x {d} features")
+    problem = feature_problems([torch.from_numpy(x)], [k])[0]
+    if problem:
+        raise ValueError(problem)
     return x
 
 
@@ -136,30 +161,35 @@ def kmeans(
 def dot_kmeans(
     features: np.ndarray, k: int, niter: int = 10, seed: int = 0, device: str | torch.device = "cpu"
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """The authors' k-means (METHOD.md §4.2) of one head: :func:`dot_kmeans_heads` of its
-    :func:`checked_features`."""
-    return dot_kmeans_heads([checked_features(features, k)], [k], niter, seed, device)[0]
+    """The authors' k-means (METHOD.md §4.2) of one head's :func:`checked_features` on
+    ``device``; returns what :func:`kmeans` returns."""
+    x = torch.from_numpy(checked_features(features, k)).to(device)
+    centroids, assignments, objective = dot_kmeans_heads([x], [k], niter, seed)[0]
+    return centroids.cpu().numpy(), assignments.cpu().numpy(), float(objective)
 
 
 def dot_kmeans_heads(
-    features: list[np.ndarray],
+    features: list[Tensor],
     ks: list[int],
     niter: int = 10,
     seed: int = 0,
-    device: str | torch.device = "cpu",
     batch_bytes: int = 2**28,
-) -> list[tuple[np.ndarray, np.ndarray, float]]:
-    """The authors' k-means (METHOD.md §4.2) of several heads at once, in torch on ``device``.
+) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """The authors' k-means (METHOD.md §4.2) of several heads at once, in torch on the
+    features' device.
 
-    Head ``h`` clusters ``features[h]``, a float32 [n, D_h] array that passed
-    :func:`checked_features` (the same n for all), into ``ks[h]`` clusters. Each head starts
-    from K random samples as they are, drawn in turn from one generator seeded ``seed``; each
-    iteration assigns every sample to the centroid of largest dot product, sets each centroid
-    to the mean of its (unnormalised) members, keeps an empty cluster's previous centroid and
-    L2-normalises the centroids; a final assignment step gives the labels. Heads run in
-    batches of up to ``batch_bytes`` of features (zero-padded to the largest D and K), so that
-    at Derm7pt size a GPU runs one set of kernels per iteration, not one per head. Returns
-    what :func:`kmeans` returns, per head.
+    Head ``h`` clusters ``features[h]``, a float32 [n, D_h] tensor without problems (see
+    :func:`feature_problems`; the same n and device for all), into ``ks[h]`` clusters. Each
+    head starts from K random samples as they are, drawn in turn from one generator seeded
+    ``seed``; each iteration assigns every sample to the centroid of largest dot product, sets
+    each centroid to the mean of its (unnormalised) members, keeps an empty cluster's previous
+    centroid and L2-normalises the centroids; a final assignment step gives the labels. Heads
+    run in batches of up to ``batch_bytes`` of features (zero-padded to the largest D and K),
+    so that at Derm7pt size a GPU runs one set of kernels per iteration, not one per head.
+
+    Returns per head its L2-normalised centroids [K, D_h], assignments [n] (int64) and
+    objective (a 0-d tensor: the mean cosine similarity of the samples to their centroid), on
+    the device. Nothing is read back: on a GPU the work is queued and this returns at once.
     """
     if niter < 1:
         raise ValueError(f"niter = {niter}: the authors' k-means needs at least 1 iteration")
@@ -172,64 +202,53 @@ def dot_kmeans_heads(
     found = []
     for i in range(0, len(ks), per_batch):
         part = slice(i, i + per_batch)
-        found += dot_kmeans_batch(features[part], ks[part], starts[part], niter, device)
+        found += dot_kmeans_batch(features[part], ks[part], starts[part], niter)
     return found
 
 
 def dot_kmeans_batch(
-    features: list[np.ndarray],
-    ks: list[int],
-    starts: list[Tensor],
-    niter: int,
-    device: str | torch.device,
-) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    features: list[Tensor], ks: list[int], starts: list[Tensor], niter: int
+) -> list[tuple[Tensor, Tensor, Tensor]]:
     """:func:`dot_kmeans_heads` of some heads as one batch, head ``h`` starting from the
-    samples ``starts[h]``."""
-    dim, most = max(x.shape[1] for x in features), max(ks)
-    x = torch.zeros(len(ks), len(features[0]), dim)
-    start = torch.zeros(len(ks), most, dim)
-    valid = torch.zeros(len(ks), most, dtype=torch.bool)
-    for h, (f, k, rows) in enumerate(zip(features, ks, starts, strict=True)):
-        x[h, :, : f.shape[1]] = torch.from_numpy(f)
-        start[h, :k], valid[h, :k] = x[h, rows], True
-    x = x.to(device)
+    samples ``starts[h]`` (a CPU index)."""
+    dim, device = max(x.shape[1] for x in features), features[0].device
+    x = torch.stack([F.pad(f, (0, dim - f.shape[1])) if f.shape[1] < dim else f for f in features])
+    rows = pad_sequence(starts, batch_first=True).to(device, non_blocking=True)  # [H, max K]
+    valid = pad_sequence([torch.ones(k, dtype=torch.bool) for k in ks], batch_first=True)
+    valid = valid.to(device, non_blocking=True)
+    start = x.gather(1, rows[..., None].expand(-1, -1, dim))  # padding rows: never used
     with full_float32():
-        centroids, assignments = dot_kmeans_steps(x, start.to(device), valid.to(device), niter)
-        dots = (x @ centroids.transpose(1, 2)).gather(2, assignments[..., None])[..., 0]
-    cosine = (dots / x.norm(dim=2).clamp(min=1e-12)).mean(1).cpu()
-    centroids, assignments = centroids.cpu().numpy(), assignments.cpu().numpy()
+        centroids, assignments, dots = dot_kmeans_steps(x, start, valid, niter)
+    cosine = (dots / x.norm(dim=2).clamp(min=1e-12)).mean(1)
     return [
-        (centroids[h, :k, : f.shape[1]].copy(), assignments[h], float(cosine[h]))
+        (centroids[h, :k, : f.shape[1]], assignments[h], cosine[h])
         for h, (f, k) in enumerate(zip(features, ks, strict=True))
     ]
 
 
 def dot_kmeans_steps(
     x: Tensor, centroids: Tensor, valid: Tensor, niter: int
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     """The iterations of :func:`dot_kmeans_heads`: samples ``x`` [H, n, D], starting centroids
-    [H, K, D] of which ``valid`` [H, K] are used; returns (centroids, labels [H, n]).
+    [H, K, D] of which ``valid`` [H, K] are used; returns (centroids, labels [H, n], each
+    sample's dot product with its centroid [H, n]).
 
     Sums and counts come from one ``index_add_``: nothing is read back from the device (a
     ``bincount`` would wait for the device to size its output). On a GPU its additions run in
     a varying order unless deterministic algorithms are on (``trainer.deterministic: true``),
-    as for the training step's own kernels."""
+    as for the training step's own kernels. A centroid is its members' sum normalised: the
+    same direction as their mean."""
     heads, most = valid.shape
     flat = torch.cat([x, torch.ones_like(x[..., :1])], 2).flatten(0, 1)  # last column counts
     offset = torch.arange(heads, device=x.device)[:, None] * most
     unused = torch.zeros_like(valid, dtype=x.dtype).masked_fill(~valid, -torch.inf)[:, None]
-
-    def assign(centroids: Tensor) -> Tensor:
-        return (x @ centroids.transpose(1, 2) + unused).argmax(2)
-
     for _ in range(niter):
-        slots = (assign(centroids) + offset).flatten()
+        slots = (torch.baddbmm(unused, x, centroids.transpose(1, 2)).argmax(2) + offset).flatten()
         sums = flat.new_zeros(heads * most, flat.shape[1]).index_add_(0, slots, flat)
         sums = sums.view(heads, most, -1)
-        counts = sums[..., -1:]
-        means = sums[..., :-1] / counts.clamp(min=1)
-        centroids = F.normalize(torch.where(counts > 0, means, centroids), dim=2)
-    return centroids, assign(centroids)
+        centroids = F.normalize(torch.where(sums[..., -1:] > 0, sums[..., :-1], centroids), dim=2)
+    dots, labels = torch.baddbmm(unused, x, centroids.transpose(1, 2)).max(2)
+    return centroids, labels, dots
 
 
 @contextmanager
@@ -300,6 +319,65 @@ def setting_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[
     return diff
 
 
+class Clock:
+    """Times work queued on ``device`` from now until :meth:`stop`: on a GPU by CUDA events
+    around its kernels (read once they have run), elsewhere by the wall clock."""
+
+    def __init__(self, device: torch.device) -> None:
+        self._events = None
+        if device.type == "cuda":
+            stream = torch.cuda.current_stream(device)
+            self._events = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
+            self._events[0].record(stream)
+        self._device = device
+        self._seconds = time.perf_counter()
+
+    def stop(self) -> None:
+        if self._events is not None:
+            self._events[1].record(torch.cuda.current_stream(self._device))
+        self._seconds = time.perf_counter() - self._seconds
+
+    def seconds(self) -> float:
+        """The time between start and stop; on a GPU, waits for the work to be done."""
+        if self._events is None:
+            return self._seconds
+        self._events[1].synchronize()
+        return self._events[0].elapsed_time(self._events[1]) / 1e3
+
+
+class HostCopies:
+    """Copies of tensors on the host, made without waiting; :meth:`get` waits for the copies
+    only (not for whatever was queued on the device after them)."""
+
+    def __init__(self, **tensors: Tensor | None) -> None:
+        self._copies = {
+            name: None if t is None else t.to("cpu", non_blocking=t.is_cuda)
+            for name, t in tensors.items()
+        }
+        self._done = None
+        on_gpu = [t.device for t in tensors.values() if t is not None and t.is_cuda]
+        if on_gpu:
+            self._done = torch.cuda.Event()
+            self._done.record(torch.cuda.current_stream(on_gpu[0]))
+
+    def get(self) -> dict[str, Tensor | None]:
+        if self._done is not None:
+            self._done.synchronize()
+        return self._copies
+
+
+@dataclass
+class Report:
+    """What a clustering's statistics and logs are made from: the training rows, the host's
+    measurements, the k-means' time and its results on their way to the host."""
+
+    step: int
+    rows: np.ndarray
+    metrics: dict[str, float]
+    clock: Clock
+    results: HostCopies
+
+
 class KMeansPseudoLabels(L.Callback):
     """Regenerates every clustered head's pseudo-labels with k-means (SM3 stage 2).
 
@@ -360,12 +438,14 @@ class KMeansPseudoLabels(L.Callback):
         self._labels: Tensor | None = None
         self._centroids: dict[str, Tensor] = {}
         self._rows: np.ndarray | None = None
+        self._index: Tensor | None = None  # _rows on the module's device
         self._chunks: list[tuple[Tensor, dict[str, Tensor]]] = []
         self._epoch_clock: float | None = None
         self._epoch_seconds: float | None = None
         self._bank: dict[str, Tensor] = {}
         self._filled: Tensor | None = None
         self._gpu_resources: Any = None
+        self._report: Report | None = None
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -391,7 +471,7 @@ class KMeansPseudoLabels(L.Callback):
         self._sizes = sizes
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._chunks = []
+        self._chunks, self._report = [], None
         self._epoch_clock = self._epoch_seconds = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -403,19 +483,19 @@ class KMeansPseudoLabels(L.Callback):
         if self.features == "memory_bank":
             self._merge_bank(trainer)
         clustered = self._refresh(trainer, pl_module, starting=False)
-        if clustered and trainer.is_global_zero and self._epoch_seconds is not None:
-            # all the callback did: bank merge, features, k-means, statistics, broadcast,
-            # prototypes, logging; against the previous epoch's training
+        if clustered and self._report is not None and self._epoch_seconds is not None:
+            # what training waited for: bank merge, features, k-means (on a GPU: queued),
+            # broadcast, prototypes; against the previous epoch's training. The statistics
+            # and logs come after the next step is queued, in the epoch's time.
             spent = time.perf_counter() - start
-            share = {"kmeans/callback_seconds": spent}
-            share["kmeans/epoch_share"] = spent / (spent + self._epoch_seconds)
-            for logger in trainer.loggers:
-                logger.log_metrics(share, step=trainer.global_step)
+            self._report.metrics["kmeans/callback_seconds"] = spent
+            self._report.metrics["kmeans/epoch_share"] = spent / (spent + self._epoch_seconds)
         self._epoch_clock = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """The epoch's training time, for the clustering's share of an epoch: on a GPU once its
         queued work is done (else the next epoch's clustering would wait for it and count it)."""
+        self._report_now(trainer)
         if self._epoch_clock is not None:
             if pl_module.device.type == "cuda":
                 torch.cuda.synchronize(pl_module.device)
@@ -429,8 +509,15 @@ class KMeansPseudoLabels(L.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        if self.features != "memory_bank" or outputs is None:
-            return
+        if self.features == "memory_bank" and outputs is not None:
+            self._keep(outputs, batch)
+        self._report_now(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._report_now(trainer)
+
+    def _keep(self, outputs: Any, batch: dict[str, Any]) -> None:
+        """A training step's embeddings, for the memory bank."""
         emb = outputs.get("embeddings") if isinstance(outputs, dict) else None
         if not isinstance(emb, dict) or any(h not in emb for h in self._sizes):
             raise ValueError(
@@ -449,8 +536,8 @@ class KMeansPseudoLabels(L.Callback):
             labels = torch.empty(0, len(self._sizes), dtype=torch.long)
         return {
             "epoch": self._epoch,
-            "labels": labels,
-            "centroids": dict(self._centroids),
+            "labels": labels.cpu(),
+            "centroids": {h: c.to("cpu", copy=True) for h, c in self._centroids.items()},
             "settings": self._settings(),
         }
 
@@ -464,7 +551,7 @@ class KMeansPseudoLabels(L.Callback):
             return
         self._merge_bank(trainer)
         state = checkpoint["callbacks"][self.state_key]
-        state["bank"] = dict(self._bank)
+        state["bank"] = {h: b.cpu() for h, b in self._bank.items()}
         state["bank_filled"] = self._filled
         state["rows"] = torch.from_numpy(self._rows)
 
@@ -485,7 +572,7 @@ class KMeansPseudoLabels(L.Callback):
         if "bank" in state_dict:
             self._bank = dict(state_dict["bank"])
             self._filled = state_dict["bank_filled"]
-            self._rows = state_dict["rows"].numpy()
+            self._rows, self._index = state_dict["rows"].numpy(), None
 
     def _settings(self) -> dict[str, Any]:
         return {
@@ -522,20 +609,24 @@ class KMeansPseudoLabels(L.Callback):
         return True
 
     def cluster(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Cluster every head now (all ranks call this), then ``set_clusters`` on every rank."""
+        """Cluster every head now (all ranks call this), then ``set_clusters`` on every rank.
+
+        On a GPU with the authors' k-means nothing waits for the k-means: its kernels are
+        queued ahead of the next training step; its statistics and logs follow once the
+        results are back (:meth:`_report_now`)."""
+        self._report_now(trainer)  # a clustering not yet reported (no training step since)
         epoch = trainer.current_epoch
         start = time.perf_counter()
         rows, features = self._features(trainer, pl_module)
         features_s = time.perf_counter() - start
-        result, failure = None, None
+        result, failure, report = None, None, None
         if trainer.is_global_zero:
             try:
-                result = self._cluster_rank0(trainer, pl_module, rows, features, epoch)
+                result, report = self._cluster_rank0(trainer, pl_module, rows, features, epoch)
             except Exception as e:  # every rank must get past the broadcast below, then raise
                 failure, result = e, {"error": f"{type(e).__name__} on rank 0: {e}"}
             else:
-                metrics = result["metrics"]
-                metrics["kmeans/features_seconds"] = features_s
+                report.metrics["kmeans/features_seconds"] = features_s
         result = trainer.strategy.broadcast(result, src=0)
         if failure is not None:
             raise failure
@@ -545,67 +636,76 @@ class KMeansPseudoLabels(L.Callback):
         self._labels = result["labels"]
         self._centroids = result["centroids"]
         self._apply(pl_module)
-        if trainer.is_global_zero:
-            self._log(trainer, result["metrics"], rows)
+        self._report = report
 
     def _cluster_rank0(
         self,
         trainer: L.Trainer,
         pl_module: L.LightningModule,
         rows: np.ndarray,
-        features: dict[str, np.ndarray],
+        features: dict[str, Tensor],
         epoch: int,
-    ) -> dict[str, Any]:
-        """K-means of every head, their statistics and the labels of every case."""
-        num_cases = self._num_cases(trainer)
-        true = np.asarray(trainer.datamodule.cases.labels)
-        labels = torch.full((num_cases, len(self._sizes)), UNKNOWN, dtype=torch.long)
-        previous = self._labels
-        picked = torch.from_numpy(rows)
-        centroids, metrics = {}, {"kmeans/samples": float(len(rows))}
-        start = time.perf_counter()
+    ) -> tuple[dict[str, Any], Report]:
+        """K-means of every head and the labels of every case (on the module's device; on the
+        CPU when there are other ranks to broadcast them to), and the clustering's report."""
+        device = pl_module.device
+        picked = self._picked(device)
+        clock = Clock(device)
         found = self._kmeans(pl_module, features, epoch)
-        metrics["kmeans/seconds"] = time.perf_counter() - start
-        start = time.perf_counter()
-        for j, (head, (c, a, objective)) in enumerate(found.items()):
-            centroids[head] = torch.from_numpy(c)
-            labels[picked, j] = torch.from_numpy(a)
-            prev = previous[picked, j].numpy() if previous is not None else None
-            head_true = true[rows, HEAD_NAMES.index(head)] if head in HEAD_NAMES else None
-            stats = {
-                "objective": objective,
-                **clustering_metrics(a, prev, head_true, self._sizes[head]),
-            }
-            metrics.update({f"kmeans/{head}/{name}": v for name, v in stats.items()})
-        metrics["kmeans/statistics_seconds"] = time.perf_counter() - start
-        return {"error": None, "labels": labels, "centroids": centroids, "metrics": metrics}
+        clock.stop()
+        assignments = torch.stack([a for _, a, _ in found.values()])  # [H, rows]
+        labels = torch.full((self._num_cases(trainer), len(found)), UNKNOWN, device=device)
+        labels[picked] = assignments.T
+        previous = None if self._labels is None else self._labels.to(device)[picked].T
+        report = Report(
+            step=trainer.global_step,
+            rows=rows,
+            metrics={"kmeans/samples": float(len(rows))},
+            clock=clock,
+            results=HostCopies(
+                assignments=assignments,
+                objectives=torch.stack([o for _, _, o in found.values()]),
+                previous=previous,
+            ),
+        )
+        centroids = {h: c for h, (c, _, _) in found.items()}
+        if trainer.world_size > 1:  # broadcast as CPU tensors (each rank moves them to its own)
+            labels, centroids = labels.cpu(), {h: c.cpu() for h, c in centroids.items()}
+        return {"error": None, "labels": labels, "centroids": centroids}, report
 
     def _kmeans(
-        self, pl_module: L.LightningModule, features: dict[str, np.ndarray], epoch: int
-    ) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
-        """Every head's (centroids, assignments, objective); a ValueError names the head."""
-        seed, heads = self._seed + epoch, list(self._sizes)
+        self, pl_module: L.LightningModule, features: dict[str, Tensor], epoch: int
+    ) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
+        """Every head's (centroids, assignments, objective) on the module's device; a
+        ValueError names the head."""
+        seed, heads, device = self._seed + epoch, list(self._sizes), pl_module.device
         if self.algorithm == "authors":  # every head in one batch on the module's device
-            checked = []
-            for h in heads:
-                with self._naming(h, epoch):
-                    checked.append(checked_features(features[h], self._sizes[h]))
             ks = [self._sizes[h] for h in heads]
-            batch = dot_kmeans_heads(checked, ks, self.niter, seed, pl_module.device)
+            checked = [features[h] for h in heads]
+            for h, problem in zip(heads, feature_problems(checked, ks), strict=True):
+                if problem:
+                    with self._naming(h, epoch):
+                        raise ValueError(problem)
+            batch = dot_kmeans_heads(checked, ks, self.niter, seed)
             return dict(zip(heads, batch, strict=True))
-        device, found = self._faiss_device(pl_module), {}
+        faiss_device, found = self._faiss_device(pl_module), {}
         with faiss_threads(self.threads or available_cores()):
             for h in heads:
                 with self._naming(h, epoch):
-                    found[h] = kmeans(
-                        features[h],
+                    c, a, objective = kmeans(
+                        features[h].cpu().numpy(),
                         self._sizes[h],
                         self.niter,
                         self.nredo,
                         seed,
-                        device,
+                        faiss_device,
                         self._gpu_resources,
                     )
+                found[h] = (
+                    torch.from_numpy(c).to(device),
+                    torch.from_numpy(a).to(device),
+                    torch.tensor(objective, device=device),
+                )
         return found
 
     @contextmanager
@@ -636,34 +736,52 @@ class KMeansPseudoLabels(L.Callback):
     # --------------------------------------------------------------- features
     def _features(
         self, trainer: L.Trainer, pl_module: L.LightningModule
-    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Training rows (sorted, unique) and, on rank 0, each head's features [rows, D].
+    ) -> tuple[np.ndarray, dict[str, Tensor]]:
+        """Training rows (sorted, unique) and, on rank 0, each head's features [rows, D] on
+        the module's device.
 
         From the memory bank when it holds every training case, else from a pass (which then
         fills the bank).
         """
-        rows = self._rows
-        if self.features == "memory_bank" and rows is not None and self._filled is not None:
-            picked = torch.from_numpy(rows)
-            if bool(self._filled[picked].all()):
-                if not trainer.is_global_zero:
-                    return rows, {}
-                return rows, {h: self._bank[h][picked].numpy() for h in self._sizes}
+        rows, filled = self._rows, self._filled
+        if (
+            self.features == "memory_bank"
+            and rows is not None
+            and filled is not None
+            and bool(filled[torch.from_numpy(rows)].all())
+        ):
+            if not trainer.is_global_zero:
+                return rows, {}
+            picked = self._picked(pl_module.device)
+            return rows, {h: self._bank_on(h, pl_module.device)[picked] for h in self._sizes}
         rows, features = self._pass(trainer, pl_module)
-        self._rows = rows
+        self._rows, self._index = rows, None
         if self.features == "memory_bank":
-            num_cases, picked = self._num_cases(trainer), torch.from_numpy(rows)
+            num_cases, picked = self._num_cases(trainer), self._picked(pl_module.device)
             self._filled = torch.zeros(num_cases, dtype=torch.bool)
-            self._filled[picked] = True
+            self._filled[torch.from_numpy(rows)] = True
             self._bank = {}
             for h, f in features.items():  # rank 0 only
-                self._bank[h] = torch.zeros(num_cases, f.shape[1], dtype=torch.float32)
-                self._bank[h][picked] = torch.from_numpy(f)
+                self._bank[h] = f.new_zeros(num_cases, f.shape[1])
+                self._bank[h][picked] = f
         return rows, features
+
+    def _picked(self, device: torch.device) -> Tensor:
+        """The training rows as an index on ``device`` (made once per set of rows)."""
+        assert self._rows is not None
+        if self._index is None or self._index.device != device:
+            self._index = torch.from_numpy(self._rows).to(device)
+        return self._index
+
+    def _bank_on(self, head: str, device: torch.device) -> Tensor:
+        """The head's memory bank, moved to ``device`` if it is not there (a resumed run)."""
+        if self._bank[head].device != device:
+            self._bank[head] = self._bank[head].to(device)
+        return self._bank[head]
 
     def _pass(
         self, trainer: L.Trainer, pl_module: L.LightningModule
-    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    ) -> tuple[np.ndarray, dict[str, Tensor]]:
         """Eval-mode, no-grad embeddings of the training split, gathered and deduplicated."""
         dm = trainer.datamodule
         dataset = dm.dataset("train", train=False)
@@ -699,52 +817,77 @@ class KMeansPseudoLabels(L.Callback):
 
     def _collect(
         self, trainer: L.Trainer, index: list[Tensor], emb: dict[str, list[Tensor]]
-    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    ) -> tuple[np.ndarray, dict[str, Tensor]]:
         """Gather across ranks; one row per index (the sampler pads by repeating some)."""
         all_index = gather(torch.cat(index)).cpu().numpy()
         rows, first = np.unique(all_index, return_index=True)
-        features = {}
+        features, keep = {}, None
         for h, parts in emb.items():
             gathered = gather(torch.cat(parts))  # every rank takes part in the collective
             if trainer.is_global_zero:
-                features[h] = gathered.cpu().numpy()[first]
+                keep = torch.from_numpy(first).to(gathered.device) if keep is None else keep
+                features[h] = gathered[keep]
         return rows, features
 
     def _merge_bank(self, trainer: L.Trainer) -> None:
-        """Write the last epoch's training embeddings into the bank (rank 0), by case index.
-
-        Every rank runs the same number of training batches (Lightning's distributed sampler),
-        so all take part in the same collectives.
+        """Write the last epoch's training embeddings into the bank (rank 0), by case index,
+        on the device they were made on; a case seen twice (a padded distributed sampler)
+        keeps its later embedding. Every rank runs the same number of training batches
+        (Lightning's distributed sampler), so all take part in the same collectives.
         """
         if not self._chunks:
             return
-        index = gather(torch.cat([i for i, _ in self._chunks])).cpu()
+        index = gather(torch.cat([i for i, _ in self._chunks]))
+        seen = index.cpu().numpy()  # the epoch is over: the device has nothing else to finish
         if self._filled is None:
             self._filled = torch.zeros(self._num_cases(trainer), dtype=torch.bool)
-        self._filled[index] = True
+        self._filled[torch.from_numpy(seen)] = True
+        cases, last = np.unique(seen[::-1], return_index=True)
+        later = None if len(cases) == len(seen) else torch.from_numpy(len(seen) - 1 - last)
         for h in self._sizes:
             emb = gather(torch.cat([e[h] for _, e in self._chunks]).float())
             if trainer.is_global_zero:
                 if h not in self._bank:
-                    self._bank[h] = torch.zeros(len(self._filled), emb.shape[1])
-                self._bank[h][index] = emb.cpu()
+                    self._bank[h] = emb.new_zeros(len(self._filled), emb.shape[1])
+                bank, rows = self._bank_on(h, emb.device), index
+                if later is not None:
+                    keep = later.to(emb.device)
+                    emb, rows = emb[keep], index[keep]
+                bank[rows] = emb
         self._chunks = []
 
     def _num_cases(self, trainer: L.Trainer) -> int:
         return len(trainer.datamodule.cases)
 
     # ---------------------------------------------------------------- logging
-    def _log(self, trainer: L.Trainer, metrics: dict[str, float], rows: np.ndarray) -> None:
-        """Scalars to every logger; cluster-size histograms to TensorBoard (rank 0)."""
-        assert self._labels is not None
-        step = trainer.global_step
+    def _report_now(self, trainer: L.Trainer) -> None:
+        """The latest clustering's statistics and logs (rank 0), once: scalars to every
+        logger, cluster-size histograms to TensorBoard. Called after the next training step
+        is queued, so that on a GPU they are made while the step runs."""
+        report, self._report = self._report, None
+        if report is None:
+            return
+        results = report.results.get()
+        metrics = {**report.metrics, "kmeans/seconds": report.clock.seconds()}
+        start = time.perf_counter()
+        true = np.asarray(trainer.datamodule.cases.labels)
+        assignments = results["assignments"].numpy()
+        previous = results["previous"]
+        objectives = results["objectives"].tolist()
+        for j, (head, k) in enumerate(self._sizes.items()):
+            head_true = true[report.rows, HEAD_NAMES.index(head)] if head in HEAD_NAMES else None
+            prev = None if previous is None else previous[j].numpy()
+            stats = clustering_metrics(assignments[j], prev, head_true, k)
+            stats["objective"] = objectives[j]
+            metrics.update({f"kmeans/{head}/{name}": v for name, v in stats.items()})
+        metrics["kmeans/statistics_seconds"] = time.perf_counter() - start
         for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=step)
+            logger.log_metrics(metrics, step=report.step)
             if isinstance(logger, TensorBoardLogger):
                 for j, (head, k) in enumerate(self._sizes.items()):
                     logger.experiment.add_histogram(
                         f"kmeans/{head}/cluster_sizes",
-                        self._labels[torch.from_numpy(rows), j].numpy(),
-                        global_step=step,
+                        assignments[j],
+                        global_step=report.step,
                         bins=np.arange(k + 1) - 0.5,
                     )
