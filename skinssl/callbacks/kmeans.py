@@ -78,39 +78,47 @@ def faiss_threads(n: int) -> Iterator[None]:
         faiss.omp_set_num_threads(before)
 
 
+def shape_problem(shape: tuple[int, ...], k: int) -> str:
+    """Why features of ``shape`` cannot be clustered into ``k`` clusters ('' if they can)."""
+    if len(shape) != 2:
+        return f"features must be a 2-D [samples, dim] array, got shape {shape}"
+    if shape[0] < k:
+        return f"k-means with K = {k} clusters needs at least {k} samples, got {shape[0]}"
+    return ""
+
+
+def non_finite_problem(bad: int, shape: tuple[int, ...]) -> str:
+    """The message for ``bad`` NaN/inf values in features of ``shape`` ('' for none)."""
+    if not bad:
+        return ""
+    return f"{bad} non-finite (NaN/inf) values in the {shape[0]} x {shape[1]} features"
+
+
 def feature_problems(features: list[Tensor], ks: list[int]) -> list[str]:
     """Why each of ``features`` (one [n, D] tensor per head) cannot be clustered into its
-    ``ks`` clusters, '' where it can: not 2-D, fewer than K rows, NaN/inf values. All heads
-    are checked with one read-back from the device (a finite sum: every value is finite);
-    values are counted only where a sum is not."""
-    problems = []
-    for x, k in zip(features, ks, strict=True):
-        if x.ndim != 2:
-            problems.append(
-                f"features must be a 2-D [samples, dim] array, got shape {tuple(x.shape)}"
-            )
-        elif len(x) < k:
-            problems.append(
-                f"k-means with K = {k} clusters needs at least {k} samples, got {len(x)}"
-            )
-        else:
-            problems.append("")
+    ``ks`` clusters, '' where it can (:func:`shape_problem`, NaN/inf values). All heads are
+    checked with one read-back from the device (a finite sum: every value is finite); values
+    are counted only where a sum is not."""
+    problems = [shape_problem(tuple(x.shape), k) for x, k in zip(features, ks, strict=True)]
     shaped = [i for i, p in enumerate(problems) if not p]
     if shaped:
         finite = torch.stack([features[i].float().sum() for i in shaped]).isfinite().tolist()
         for i, ok in zip(shaped, finite, strict=True):
             bad = 0 if ok else int((~features[i].isfinite()).sum())
-            if bad:
-                n, d = features[i].shape
-                problems[i] = f"{bad} non-finite (NaN/inf) values in the {n} x {d} features"
+            problems[i] = non_finite_problem(bad, tuple(features[i].shape))
     return problems
 
 
 def checked_features(features: np.ndarray, k: int) -> np.ndarray:
-    """``features`` as a contiguous float32 [n, d] array; a clear error (see
-    :func:`feature_problems`) if it cannot be clustered into ``k`` clusters."""
+    """``features`` as a contiguous float32 [n, d] array; a clear error if it cannot be
+    clustered into ``k`` clusters (as :func:`feature_problems`, in numpy: torch's thread pool
+    would compete with FAISS's, which runs next)."""
     x = np.ascontiguousarray(features, dtype=np.float32)
-    problem = feature_problems([torch.from_numpy(x)], [k])[0]
+    problem = shape_problem(x.shape, k)
+    if not problem:
+        with np.errstate(over="ignore", invalid="ignore"):
+            finite = np.isfinite(x.sum())  # a finite sum: every value is finite (a fast check)
+        problem = non_finite_problem(0 if finite else int((~np.isfinite(x)).sum()), x.shape)
     if problem:
         raise ValueError(problem)
     return x
@@ -215,11 +223,10 @@ def dot_kmeans_batch(
     x = torch.stack([F.pad(f, (0, dim - f.shape[1])) if f.shape[1] < dim else f for f in features])
     rows = pad_sequence(starts, batch_first=True).to(device, non_blocking=True)  # [H, max K]
     valid = pad_sequence([torch.ones(k, dtype=torch.bool) for k in ks], batch_first=True)
-    valid = valid.to(device, non_blocking=True)
-    start = x.gather(1, rows[..., None].expand(-1, -1, dim))  # padding rows: never used
     with full_float32():
-        centroids, assignments, dots = dot_kmeans_steps(x, start, valid, niter)
-    cosine = (dots / x.norm(dim=2).clamp(min=1e-12)).mean(1)
+        centroids, assignments, cosine = dot_kmeans_steps(
+            x, rows, valid.to(device, non_blocking=True), niter
+        )
     return [
         (centroids[h, :k, : f.shape[1]], assignments[h], cosine[h])
         for h, (f, k) in enumerate(zip(features, ks, strict=True))
@@ -227,18 +234,20 @@ def dot_kmeans_batch(
 
 
 def dot_kmeans_steps(
-    x: Tensor, centroids: Tensor, valid: Tensor, niter: int
+    x: Tensor, rows: Tensor, valid: Tensor, niter: int
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The iterations of :func:`dot_kmeans_heads`: samples ``x`` [H, n, D], starting centroids
-    [H, K, D] of which ``valid`` [H, K] are used; returns (centroids, labels [H, n], each
-    sample's dot product with its centroid [H, n]).
+    """The iterations of :func:`dot_kmeans_heads`: samples ``x`` [H, n, D], starting from the
+    samples ``rows`` [H, K] of which ``valid`` [H, K] are used; returns (centroids [H, K, D],
+    labels [H, n], objectives [H]).
 
-    Sums and counts come from one ``index_add_``: nothing is read back from the device (a
-    ``bincount`` would wait for the device to size its output). On a GPU its additions run in
-    a varying order unless deterministic algorithms are on (``trainer.deterministic: true``),
-    as for the training step's own kernels. A centroid is its members' sum normalised: the
-    same direction as their mean."""
+    Everything stays on the device and nothing is read back (a ``bincount`` would wait for
+    the device to size its output): on a GPU the kernels are queued, and they could be
+    captured in a CUDA graph. Sums and counts come from one ``index_add_``, whose additions on
+    a GPU run in a varying order unless deterministic algorithms are on
+    (``trainer.deterministic: true``), as for the training step's own kernels. A centroid is
+    its members' sum normalised: the same direction as their mean."""
     heads, most = valid.shape
+    centroids = x.gather(1, rows[..., None].expand(-1, -1, x.shape[2]))  # padding: never used
     flat = torch.cat([x, torch.ones_like(x[..., :1])], 2).flatten(0, 1)  # last column counts
     offset = torch.arange(heads, device=x.device)[:, None] * most
     unused = torch.zeros_like(valid, dtype=x.dtype).masked_fill(~valid, -torch.inf)[:, None]
@@ -248,7 +257,7 @@ def dot_kmeans_steps(
         sums = sums.view(heads, most, -1)
         centroids = F.normalize(torch.where(sums[..., -1:] > 0, sums[..., :-1], centroids), dim=2)
     dots, labels = torch.baddbmm(unused, x, centroids.transpose(1, 2)).max(2)
-    return centroids, labels, dots
+    return centroids, labels, (dots / x.norm(dim=2).clamp(min=1e-12)).mean(1)
 
 
 @contextmanager
