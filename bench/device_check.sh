@@ -23,7 +23,8 @@
 #   export PYTHONPATH=/tmp/site && bash bench/device_check.sh $OUT 2>&1 | tee $OUT/log.txt
 # PARTS (e.g. PARTS="step-device data") runs only those parts: step-cpu, step-device,
 # step-device-compiled, tests, kmeans, data, views, quickstart, compile, stage2-cpu,
-# stage2-device, stage2-fit-spherical, stage2-fit-authors, stage2-profile.
+# stage2-device, stage2-fit-spherical, stage2-fit-authors, stage2-fit-authors-graph (the
+# authors' k-means replayed from a CUDA graph), stage2-profile.
 # DEVICE, BACKBONE, SIZE, BATCH, BATCH2 (stage 2), STEPS, CASES, CACHE (cached image side,
 # default 462 as the published configs) and KMEANS_ARGS override the defaults (a CPU dry run:
 # DEVICE=cpu BACKBONE=resnet18 SIZE=64 BATCH=8 BATCH2=16 STEPS=2 CASES=64 CACHE=72
@@ -99,7 +100,8 @@ part step-device-compiled "step: views on the device, compiled" 120 "${step[@]}"
   --augment-on device --compile-views --profile-views --out "$work/step_device_views_compiled.json"
 part tests "device-view tests on $device" 150 env SKINSSL_TEST_DEVICE="$device" \
   python3 -m pytest -q -p no:cacheprovider tests/test_device_views.py \
-  tests/test_kmeans.py::test_authors_kmeans_on_the_test_device_is_queued_without_waiting
+  tests/test_kmeans.py::test_authors_kmeans_on_the_test_device_is_queued_without_waiting \
+  tests/test_kmeans.py::test_authors_kmeans_replayed_from_a_cuda_graph
 part kmeans "k-means: seconds per pass" 90 python3 bench/kmeans.py --threads "$(nproc)" \
   ${KMEANS_ARGS:-} --out "$work/kmeans.json"
 part data "data: reference per-sample pipeline, cache on CPU, views on the device" 150 \
@@ -133,7 +135,8 @@ stage2_fit() {  # stage2_fit ALGORITHM [profile]: 6 epochs of configs/sm3/stage2
 import sys, yaml
 config = yaml.safe_load(open("configs/sm3/stage2.yaml"))
 kmeans = [c for c in config["trainer"]["callbacks"] if "KMeansPseudoLabels" in c["class_path"]]
-kmeans[0]["init_args"]["algorithm"] = sys.argv[1]
+algorithm, _, graph = sys.argv[1].partition("-")  # authors-graph: with cuda_graph: true
+kmeans[0]["init_args"].update(algorithm=algorithm, cuda_graph=graph == "graph")
 yaml.safe_dump({"trainer": {"callbacks": kmeans}}, open(sys.argv[2], "w"))  # no ModelCheckpoint
 PY
   "${run[@]}" -m skinssl.cli fit -c configs/sm3/stage2.yaml -c "$dir/kmeans.yaml" \
@@ -202,7 +205,7 @@ Path(out).write_text(json.dumps({"algorithm": algorithm, "per_epoch": rows, "med
 PY
 }
 device_views=$([ "$device" = cuda ] && echo device || echo cpu)
-for algorithm in spherical authors; do
+for algorithm in spherical authors authors-graph; do
   part "stage2-fit-$algorithm" "stage-2 fit, $algorithm k-means: the callback's share" 150 \
     bash -c "$(declare -f stage2_fit); device=$device device_views=$device_views \
       work=$work cases=$cases CACHE=${CACHE:-462} stage2_fit $algorithm"

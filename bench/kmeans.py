@@ -7,10 +7,11 @@ iterations, one init) on the same L2-normalised features. Two sizes: Derm7pt's t
 (413 cases x 7 heads) and 100k cases x 8 heads, 512-d embeddings. Features are Gaussian blobs
 around K random directions plus noise, so that the clusterings have structure.
 
-At Derm7pt size also: FAISS on fewer threads; the authors' k-means one head after another; the
-statistics the callback logs per pass (NMI and ARI against the previous clustering, NMI against
-the true labels), as the callback computes them and with scikit-learn's functions. Prints a
-Markdown table and writes JSON.
+At Derm7pt size also: FAISS on fewer threads; the authors' k-means one head after another; on
+a GPU, the host's time to queue the authors' k-means (what training waits for in the callback)
+and its iterations replayed from a CUDA graph; the statistics the callback logs per pass (NMI
+and ARI against the previous clustering, NMI against the true labels), as the callback computes
+them and with scikit-learn's functions. Prints a Markdown table and writes JSON.
 
     python bench/kmeans.py
     python bench/kmeans.py --threads 8 --repeats 5 --sklearn-max 100000
@@ -36,15 +37,13 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from threadpoolctl import threadpool_limits
-from torch.nn.utils.rnn import pad_sequence
 
 from skinssl.callbacks.kmeans import (
+    GraphedSteps,
     available_cores,
     clustering_metrics,
     dot_kmeans_heads,
-    dot_kmeans_steps,
     faiss_threads,
-    full_float32,
     kmeans,
 )
 from skinssl.labels import UNKNOWN
@@ -85,62 +84,27 @@ def faiss_pass(device: int | None, resources: object, niter: int) -> Callable:
     return run
 
 
-def authors_pass(device: str, niter: int, batched: bool = True, wait: bool = True) -> Callable:
+def authors_pass(
+    device: str, niter: int, batched: bool = True, wait: bool = True, graph: bool = False
+) -> Callable:
     """The authors' k-means of every head: in one batch as the callback runs it, or one head
     after another (the baseline). The features are moved to the device before the clock
     starts (in the warm-up pass), as the callback's memory bank holds them there. ``wait``:
     read the objectives back (the whole pass); else only queue the work (the host's time, what
-    the callback's training waits for on a GPU)."""
+    the callback's training waits for on a GPU). ``graph``: the iterations replayed from a
+    CUDA graph (:class:`GraphedSteps`, captured in the warm-up pass)."""
     moved: dict[str, Any] = {"from": None, "to": None}
+    steps = GraphedSteps() if graph else None
 
     def run(feats: list[np.ndarray], ks: tuple[int, ...]) -> list[float]:
         if moved["from"] is not feats:
             moved.update({"from": feats, "to": [torch.from_numpy(x).to(device) for x in feats]})
         x = moved["to"]
         if batched:
-            found = dot_kmeans_heads(x, list(ks), niter, 0)
+            found = dot_kmeans_heads(x, list(ks), niter, 0, steps=steps)
         else:
             found = [dot_kmeans_heads([f], [k], niter, 0)[0] for f, k in zip(x, ks, strict=True)]
         return [float(objective) for _, _, objective in found] if wait else []
-
-    return run
-
-
-def graphed_pass(niter: int, wait: bool = True) -> Callable:
-    """The authors' k-means of every head (of equal dimension) as :func:`authors_pass` on
-    CUDA, with ``dot_kmeans_steps`` captured once in a CUDA graph: each pass copies its
-    features and starting rows into the graph's inputs and replays it, one launch for the
-    iterations' hundred-odd kernels. A candidate for the callback, measured here first; its
-    objectives must equal the ``authors-cuda`` row's (the same starting samples)."""
-    state: dict[str, Any] = {"from": None}
-
-    def capture(feats: list[np.ndarray], ks: tuple[int, ...]) -> None:
-        gen = torch.Generator().manual_seed(0)  # as dot_kmeans_heads draws the starts
-        starts = [torch.randperm(len(feats[0]), generator=gen)[:k] for k in ks]
-        x = torch.stack([torch.from_numpy(f) for f in feats]).cuda()
-        rows = pad_sequence(starts, batch_first=True).cuda()
-        valid = pad_sequence([torch.ones(k, dtype=torch.bool) for k in ks], batch_first=True)
-        inputs = (torch.empty_like(x), torch.empty_like(rows), valid.cuda())
-        graph = torch.cuda.CUDAGraph()
-        with full_float32():
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):  # warm-up off the capture (cuBLAS workspaces)
-                inputs[0].copy_(x), inputs[1].copy_(rows)
-                dot_kmeans_steps(*inputs, niter)
-            torch.cuda.current_stream().wait_stream(side)
-            with torch.cuda.graph(graph):
-                outputs = dot_kmeans_steps(*inputs, niter)
-        state.update({"from": feats, "new": (x, rows), "inputs": inputs})
-        state.update({"graph": graph, "objectives": outputs[2]})
-
-    def run(feats: list[np.ndarray], ks: tuple[int, ...]) -> list[float]:
-        if state["from"] is not feats:
-            capture(feats, ks)
-        (x, rows), inputs = state["new"], state["inputs"]
-        inputs[0].copy_(x), inputs[1].copy_(rows)  # as a pass with new features and starts
-        state["graph"].replay()
-        return state["objectives"].tolist() if wait else []
 
     return run
 
@@ -243,10 +207,12 @@ def main() -> None:
                 extra = {f"faiss-cpu, {t} thr": on_threads(methods["faiss-cpu"], t) for t in fewer}
                 for name in [m for m in methods if m.startswith("authors")]:
                     extra[f"{name}, per head"] = authors_pass(name[8:], args.niter, batched=False)
-                if torch.cuda.is_available():
+                if torch.cuda.is_available():  # what the callback's training waits for
                     extra["authors-cuda, queued"] = authors_pass("cuda", args.niter, wait=False)
-                    extra["authors-cuda, CUDA graph"] = graphed_pass(args.niter)
-                    extra["authors-cuda, CUDA graph, queued"] = graphed_pass(args.niter, False)
+                    extra["authors-cuda, CUDA graph"] = authors_pass("cuda", args.niter, graph=True)
+                    extra["authors-cuda, CUDA graph, queued"] = authors_pass(
+                        "cuda", args.niter, wait=False, graph=True
+                    )
                 extra["statistics"] = statistics_pass(clustering_metrics)
                 extra["statistics (sklearn)"] = statistics_pass(sklearn_statistics)
             for name, run in {**methods, **extra}.items():

@@ -264,6 +264,35 @@ def test_authors_kmeans_on_the_test_device_is_queued_without_waiting() -> None:
     assert host["previous"] is None and clock.seconds() > 0
 
 
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="needs SKINSSL_TEST_DEVICE=cuda")
+def test_authors_kmeans_replayed_from_a_cuda_graph() -> None:
+    """The eager iterations' labels, centroids and objectives: at the capture, at a replay
+    with other starting samples and at one with other features (queued without a
+    synchronisation); one graph for one shape."""
+    ks = [4, 2, 3]
+    feats = [torch.from_numpy(blobs(72 // k, k, 16, seed=k)[0]).to(DEVICE) for k in ks]
+    steps = km.GraphedSteps()
+
+    def same(a: list, b: list) -> None:
+        for (c, labels, objective), (c1, labels1, objective1) in zip(a, b, strict=True):
+            assert torch.equal(labels, labels1)
+            torch.testing.assert_close(c, c1, atol=1e-5, rtol=0)
+            torch.testing.assert_close(objective, objective1, atol=1e-5, rtol=0)
+
+    for seed in (5, 6):  # the capture, then a replay from other samples
+        graphed = km.dot_kmeans_heads(feats, ks, 10, seed, steps=steps)
+        same(graphed, km.dot_kmeans_heads(feats, ks, 10, seed))
+    other = [f.flip(0) * 2 for f in feats]
+    torch.cuda.synchronize(DEVICE)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        replayed = km.dot_kmeans_heads(other, ks, 10, 5, steps=steps)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    same(replayed, km.dot_kmeans_heads(other, ks, 10, 5))
+    assert len(steps._graphs) == 1
+
+
 def test_authors_kmeans_runs_at_full_float32_precision(monkeypatch: pytest.MonkeyPatch) -> None:
     """Not TF32, which the CLI allows for training; the setting is restored afterwards."""
     seen = []
@@ -312,6 +341,8 @@ def test_authors_kmeans_errors() -> None:
         KMeansPseudoLabels(algorithm="authors", nredo=3)
     with pytest.raises(ValueError, match="algorithm = 'lloyd'"):
         KMeansPseudoLabels(algorithm="lloyd")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="cuda_graph: true replays the 'authors' k-means"):
+        KMeansPseudoLabels(cuda_graph=True)
 
 
 # ------------------------------------------------------------------ the callback in a fit
@@ -359,7 +390,7 @@ def test_callback_fit_labels_logs_and_clean_pass(tmp_path: Path) -> None:
 
 def test_callback_with_the_authors_kmeans(tmp_path: Path) -> None:
     dm = make_dm(tmp_path, n_train=8)
-    model, cb = ToyModule(), KMeansPseudoLabels(algorithm="authors")
+    model, cb = ToyModule(), KMeansPseudoLabels(algorithm="authors", cuda_graph=True)  # no GPU
     saves = ModelCheckpoint(dirpath=tmp_path / "ck", filename="end")
     trainer(tmp_path, [cb, saves], enable_checkpointing=True).fit(model, dm)
     assert model.calls == [0, 1]
