@@ -158,6 +158,14 @@ def test_kmeans_recovers_blobs_deterministically(k: int) -> None:
     np.testing.assert_array_equal(again[0], centroids)
 
 
+def test_kmeans_takes_a_32_bit_seed() -> None:
+    """A run's seed may have 32 bits (``seed_everything: true`` draws one); FAISS takes a C
+    int, and gets the seed modulo 2**31."""
+    x, _ = blobs(10, 2, 8, seed=0)
+    big = km.kmeans(x, 2, seed=2**32 - 1)
+    np.testing.assert_array_equal(big[0], km.kmeans(x, 2, seed=2**31 - 1)[0])
+
+
 def test_kmeans_errors() -> None:
     with pytest.raises(ValueError, match="K = 5 clusters needs at least 5 samples, got 3"):
         km.kmeans(np.ones((3, 4), np.float32), 5)
@@ -265,12 +273,18 @@ def test_authors_kmeans_on_the_test_device_is_queued_without_waiting() -> None:
 
 
 @pytest.mark.skipif(DEVICE.type != "cuda", reason="needs SKINSSL_TEST_DEVICE=cuda")
-def test_authors_kmeans_replayed_from_a_cuda_graph() -> None:
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_authors_kmeans_replayed_from_a_cuda_graph(
+    deterministic: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The eager iterations' labels, centroids and objectives: at the capture, at a replay
     with other starting samples and at one with other features (queued without a
-    synchronisation); one graph for one shape."""
+    synchronisation); one graph for one shape. Also under deterministic algorithms
+    (``trainer.deterministic: true``; cuBLAS with the workspace setting Lightning makes)."""
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     ks = [4, 2, 3]
     feats = [torch.from_numpy(blobs(72 // k, k, 16, seed=k)[0]).to(DEVICE) for k in ks]
+    other = [f.flip(0) * 2 for f in feats]
     steps = km.GraphedSteps()
 
     def same(a: list, b: list) -> None:
@@ -279,18 +293,37 @@ def test_authors_kmeans_replayed_from_a_cuda_graph() -> None:
             torch.testing.assert_close(c, c1, atol=1e-5, rtol=0)
             torch.testing.assert_close(objective, objective1, atol=1e-5, rtol=0)
 
-    for seed in (5, 6):  # the capture, then a replay from other samples
-        graphed = km.dot_kmeans_heads(feats, ks, 10, seed, steps=steps)
-        same(graphed, km.dot_kmeans_heads(feats, ks, 10, seed))
-    other = [f.flip(0) * 2 for f in feats]
-    torch.cuda.synchronize(DEVICE)
-    torch.cuda.set_sync_debug_mode("error")
+    torch.use_deterministic_algorithms(deterministic)
     try:
-        replayed = km.dot_kmeans_heads(other, ks, 10, 5, steps=steps)
+        for seed in (5, 6):  # the capture, then a replay from other samples
+            graphed = km.dot_kmeans_heads(feats, ks, 10, seed, steps=steps)
+            same(graphed, km.dot_kmeans_heads(feats, ks, 10, seed))
+        torch.cuda.synchronize(DEVICE)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            replayed = km.dot_kmeans_heads(other, ks, 10, 5, steps=steps)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        same(replayed, km.dot_kmeans_heads(other, ks, 10, 5))
     finally:
-        torch.cuda.set_sync_debug_mode(0)
-    same(replayed, km.dot_kmeans_heads(other, ks, 10, 5))
+        torch.use_deterministic_algorithms(False)
     assert len(steps._graphs) == 1
+
+
+def test_a_failing_report_warns_and_training_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The statistics and logs run on rank 0 alone, after the broadcast: an error there is a
+    warning (raising would leave the other ranks waiting in the next collective)."""
+
+    def broken(*args: object) -> None:
+        raise KeyError("a broken statistic")
+
+    monkeypatch.setattr(km, "clustering_metrics", broken)
+    model = ToyModule()
+    with pytest.warns(UserWarning, match="clustering at step 0 failed .*a broken statistic"):
+        trainer(tmp_path, [KMeansPseudoLabels()]).fit(model, make_dm(tmp_path, n_train=4))
+    assert model.calls == [0, 1]
 
 
 def test_authors_kmeans_runs_at_full_float32_precision(monkeypatch: pytest.MonkeyPatch) -> None:

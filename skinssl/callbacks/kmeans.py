@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import move_data_to_device
+from lightning.pytorch.utilities import move_data_to_device, rank_zero_warn
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, DistributedSampler
@@ -136,8 +136,10 @@ def kmeans(
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Spherical k-means of the L2-normalised rows of ``features`` with FAISS.
 
-    Every sample is used (no subsampling). ``device`` is a CUDA ordinal to run on one GPU with
-    ``resources`` (a ``faiss.StandardGpuResources``, created if None), or None for the CPU.
+    Every sample is used (no subsampling). ``seed`` is any int (FAISS takes it modulo 2**31,
+    as a C int; a run's seed has up to 32 bits). ``device`` is a CUDA ordinal to run on one
+    GPU with ``resources`` (a ``faiss.StandardGpuResources``, created if None), or None for the
+    CPU.
     Returns the L2-normalised centroids [k, d], each sample's nearest centroid (inner product)
     [n] and the objective: the mean cosine similarity of the samples to their centroid.
     """
@@ -149,7 +151,7 @@ def kmeans(
         k,
         niter=niter,
         nredo=nredo,
-        seed=seed,
+        seed=seed % 2**31,
         spherical=True,
         min_points_per_centroid=1,
         max_points_per_centroid=-(-n // k),  # k * this >= n: FAISS never subsamples
@@ -281,24 +283,27 @@ class GraphedSteps:
         if key not in self._graphs:
             self._graphs[key] = self._capture(x, rows, valid, niter)
         inputs, graph, outputs = self._graphs[key]
-        for mine, new in zip(inputs, (x, rows, valid), strict=True):
-            mine.copy_(new)
-        graph.replay()
-        return tuple(t.clone() for t in outputs)
+        with torch.cuda.device(x.device):
+            for mine, new in zip(inputs, (x, rows, valid), strict=True):
+                mine.copy_(new)
+            graph.replay()
+            return tuple(t.clone() for t in outputs)
 
     @staticmethod
     def _capture(
         x: Tensor, rows: Tensor, valid: Tensor, niter: int
     ) -> tuple[list[Tensor], torch.cuda.CUDAGraph, tuple]:
         inputs = [x.clone(), rows.clone(), valid.clone()]
-        side = torch.cuda.Stream(x.device)
-        side.wait_stream(torch.cuda.current_stream(x.device))
-        with torch.cuda.stream(side):  # a warm-up outside the capture (cuBLAS workspaces)
-            dot_kmeans_steps(*inputs, niter)
-        torch.cuda.current_stream(x.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            outputs = dot_kmeans_steps(*inputs, niter)
+        with torch.cuda.device(x.device):
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # a warm-up outside the capture (cuBLAS workspaces)
+                dot_kmeans_steps(*inputs, niter)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            # thread_local: the loader's pin-memory thread may use CUDA during the capture
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                outputs = dot_kmeans_steps(*inputs, niter)
         return inputs, graph, outputs
 
 
@@ -371,16 +376,18 @@ def setting_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[
 
 
 class Clock:
-    """Times work queued on ``device`` from now until :meth:`stop`: on a GPU by CUDA events
-    around its kernels (read once they have run), elsewhere by the wall clock."""
+    """Times work queued on ``device`` from :meth:`start` to :meth:`stop`: on a GPU by CUDA
+    events around its kernels (read once they have run), elsewhere by the wall clock."""
 
     def __init__(self, device: torch.device) -> None:
+        self._device, self._seconds = device, 0.0
         self._events = None
         if device.type == "cuda":
-            stream = torch.cuda.current_stream(device)
-            self._events = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
-            self._events[0].record(stream)
-        self._device = device
+            self._events = [torch.cuda.Event(enable_timing=True, blocking=True) for _ in "ab"]
+
+    def start(self) -> None:
+        if self._events is not None:
+            self._events[0].record(torch.cuda.current_stream(self._device))
         self._seconds = time.perf_counter()
 
     def stop(self) -> None:
@@ -408,7 +415,7 @@ class HostCopies:
         self._done = None
         on_gpu = [t.device for t in tensors.values() if t is not None and t.is_cuda]
         if on_gpu:
-            self._done = torch.cuda.Event()
+            self._done = torch.cuda.Event(blocking=True)
             self._done.record(torch.cuda.current_stream(on_gpu[0]))
 
     def get(self) -> dict[str, Tensor | None]:
@@ -710,12 +717,12 @@ class KMeansPseudoLabels(L.Callback):
         device = pl_module.device
         picked = self._picked(device)
         clock = Clock(device)
-        found = self._kmeans(pl_module, features, epoch)
-        clock.stop()
+        found = self._kmeans(pl_module, features, epoch, clock)
         assignments = torch.stack([a for _, a, _ in found.values()])  # [H, rows]
         labels = torch.full((self._num_cases(trainer), len(found)), UNKNOWN, device=device)
         labels[picked] = assignments.T
-        previous = None if self._labels is None else self._labels.to(device)[picked].T
+        labels_before = None if self._labels is None else self._labels.to(device, non_blocking=True)
+        previous = None if labels_before is None else labels_before[picked].T
         report = Report(
             step=trainer.global_step,
             rows=rows,
@@ -733,10 +740,10 @@ class KMeansPseudoLabels(L.Callback):
         return {"error": None, "labels": labels, "centroids": centroids}, report
 
     def _kmeans(
-        self, pl_module: L.LightningModule, features: dict[str, Tensor], epoch: int
+        self, pl_module: L.LightningModule, features: dict[str, Tensor], epoch: int, clock: Clock
     ) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
-        """Every head's (centroids, assignments, objective) on the module's device; a
-        ValueError names the head."""
+        """Every head's (centroids, assignments, objective) on the module's device, timed by
+        ``clock`` (after the authors' check of the features); a ValueError names the head."""
         seed, heads, device = self._seed + epoch, list(self._sizes), pl_module.device
         if self.algorithm == "authors":  # every head in one batch on the module's device
             ks = [self._sizes[h] for h in heads]
@@ -746,9 +753,12 @@ class KMeansPseudoLabels(L.Callback):
                     with self._naming(h, epoch):
                         raise ValueError(problem)
             steps = self._graphed if device.type == "cuda" else None
+            clock.start()
             batch = dot_kmeans_heads(checked, ks, self.niter, seed, steps=steps)
+            clock.stop()
             return dict(zip(heads, batch, strict=True))
         faiss_device, found = self._faiss_device(pl_module), {}
+        clock.start()
         with faiss_threads(self.threads or available_cores()):
             for h in heads:
                 with self._naming(h, epoch):
@@ -766,6 +776,7 @@ class KMeansPseudoLabels(L.Callback):
                     torch.from_numpy(a).to(device),
                     torch.tensor(objective, device=device),
                 )
+        clock.stop()
         return found
 
     @contextmanager
@@ -927,6 +938,16 @@ class KMeansPseudoLabels(L.Callback):
         report, self._report = self._report, None
         if report is None:
             return
+        try:
+            self._write(trainer, report)
+        except Exception as e:  # rank 0 alone: raising would leave the other ranks waiting
+            rank_zero_warn(
+                f"KMeansPseudoLabels: the statistics and logs of the clustering at step "
+                f"{report.step} failed ({type(e).__name__}: {e}); training goes on with its labels"
+            )
+
+    def _write(self, trainer: L.Trainer, report: Report) -> None:
+        """:meth:`_report_now` of ``report``."""
         results = report.results.get()
         metrics = {**report.metrics, "kmeans/seconds": report.clock.seconds()}
         start = time.perf_counter()
