@@ -38,10 +38,10 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from threadpoolctl import threadpool_limits
 
-from skinssl.callbacks.kmeans import (
+from skinssl.callbacks.kmeans import clustering_metrics
+from skinssl.clustering import (
     GraphedSteps,
     available_cores,
-    clustering_metrics,
     dot_kmeans_heads,
     faiss_threads,
     kmeans,

@@ -19,6 +19,7 @@ from sklearn.metrics import normalized_mutual_info_score
 from torch import nn
 
 import skinssl.callbacks.kmeans as km
+import skinssl.clustering as clustering
 from skinssl.callbacks import GlooExit, KMeansPseudoLabels
 from skinssl.datamodules import PairedCSVDataModule
 
@@ -147,13 +148,13 @@ def blobs(n_per: int, k: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray
 @pytest.mark.parametrize("k", [3, 5])
 def test_kmeans_recovers_blobs_deterministically(k: int) -> None:
     x, truth = blobs(60, k, 32, seed=k)
-    centroids, assign, objective = km.kmeans(x, k, niter=20, nredo=3, seed=7)
+    centroids, assign, objective = clustering.kmeans(x, k, niter=20, nredo=3, seed=7)
     assert centroids.shape == (k, 32) and centroids.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1, atol=1e-5)
     assert assign.shape == (len(x),) and assign.dtype == np.int64
     assert normalized_mutual_info_score(truth, assign) > 0.95
     assert 0.9 < objective <= 1
-    again = km.kmeans(x, k, niter=20, nredo=3, seed=7)
+    again = clustering.kmeans(x, k, niter=20, nredo=3, seed=7)
     np.testing.assert_array_equal(again[1], assign)
     np.testing.assert_array_equal(again[0], centroids)
 
@@ -162,17 +163,17 @@ def test_kmeans_takes_a_32_bit_seed() -> None:
     """A run's seed may have 32 bits (``seed_everything: true`` draws one); FAISS takes a C
     int, and gets the seed modulo 2**31."""
     x, _ = blobs(10, 2, 8, seed=0)
-    big = km.kmeans(x, 2, seed=2**32 - 1)
-    np.testing.assert_array_equal(big[0], km.kmeans(x, 2, seed=2**31 - 1)[0])
+    big = clustering.kmeans(x, 2, seed=2**32 - 1)
+    np.testing.assert_array_equal(big[0], clustering.kmeans(x, 2, seed=2**31 - 1)[0])
 
 
 def test_kmeans_errors() -> None:
     with pytest.raises(ValueError, match="K = 5 clusters needs at least 5 samples, got 3"):
-        km.kmeans(np.ones((3, 4), np.float32), 5)
+        clustering.kmeans(np.ones((3, 4), np.float32), 5)
     x = np.ones((10, 4), np.float32)
     x[2, 1] = np.nan
     with pytest.raises(ValueError, match=r"1 non-finite \(NaN/inf\) values in the 10 x 4"):
-        km.kmeans(x, 2)
+        clustering.kmeans(x, 2)
 
 
 def authors_reference(x: np.ndarray, k: int, niter: int, seed: int, head: int = 0):
@@ -206,7 +207,7 @@ def test_authors_kmeans_matches_a_direct_loop(data: str) -> None:
     else:  # three distinct points, K = 6: some clusters start or stay empty
         x = np.repeat(np.eye(3, 8, dtype=np.float32) + 0.1, 10, axis=0)
     ref_c, ref_a, empty = authors_reference(x, 6 if data == "duplicates" else 4, 10, seed=3)
-    c, a, objective = km.dot_kmeans(x, len(ref_c), niter=10, seed=3)
+    c, a, objective = clustering.dot_kmeans(x, len(ref_c), niter=10, seed=3)
     np.testing.assert_array_equal(a, ref_a)
     np.testing.assert_allclose(c, ref_c, atol=1e-5)
     assert empty > 0 or data == "blobs"  # the duplicates exercise the empty-cluster rule
@@ -223,7 +224,7 @@ def test_authors_kmeans_of_several_heads_at_once_equals_one_at_a_time() -> None:
     feats[1] = feats[1] * rng.uniform(0.5, 3, (24, 1)).astype(np.float32)
     ks = [4, 2, 3]
     tensors = [torch.from_numpy(x) for x in feats]
-    found = km.dot_kmeans_heads(tensors, ks, niter=10, seed=5)
+    found = clustering.dot_kmeans_heads(tensors, ks, niter=10, seed=5)
     for head, ((c, a, objective), x, k) in enumerate(zip(found, feats, ks, strict=True)):
         ref_c, ref_a, _ = authors_reference(x, k, 10, seed=5, head=head)
         assert c.shape == ref_c.shape and a.dtype == torch.int64 and objective.ndim == 0
@@ -232,13 +233,13 @@ def test_authors_kmeans_of_several_heads_at_once_equals_one_at_a_time() -> None:
         unit = x / np.linalg.norm(x, axis=1, keepdims=True)
         expected = float((unit * ref_c[ref_a]).sum(1).mean())
         assert float(objective) == pytest.approx(expected, abs=1e-5)
-    one_at_a_time = km.dot_kmeans_heads(tensors, ks, niter=10, seed=5, batch_bytes=1)
+    one_at_a_time = clustering.dot_kmeans_heads(tensors, ks, niter=10, seed=5, batch_bytes=1)
     for (c, a, objective), (c1, a1, objective1) in zip(found, one_at_a_time, strict=True):
         assert torch.equal(a, a1)
         torch.testing.assert_close(c, c1, atol=1e-6, rtol=0)
         assert float(objective) == pytest.approx(float(objective1), abs=1e-6)
     with pytest.raises(ValueError, match="same samples; got \\[24, 23\\]"):
-        km.dot_kmeans_heads([tensors[0], tensors[1][:23]], [2, 2])
+        clustering.dot_kmeans_heads([tensors[0], tensors[1][:23]], [2, 2])
 
 
 def test_authors_kmeans_on_the_test_device_is_queued_without_waiting() -> None:
@@ -247,7 +248,7 @@ def test_authors_kmeans_on_the_test_device_is_queued_without_waiting() -> None:
     synchronisation (CUDA's sync debug mode raises on one)."""
     ks = [4, 2, 3]
     feats = [torch.from_numpy(blobs(72 // k, k, 16, seed=k)[0]) for k in ks]  # 72 rows each
-    on_cpu = km.dot_kmeans_heads(feats, ks, niter=10, seed=5)
+    on_cpu = clustering.dot_kmeans_heads(feats, ks, niter=10, seed=5)
     feats = [f.to(DEVICE) for f in feats]
     cuda = DEVICE.type == "cuda"
     if cuda:
@@ -255,7 +256,7 @@ def test_authors_kmeans_on_the_test_device_is_queued_without_waiting() -> None:
         torch.cuda.set_sync_debug_mode("error")
     try:
         clock = km.Clock(DEVICE)
-        found = km.dot_kmeans_heads(feats, ks, niter=10, seed=5)
+        found = clustering.dot_kmeans_heads(feats, ks, niter=10, seed=5)
         clock.stop()
         copies = km.HostCopies(
             assignments=torch.stack([a for _, a, _ in found]),
@@ -285,7 +286,7 @@ def test_authors_kmeans_replayed_from_a_cuda_graph(
     ks = [4, 2, 3]
     feats = [torch.from_numpy(blobs(72 // k, k, 16, seed=k)[0]).to(DEVICE) for k in ks]
     other = [f.flip(0) * 2 for f in feats]
-    steps = km.GraphedSteps()
+    steps = clustering.GraphedSteps()
 
     def same(a: list, b: list) -> None:
         for (c, labels, objective), (c1, labels1, objective1) in zip(a, b, strict=True):
@@ -296,15 +297,15 @@ def test_authors_kmeans_replayed_from_a_cuda_graph(
     torch.use_deterministic_algorithms(deterministic)
     try:
         for seed in (5, 6):  # the capture, then a replay from other samples
-            graphed = km.dot_kmeans_heads(feats, ks, 10, seed, steps=steps)
-            same(graphed, km.dot_kmeans_heads(feats, ks, 10, seed))
+            graphed = clustering.dot_kmeans_heads(feats, ks, 10, seed, steps=steps)
+            same(graphed, clustering.dot_kmeans_heads(feats, ks, 10, seed))
         torch.cuda.synchronize(DEVICE)
         torch.cuda.set_sync_debug_mode("error")
         try:
-            replayed = km.dot_kmeans_heads(other, ks, 10, 5, steps=steps)
+            replayed = clustering.dot_kmeans_heads(other, ks, 10, 5, steps=steps)
         finally:
             torch.cuda.set_sync_debug_mode(0)
-        same(replayed, km.dot_kmeans_heads(other, ks, 10, 5))
+        same(replayed, clustering.dot_kmeans_heads(other, ks, 10, 5))
     finally:
         torch.use_deterministic_algorithms(False)
     assert len(steps._graphs) == 1
@@ -329,17 +330,17 @@ def test_a_failing_report_warns_and_training_goes_on(
 def test_authors_kmeans_runs_at_full_float32_precision(monkeypatch: pytest.MonkeyPatch) -> None:
     """Not TF32, which the CLI allows for training; the setting is restored afterwards."""
     seen = []
-    steps = km.dot_kmeans_steps
+    steps = clustering.dot_kmeans_steps
 
     def recording(*args: object) -> object:
         seen.append(torch.get_float32_matmul_precision())
         return steps(*args)
 
-    monkeypatch.setattr(km, "dot_kmeans_steps", recording)
+    monkeypatch.setattr(clustering, "dot_kmeans_steps", recording)
     before = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("high")
     try:
-        km.dot_kmeans(blobs(10, 2, 8, seed=0)[0], 2)
+        clustering.dot_kmeans(blobs(10, 2, 8, seed=0)[0], 2)
         assert seen == ["highest"]
         assert torch.get_float32_matmul_precision() == "high"
     finally:
@@ -349,27 +350,27 @@ def test_authors_kmeans_runs_at_full_float32_precision(monkeypatch: pytest.Monke
 def test_authors_kmeans_weights_members_by_norm() -> None:
     """Unlike spherical k-means, a long member pulls its centroid harder."""
     x = np.array([[1, 0], [0, 1], [10, 0]], np.float32)  # one cluster: the mean of raw rows
-    c, _, _ = km.dot_kmeans(x, 1, niter=1, seed=0)
+    c, _, _ = clustering.dot_kmeans(x, 1, niter=1, seed=0)
     raw = x.mean(0) / np.linalg.norm(x.mean(0))
     np.testing.assert_allclose(c[0], raw, atol=1e-6)
-    sph = km.kmeans(x, 1, niter=1)[0][0]
+    sph = clustering.kmeans(x, 1, niter=1)[0][0]
     assert abs(float(sph @ raw)) < 0.99  # the spherical centroid points elsewhere
 
 
 def test_feature_check_counts_non_finite_values_only() -> None:
     x = np.zeros((4, 3), np.float32)
     x[0, :2] = np.finfo(np.float32).max  # finite, though their float32 sum overflows
-    assert km.checked_features(x, 2) is not None
+    assert clustering.checked_features(x, 2) is not None
     x[1, 0], x[2, 1] = np.inf, -np.inf  # inf - inf: a NaN sum
     with pytest.raises(ValueError, match="2 non-finite"):
-        km.checked_features(x, 2)
+        clustering.checked_features(x, 2)
 
 
 def test_authors_kmeans_errors() -> None:
     with pytest.raises(ValueError, match="K = 5 clusters needs at least 5 samples, got 3"):
-        km.dot_kmeans(np.ones((3, 4), np.float32), 5)
+        clustering.dot_kmeans(np.ones((3, 4), np.float32), 5)
     with pytest.raises(ValueError, match="non-finite"):
-        km.dot_kmeans(np.full((4, 2), np.inf, np.float32), 2)
+        clustering.dot_kmeans(np.full((4, 2), np.inf, np.float32), 2)
     with pytest.raises(ValueError, match="'authors' k-means has no restarts"):
         KMeansPseudoLabels(algorithm="authors", nredo=3)
     with pytest.raises(ValueError, match="algorithm = 'lloyd'"):

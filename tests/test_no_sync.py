@@ -21,7 +21,7 @@ from lightning import LightningModule
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from skinssl.callbacks.kmeans import dot_kmeans_heads
+from skinssl.clustering import dot_kmeans_heads
 from skinssl.datamodules.device_views import device_views
 from skinssl.datamodules.views import Views
 from skinssl.labels import CRITERIA
