@@ -324,14 +324,16 @@ class KMeansPseudoLabels(L.Callback):
         batch_idx: int,
     ) -> None:
         if self.features == "memory_bank" and outputs is not None:
-            self._keep(outputs, batch)
+            self._keep(trainer, outputs, batch)
         self._report_now(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._report_now(trainer)
 
-    def _keep(self, outputs: Any, batch: dict[str, Any]) -> None:
-        """A training step's embeddings, for the memory bank."""
+    def _keep(self, trainer: L.Trainer, outputs: Any, batch: dict[str, Any]) -> None:
+        """A training step's embeddings for the memory bank: in one process written into it at
+        once (an epoch's embeddings are never held twice), with several kept for the epoch's
+        end (:meth:`_merge_bank` gathers them on rank 0)."""
         emb = outputs.get("embeddings") if isinstance(outputs, dict) else None
         if not isinstance(emb, dict) or any(h not in emb for h in self._sizes):
             raise ValueError(
@@ -340,7 +342,16 @@ class KMeansPseudoLabels(L.Callback):
                 f"{list(self._sizes)}; got {type(outputs).__name__} "
                 f"with embeddings {sorted(emb) if isinstance(emb, dict) else emb!r}"
             )
-        self._chunks.append((batch["index"].detach(), {h: emb[h].detach() for h in self._sizes}))
+        index = batch["index"].detach()
+        if trainer.world_size > 1:
+            self._chunks.append((index, {h: emb[h].detach() for h in self._sizes}))
+            return
+        for h in self._sizes:
+            e = emb[h].detach().float()
+            if h not in self._bank:
+                self._bank[h] = e.new_zeros(self._num_cases(trainer), e.shape[1])
+            self._bank_on(h, e.device)[index] = e
+        self._chunks.append((index, {}))
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -649,10 +660,11 @@ class KMeansPseudoLabels(L.Callback):
         return rows, features
 
     def _merge_bank(self, trainer: L.Trainer) -> None:
-        """Write the last epoch's training embeddings into the bank (rank 0), by case index,
-        on the device they were made on; a case seen twice (a padded distributed sampler)
-        keeps its later embedding. Every rank runs the same number of training batches
-        (Lightning's distributed sampler), so all take part in the same collectives.
+        """Mark the cases the last epoch's training saw as held by the bank and, with several
+        processes, write their embeddings into it (rank 0), by case index, on the device they
+        were made on; a case seen twice (a padded distributed sampler) keeps its later
+        embedding. Every rank runs the same number of training batches (Lightning's
+        distributed sampler), so all take part in the same collectives.
         """
         if not self._chunks:
             return
@@ -661,6 +673,9 @@ class KMeansPseudoLabels(L.Callback):
         if self._filled is None:
             self._filled = torch.zeros(self._num_cases(trainer), dtype=torch.bool)
         self._filled[torch.from_numpy(seen)] = True
+        if trainer.world_size == 1:  # already written, step by step (_keep)
+            self._chunks = []
+            return
         cases, last = np.unique(seen[::-1], return_index=True)
         later = None if len(cases) == len(seen) else torch.from_numpy(len(seen) - 1 - last)
         for h in self._sizes:
