@@ -157,7 +157,7 @@ import json, pstats, sys
 from pathlib import Path
 profile, algorithm, out = sys.argv[1:]
 steps = ("on_train_epoch_start", "_merge_bank", "cluster", "_features", "_kmeans",
-         "feature_problems", "dot_kmeans_heads", "kmeans", "_apply", "_report_now",
+         "feature_problems", "dot_kmeans_heads", "kmeans", "_apply", "_report_now", "_keep",
          "clustering_metrics")
 rows = {}
 for (path, _, name), (_, calls, _, cumulative, _) in pstats.Stats(profile).stats.items():

@@ -256,6 +256,7 @@ def test_authors_kmeans_on_the_test_device_is_queued_without_waiting() -> None:
         torch.cuda.set_sync_debug_mode("error")
     try:
         clock = km.Clock(DEVICE)
+        clock.start()
         found = clustering.dot_kmeans_heads(feats, ks, niter=10, seed=5)
         clock.stop()
         copies = km.HostCopies(
