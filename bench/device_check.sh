@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The checks that need a GPU, in parts with time limits of 60-210 s that add up to about 31
+# The checks that need a GPU, in parts with time limits of 60-210 s that add up to about 34
 # minutes, more than one lease allows: choose with PARTS, about 570 s of limits per call. The
 # first part that runs also makes the synthetic images (data/ does not travel). The parts:
 # the stage-1 step at the published recipe (ResNet-50 x2, 224 px, batch 96, bf16,
