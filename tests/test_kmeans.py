@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import csv
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -242,6 +244,21 @@ def test_authors_kmeans_of_several_heads_at_once_equals_one_at_a_time() -> None:
         clustering.dot_kmeans_heads([tensors[0], tensors[1][:23]], [2, 2])
 
 
+@contextmanager
+def raising_on_sync() -> Iterator[None]:
+    """On a CUDA DEVICE, once its queue is empty: any synchronisation inside raises (CUDA's
+    sync debug mode). Elsewhere nothing."""
+    if DEVICE.type != "cuda":
+        yield
+        return
+    torch.cuda.synchronize(DEVICE)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+
+
 def test_authors_kmeans_on_the_test_device_is_queued_without_waiting() -> None:
     """On ``SKINSSL_TEST_DEVICE`` (``cuda`` in the device check): the CPU's labels; on a GPU
     the k-means, its clock and the copies of its results to the host are queued without a
@@ -250,11 +267,7 @@ def test_authors_kmeans_on_the_test_device_is_queued_without_waiting() -> None:
     feats = [torch.from_numpy(blobs(72 // k, k, 16, seed=k)[0]) for k in ks]  # 72 rows each
     on_cpu = clustering.dot_kmeans_heads(feats, ks, niter=10, seed=5)
     feats = [f.to(DEVICE) for f in feats]
-    cuda = DEVICE.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize(DEVICE)
-        torch.cuda.set_sync_debug_mode("error")
-    try:
+    with raising_on_sync():
         clock = km.Clock(DEVICE)
         clock.start()
         found = clustering.dot_kmeans_heads(feats, ks, niter=10, seed=5)
@@ -264,9 +277,6 @@ def test_authors_kmeans_on_the_test_device_is_queued_without_waiting() -> None:
             objectives=torch.stack([o for _, _, o in found]),
             previous=None,
         )
-    finally:
-        if cuda:
-            torch.cuda.set_sync_debug_mode(0)
     host = copies.get()
     assert torch.equal(host["assignments"], torch.stack([a for _, a, _ in on_cpu]))
     expected = torch.stack([o for _, _, o in on_cpu])
@@ -300,12 +310,8 @@ def test_authors_kmeans_replayed_from_a_cuda_graph(
         for seed in (5, 6):  # the capture, then a replay from other samples
             graphed = clustering.dot_kmeans_heads(feats, ks, 10, seed, steps=steps)
             same(graphed, clustering.dot_kmeans_heads(feats, ks, 10, seed))
-        torch.cuda.synchronize(DEVICE)
-        torch.cuda.set_sync_debug_mode("error")
-        try:
+        with raising_on_sync():
             replayed = clustering.dot_kmeans_heads(other, ks, 10, 5, steps=steps)
-        finally:
-            torch.cuda.set_sync_debug_mode(0)
         same(replayed, clustering.dot_kmeans_heads(other, ks, 10, 5))
     finally:
         torch.use_deterministic_algorithms(False)

@@ -253,7 +253,8 @@ class KMeansPseudoLabels(L.Callback):
         self._centroids: dict[str, Tensor] = {}
         self._rows: np.ndarray | None = None
         self._index: Tensor | None = None  # _rows on the module's device
-        self._chunks: list[tuple[Tensor, dict[str, Tensor]]] = []
+        self._seen: list[Tensor] = []  # the epoch's training case indices, step by step
+        self._chunks: list[dict[str, Tensor]] = []  # their embeddings, with several processes
         self._epoch_clock: float | None = None
         self._epoch_seconds: float | None = None
         self._bank: dict[str, Tensor] = {}
@@ -285,7 +286,7 @@ class KMeansPseudoLabels(L.Callback):
         self._sizes = sizes
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._chunks, self._report = [], None
+        self._seen, self._chunks, self._report = [], [], None
         self._epoch_clock = self._epoch_seconds = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -343,15 +344,19 @@ class KMeansPseudoLabels(L.Callback):
                 f"with embeddings {sorted(emb) if isinstance(emb, dict) else emb!r}"
             )
         index = batch["index"].detach()
+        self._seen.append(index)
         if trainer.world_size > 1:
-            self._chunks.append((index, {h: emb[h].detach() for h in self._sizes}))
+            self._chunks.append({h: emb[h].detach() for h in self._sizes})
             return
         for h in self._sizes:
-            e = emb[h].detach().float()
-            if h not in self._bank:
-                self._bank[h] = e.new_zeros(self._num_cases(trainer), e.shape[1])
-            self._bank_on(h, e.device)[index] = e
-        self._chunks.append((index, {}))
+            self._write_bank(h, index, emb[h].detach().float(), self._num_cases(trainer))
+
+    def _write_bank(self, head: str, rows: Tensor, emb: Tensor, num_cases: int) -> None:
+        """Embeddings [B, D] of cases ``rows`` into the head's bank (made at first use, on
+        the embeddings' device)."""
+        if head not in self._bank:
+            self._bank[head] = emb.new_zeros(num_cases, emb.shape[1])
+        self._bank_on(head, emb.device)[rows] = emb
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -666,29 +671,26 @@ class KMeansPseudoLabels(L.Callback):
         embedding. Every rank runs the same number of training batches (Lightning's
         distributed sampler), so all take part in the same collectives.
         """
-        if not self._chunks:
+        if not self._seen:
             return
-        index = gather(torch.cat([i for i, _ in self._chunks]))
+        index = gather(torch.cat(self._seen))
         seen = index.cpu().numpy()  # the epoch is over: the device has nothing else to finish
         if self._filled is None:
             self._filled = torch.zeros(self._num_cases(trainer), dtype=torch.bool)
         self._filled[torch.from_numpy(seen)] = True
-        if trainer.world_size == 1:  # already written, step by step (_keep)
-            self._chunks = []
+        chunks, self._seen, self._chunks = self._chunks, [], []
+        if not chunks:  # one process: already written, step by step (_keep)
             return
         cases, last = np.unique(seen[::-1], return_index=True)
         later = None if len(cases) == len(seen) else torch.from_numpy(len(seen) - 1 - last)
         for h in self._sizes:
-            emb = gather(torch.cat([e[h] for _, e in self._chunks]).float())
+            emb = gather(torch.cat([c[h] for c in chunks]).float())
             if trainer.is_global_zero:
-                if h not in self._bank:
-                    self._bank[h] = emb.new_zeros(len(self._filled), emb.shape[1])
-                bank, rows = self._bank_on(h, emb.device), index
+                rows = index
                 if later is not None:
                     keep = later.to(emb.device)
                     emb, rows = emb[keep], index[keep]
-                bank[rows] = emb
-        self._chunks = []
+                self._write_bank(h, rows, emb, len(self._filled))
 
     def _num_cases(self, trainer: L.Trainer) -> int:
         return len(trainer.datamodule.cases)
