@@ -10,7 +10,9 @@ worker and with one per core:
 - ``device`` (with a GPU): ``augment_on: device``, the views made on the GPU a batch at a time
   (the training loader then has no workers: its batches are case ids); ``device-compiled``:
   the same with ``compile_views``. They are compared with the reference on every core.
-Prints a table and writes JSON.
+With CUDA, every loader pins its batches, as a training loader does (the reference's
+float views are 4x the bytes of our uint8 ones); hide the GPUs (``CUDA_VISIBLE_DEVICES=``) to
+compare the pipelines unpinned. Prints a table and writes JSON.
 
     python bench/dataloader.py                      # synthetic data at Derm7pt's image size
     python bench/dataloader.py --root /data/derm7pt # the real release
@@ -87,6 +89,7 @@ def reference_loader(dm: Derm7ptDataModule) -> DataLoader:
         shuffle=True,
         drop_last=True,
         num_workers=dm.num_workers,
+        pin_memory=torch.cuda.is_available(),  # as ours (and a training loader) pins
         persistent_workers=dm.num_workers > 0,
         worker_init_fn=one_thread,
     )
@@ -204,6 +207,7 @@ def main() -> None:
         "image_size": args.image_size,
         "cache_size": args.cache_size,
         "batch_size": args.batch_size,
+        "pinned": torch.cuda.is_available(),
     }
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     print(f"\nwrote {out}")

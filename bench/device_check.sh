@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# The checks that need a GPU, in parts with time limits of 60-210 s that add up to about 34
+# The checks that need a GPU, in parts with time limits of 60-210 s that add up to about 37
 # minutes, more than one lease allows: choose with PARTS, about 570 s of limits per call. The
 # first part that runs also makes the synthetic images (data/ does not travel). The parts:
 # the stage-1 step at the published recipe (ResNet-50 x2, 224 px, batch 96, bf16,
 # channels-last) with views made in CPU workers and on the GPU, each against the model alone,
 # with host-device synchronisations counted; the device-view and k-means tests on the GPU
 # (the authors' k-means queued without a synchronisation, and replayed from a CUDA graph);
-# k-means seconds per pass; the data benchmark with its GPU row; the views' cost per step on
+# k-means seconds per pass; the data benchmark with its GPU row, and with the GPUs hidden
+# (no loader pins its batches); the views' cost per step on
 # one core, ours and the reference (where the data benchmark's ratio comes from); the quick
 # start on the GPU (bf16, views on the GPU); the step with torch.compile; the stage-2 step
 # (frozen trunks, batch 256, 32-bit with TF32) with views from CPU workers and on the GPU;
@@ -23,7 +24,7 @@
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl &&
 #   export PYTHONPATH=/tmp/site && bash bench/device_check.sh $OUT 2>&1 | tee $OUT/log.txt
 # PARTS (e.g. PARTS="step-device data") runs only those parts: step-cpu, step-device,
-# step-device-compiled, tests, kmeans, data, views, quickstart, compile, stage2-cpu,
+# step-device-compiled, tests, kmeans, data, data-unpinned, views, quickstart, compile, stage2-cpu,
 # stage2-device, stage2-fit-spherical, stage2-fit-authors, stage2-fit-authors-graph (the
 # authors' k-means replayed from a CUDA graph), stage2-profile.
 # DEVICE, BACKBONE, SIZE, BATCH, BATCH2 (stage 2), STEPS, CASES, CACHE (cached image side,
@@ -105,10 +106,13 @@ part tests "device-view and k-means tests on $device" 150 env SKINSSL_TEST_DEVIC
   tests/test_kmeans.py::test_authors_kmeans_replayed_from_a_cuda_graph
 part kmeans "k-means: seconds per pass" 90 python3 bench/kmeans.py --threads "$(nproc)" \
   ${KMEANS_ARGS:-} --out "$work/kmeans.json"
+loader=(python3 bench/dataloader.py --num-cases "$cases" --image-size "${SIZE:-224}"
+  --synthetic-root "data/device-check-512-$cases" --cache-size "${CACHE:-462}"
+  --batch-size $((${BATCH:-96} < 32 ? ${BATCH:-96} : 32)))
 part data "data: reference per-sample pipeline, cache on CPU, views on the device" 210 \
-  python3 bench/dataloader.py --num-cases "$cases" --synthetic-root "data/device-check-512-$cases" \
-  --image-size "${SIZE:-224}" --batch-size $((${BATCH:-96} < 32 ? ${BATCH:-96} : 32)) \
-  --cache-size "${CACHE:-462}" --out "$work/dataloader.json"
+  "${loader[@]}" --out "$work/dataloader.json"
+part data-unpinned "data: the CPU pipelines with the GPUs hidden (no loader pins)" 150 \
+  env CUDA_VISIBLE_DEVICES= "${loader[@]}" --out "$work/dataloader_unpinned.json"
 part views "views: milliseconds per step on one core, ours and the reference" 60 \
   python3 bench/views.py --image-size "${SIZE:-224}" --cache-size "${CACHE:-462}" \
   --out "$work/views.json"
