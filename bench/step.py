@@ -185,7 +185,9 @@ def main() -> None:
         derm_views=Views.simclr() if args.stage == 1 else Views.cluster(),
         augment_on=args.augment_on,
         compile_views=args.compile_views,
-        drop_last=args.stage == 1,  # as the published recipes: stage 2 keeps the last batch
+        # stage 1: full batches only, steps of one shape to time (its published config keeps
+        # the last, smaller batch); stage 2 keeps it, as published
+        drop_last=args.stage == 1,
     )
     dm.setup("fit")
     torch.manual_seed(0)

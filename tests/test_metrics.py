@@ -25,7 +25,7 @@ from skinssl.evaluation import CaseOutputs
 from skinssl.evaluation.classification import class_auc_summary, evaluate_heads, roc_auc
 from skinssl.evaluation.figures import roc_points
 from skinssl.evaluation.report import build_report, markdown, write_report
-from skinssl.labels import CRITERIA, HEAD_NAMES, HEADS
+from skinssl.labels import CRITERIA, HEAD_NAMES, HEADS, head
 from skinssl.lightning_modules.losses import mean_known_ce
 from skinssl.lightning_modules.metrics import HeadOutputs, scalar_logs
 
@@ -141,6 +141,9 @@ def test_case_store_keeps_each_case_once_in_index_order() -> None:
     logs = scalar_logs(got, "val")
     heads = evaluate_heads(outputs)
     assert logs["val/auc_mean"] == pytest.approx(np.mean([r["auc_macro"] for r in heads.values()]))
+    key = {"DIAG": "MEL", "PN": "ATP", "BWV": "PRS", "RS": "PRS"}  # the others' key class: IR
+    aucs = [heads[h]["classes"][head(h).classes.index(key.get(h, "IR"))]["auc"] for h in HEAD_NAMES]
+    assert logs["val/auc_key_classes"] == pytest.approx(np.mean(aucs))
     assert logs["val/PN/bacc"] == pytest.approx(heads["PN"]["balanced_accuracy"])
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from pathlib import Path
@@ -94,6 +95,40 @@ def test_stage1_loss_is_the_documented_sum() -> None:
 
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log")
+@pytest.mark.parametrize("per_view", [True, False])
+def test_stage1_batchnorm_batches_in_training(per_view: bool) -> None:
+    """In training mode (BatchNorm on batch statistics) each view is its own batch in the
+    trunks and cross-modal projectors, as the authors' passes, and the intra-modal projectors
+    see both views at once; ``per_view_batchnorm: false`` passes both views together."""
+    torch.manual_seed(0)
+    m = SM3Contrastive(
+        proj_hidden=16, proj_dim=8, gather_negatives=False, per_view_batchnorm=per_view, **SMALL
+    ).train()
+    g = torch.Generator().manual_seed(1)
+    derm, clinic = [[torch.randn(4, 3, 32, 32, generator=g) for _ in range(2)] for _ in range(2)]
+    valid = torch.ones(4, dtype=torch.bool)
+    got = m.training_step({"derm": derm, "clinic": clinic, "pair_valid": valid}, 0)
+
+    def passes(net: torch.nn.Module, views: list[torch.Tensor], split: bool) -> torch.Tensor:
+        return torch.cat([net(v) for v in views]) if split else net(torch.cat(views))
+
+    def loss(split: bool) -> torch.Tensor:
+        t = m.hparams.temperature
+        hd, hc = passes(m.encoder.derm, derm, split), passes(m.encoder.clinic, clinic, split)
+        zd, zc = m.intra_derm(hd), m.intra_clinic(hc)  # both views at once either way
+        pd = passes(m.cross_derm, [hd[:4], hd[4:]], split)
+        pc = passes(m.cross_clinic, [hc[:4], hc[4:]], split)
+        intra = nt_xent(zd[:4], zd[4:], t) + nt_xent(zc[:4], zc[4:], t)
+        cross = nt_xent(pd[:4], pc[:4], t, valid) + nt_xent(pd[4:], pc[4:], t, valid)
+        return m.hparams.intra_weight * intra + m.hparams.cross_weight * cross
+
+    with torch.no_grad():
+        want, other = loss(split=per_view), loss(split=not per_view)
+    assert float(got) == pytest.approx(float(want), rel=1e-4)
+    assert float(got) != pytest.approx(float(other), rel=1e-3)
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log")
 def test_stage2_loss_uses_each_cases_pseudo_labels() -> None:
     """Cross-entropy of each head's prototype logits / T against the labels of the batch's
     cases (looked up by case index, not by position), averaged over heads."""
@@ -153,6 +188,7 @@ def test_finetune_settings_from_stage2(pretrained, tmp_path: Path, setting: str)
         init_from=str(stage2),
         setting=setting,
         trunk_lr=1e-4,
+        freeze_stem=setting == "finetune",
         # linear keeps the projectors frozen: only the heads stage 2 pretrained
         heads=CRITERIA if setting == "linear" else HEAD_NAMES,
         **SMALL,
@@ -174,6 +210,11 @@ def test_finetune_settings_from_stage2(pretrained, tmp_path: Path, setting: str)
     rel_moved = any(not torch.equal(v, relation[k]) for k, v in model.relation.state_dict().items())
     assert trunk_moved == (setting == "finetune")
     assert rel_moved == (setting != "linear")
+    if setting == "finetune":  # the frozen stem keeps its weights, its BN learns statistics
+        statistics = ("running_mean", "running_var", "num_batches_tracked")
+        for k, v in model.encoder.state_dict().items():
+            if k.split(".")[1] in ("conv1", "bn1"):  # the stem's, not the blocks' (layerN.)
+                assert torch.equal(v, trunk[k]) != k.endswith(statistics), k
     assert not torch.equal(heads, model.classifiers["PN"].weight)
 
 
@@ -239,9 +280,26 @@ def test_diagnosis_as_eighth_clustered_head(pretrained, tmp_path: Path) -> None:
         SM3PseudoLabels(num_clusters={"PN": 1, "BWV": 0}, **SMALL)
 
 
+def test_adam_eps_per_stage_as_the_authors() -> None:
+    """AdamW's eps: 1e-5 in stage 1 (the authors' backbone_train.py), PyTorch's 1e-8 in
+    stage 2 and downstream (their mlc_train.py and mlc_eval.py pass none)."""
+    for module, eps in [
+        (SM3Contrastive, 1e-5),
+        (SM3PseudoLabels, 1e-8),
+        (MultiLabelClassifier, 1e-8),
+    ]:
+        assert inspect.signature(module).parameters["adam_eps"].default == eps, module
+    p = torch.nn.Parameter(torch.zeros(1))
+    optimizer = adamw([{"params": [p], "lr": 1.0}], 0.0, "constant", 0, 1, eps=1e-5)["optimizer"]
+    assert optimizer.defaults["eps"] == 1e-5
+
+
 def test_lr_scaled_with_global_batch(pretrained) -> None:
+    """Rates scaled by global batch / lr_reference_batch; the module's adam_eps reaches AdamW."""
     root, _, _ = pretrained
-    model = MultiLabelClassifier(lr=1e-3, trunk_lr=1e-4, lr_reference_batch=4, **SMALL)
+    model = MultiLabelClassifier(
+        lr=1e-3, trunk_lr=1e-4, lr_reference_batch=4, adam_eps=1e-6, **SMALL
+    )
     trainer = L.Trainer(
         fast_dev_run=True,
         accelerator="cpu",
@@ -253,6 +311,7 @@ def test_lr_scaled_with_global_batch(pretrained) -> None:
     scale = 8 * 1 * 2 / 4  # batch 8 x 1 device x 2 accumulated / reference 4
     rates = [g["initial_lr"] for g in trainer.optimizers[0].param_groups]
     assert rates == pytest.approx([1e-3 * scale, 1e-4 * scale])
+    assert [g["eps"] for g in trainer.optimizers[0].param_groups] == [1e-6, 1e-6]
 
 
 class CompareSteps(L.Callback):

@@ -36,10 +36,11 @@ HeadInput = Literal["fused", "tokens"]
 class MultiLabelClassifier(L.LightningModule):
     """One classification head per label on two modality trunks; loss = mean per-head CE.
 
-    Validation logs ``val/auc_mean`` (mean of per-head macro AUCs), the number to select
-    checkpoints on. ``setting`` decides what trains: ``linear`` the heads only; ``projector``
-    the label projectors, relation module and heads (trunks frozen, the authors' "linear");
-    ``finetune`` everything, the trunks at ``trunk_lr``. Frozen parts stay in eval mode.
+    Validation logs ``val/auc_mean`` (mean of per-head macro AUCs) and ``val/auc_key_classes``
+    (the authors' selection number), to select checkpoints on. ``setting`` decides what
+    trains: ``linear`` the heads only; ``projector`` the label projectors, relation module and
+    heads (trunks frozen, the authors' "linear"); ``finetune`` everything, the trunks at
+    ``trunk_lr``. Frozen parts stay in eval mode, except a frozen stem in ``finetune``.
 
     Args:
         backbone: torchvision ResNet of each trunk.
@@ -60,8 +61,11 @@ class MultiLabelClassifier(L.LightningModule):
         setting: ``linear``, ``projector`` or ``finetune``.
         lr: learning rate of everything but the trunks.
         trunk_lr: learning rate of the trunks in ``finetune`` (default: ``lr``).
-        freeze_stem: keep the trunks' first conv + BN frozen in ``finetune`` (as the authors).
+        freeze_stem: keep the weights of the trunks' first conv + BN in ``finetune`` (as the
+            authors, whose trunks train in training mode: that BN still normalises with batch
+            statistics and updates its running ones).
         weight_decay: AdamW weight decay.
+        adam_eps: AdamW's eps (the authors' downstream runs: PyTorch's default, 1e-8).
         schedule: ``constant`` or ``cosine`` (per step, after warm-up).
         warmup_epochs: epochs of linear warm-up.
         lr_reference_batch: if set, learning rates are multiplied by global batch size / this
@@ -90,6 +94,7 @@ class MultiLabelClassifier(L.LightningModule):
         trunk_lr: float | None = None,
         freeze_stem: bool = False,
         weight_decay: float = 0.05,
+        adam_eps: float = 1e-8,
         schedule: Schedule = "constant",
         warmup_epochs: int = 0,
         lr_reference_batch: int | None = None,
@@ -181,10 +186,12 @@ class MultiLabelClassifier(L.LightningModule):
             part.requires_grad_(False)
 
     def train(self, mode: bool = True) -> MultiLabelClassifier:
-        """Frozen parts stay in eval mode (no BatchNorm statistics or dropout change)."""
+        """Frozen parts stay in eval mode (no BatchNorm statistics or dropout change); in
+        ``finetune`` the whole trunks train in training mode, frozen stem included."""
         super().train(mode)
-        for part in self._frozen():
-            part.eval()
+        if self.hparams.setting != "finetune":
+            for part in self._frozen():
+                part.eval()
         return self
 
     def setup(self, stage: str) -> None:

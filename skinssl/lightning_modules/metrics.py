@@ -14,7 +14,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from skinssl.evaluation import CaseOutputs
-from skinssl.evaluation.classification import evaluate_heads, nanmean
+from skinssl.evaluation.classification import class_auc_summary, evaluate_heads, nanmean
 from skinssl.labels import HEAD_NAMES, NUM_CLASSES
 
 
@@ -96,11 +96,13 @@ class HeadOutputs(torch.nn.Module):
 def scalar_logs(outputs: CaseOutputs, prefix: str) -> dict[str, float]:
     """Flat ``{prefix/name: value}`` of per-head and mean numbers, for the logger.
 
-    ``auc_mean``, the mean of the per-head macro AUCs, is the number checkpoints are selected on.
+    Checkpoints are selected on ``auc_mean``, the mean of the per-head macro AUCs, or on
+    ``auc_key_classes``, the mean AUC of each head's key class (the authors' ``AUC_AVG``).
     """
     heads = evaluate_heads(outputs)
     logs = {
         f"{prefix}/auc_mean": nanmean(r["auc_macro"] for r in heads.values()),
+        f"{prefix}/auc_key_classes": class_auc_summary(heads)["auc_key_classes"],
         f"{prefix}/acc_mean": nanmean(r["accuracy"] for r in heads.values()),
     }
     for h, r in heads.items():

@@ -19,16 +19,18 @@ def adamw(
     schedule: Schedule,
     warmup_steps: int,
     total_steps: int,
+    eps: float = 1e-8,
 ) -> dict[str, Any]:
     """Lightning's ``configure_optimizers`` answer: AdamW and a per-step LR multiplier.
 
     ``groups`` are parameter groups with their own ``lr``; groups without trainable parameters
-    are dropped. ``constant`` keeps the rate (after warm-up), as the SM3 authors did.
+    are dropped. ``constant`` keeps the rate (after warm-up), as the SM3 authors did. ``eps``
+    is AdamW's term added to the root of the second moment.
     """
     groups = [g for g in groups if any(p.requires_grad for p in g["params"])]
     for g in groups:
         g["params"] = [p for p in g["params"] if p.requires_grad]
-    optimizer = torch.optim.AdamW(groups, weight_decay=weight_decay, eps=1e-5)
+    optimizer = torch.optim.AdamW(groups, weight_decay=weight_decay, eps=eps)
     total = max(1, total_steps)
     if total_steps <= 0 and schedule != "constant":
         raise ValueError("a cosine schedule needs a finite number of epochs (trainer.max_epochs)")
@@ -71,8 +73,8 @@ def global_batch_size(trainer: L.Trainer) -> int:
 
 
 def configure_adamw(module: L.LightningModule, groups: list[dict[str, Any]]) -> dict[str, Any]:
-    """``adamw`` from a module's hyper-parameters ``weight_decay``, ``schedule``,
-    ``warmup_epochs`` and ``lr_reference_batch``.
+    """``adamw`` from a module's hyper-parameters ``weight_decay``, ``adam_eps``,
+    ``schedule``, ``warmup_epochs`` and ``lr_reference_batch``.
 
     With ``lr_reference_batch`` set, every group's rate is scaled by the global batch size over
     it (the linear scaling rule), so a recipe keeps its rates on any number of devices.
@@ -82,4 +84,5 @@ def configure_adamw(module: L.LightningModule, groups: list[dict[str, Any]]) -> 
         scale = global_batch_size(trainer) / hp.lr_reference_batch
         rank_zero_info(f"learning rates x {scale:g} (global batch / {hp.lr_reference_batch})")
         groups = [{**g, "lr": g["lr"] * scale} for g in groups]
-    return adamw(groups, hp.weight_decay, hp.schedule, *schedule_steps(trainer, hp.warmup_epochs))
+    steps = schedule_steps(trainer, hp.warmup_epochs)
+    return adamw(groups, hp.weight_decay, hp.schedule, *steps, eps=hp.adam_eps)

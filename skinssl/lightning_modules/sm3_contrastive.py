@@ -4,9 +4,10 @@ loss = intra_weight * [NT-Xent(derm v1, derm v2) + NT-Xent(clinic v1, clinic v2)
      + cross_weight * [NT-Xent(derm v1, clinic v1) + NT-Xent(derm v2, clinic v2)]
 
 with separate intra-modal (g) and cross-modal (p) projectors per modality. Cross-modal pairs
-whose clinical image is a stand-in (``pair_valid`` False) are not used as positives. Both views
-of a modality go through its trunk in one pass (one BatchNorm batch of 2N; the authors' code
-makes one pass per view).
+whose clinical image is a stand-in (``pair_valid`` False) are not used as positives. As in the
+authors' code, each view goes through the trunks and the cross-modal projectors on its own (its
+own BatchNorm batch of N), and the intra-modal projectors take both views at once (2N);
+``per_view_batchnorm: false`` makes one pass of 2N through the trunks and projectors alike.
 """
 
 from __future__ import annotations
@@ -35,8 +36,11 @@ class SM3Contrastive(L.LightningModule):
         intra_weight: weight of each intra-modal term.
         cross_weight: weight of each of the two cross-modal terms.
         gather_negatives: use the other devices' samples as negatives too.
+        per_view_batchnorm: one pass per view through the trunks and cross-modal projectors, as
+            the authors (BatchNorm statistics per view); false: one pass of both views.
         lr: AdamW learning rate (the authors used a constant 1e-6 for 400 epochs).
         weight_decay: AdamW weight decay.
+        adam_eps: AdamW's eps (the authors' stage 1: 1e-5).
         schedule: ``constant`` or ``cosine`` (per step, after warm-up).
         warmup_epochs: epochs of linear warm-up.
         lr_reference_batch: if set, learning rates are multiplied by global batch size / this
@@ -55,8 +59,10 @@ class SM3Contrastive(L.LightningModule):
         intra_weight: float = 1.0,
         cross_weight: float = 0.5,
         gather_negatives: bool = True,
+        per_view_batchnorm: bool = True,
         lr: float = 1e-4,
         weight_decay: float = 0.05,
+        adam_eps: float = 1e-5,
         schedule: Schedule = "constant",
         warmup_epochs: int = 0,
         lr_reference_batch: int | None = None,
@@ -75,10 +81,11 @@ class SM3Contrastive(L.LightningModule):
         derm = two_views(batch["derm"], "derm", "SM3Contrastive")
         clinic = two_views(batch["clinic"], "clinic", "SM3Contrastive")
         n = derm[0].shape[0]
-        h_derm = self.encoder.derm(torch.cat(derm))  # both views in one pass
-        h_clinic = self.encoder.clinic(torch.cat(clinic))
+        h_derm = self._views(self.encoder.derm, derm)
+        h_clinic = self._views(self.encoder.clinic, clinic)
         zd, zc = self.intra_derm(h_derm), self.intra_clinic(h_clinic)
-        pd, pc = self.cross_derm(h_derm), self.cross_clinic(h_clinic)
+        pd = self._views(self.cross_derm, [h_derm[:n], h_derm[n:]])
+        pc = self._views(self.cross_clinic, [h_clinic[:n], h_clinic[n:]])
         valid = batch["pair_valid"]
         pairs = {  # name: (a, b, valid pairs or None)
             "intra_derm": (zd[:n], zd[n:], None),
@@ -95,6 +102,13 @@ class SM3Contrastive(L.LightningModule):
         loss = hp.intra_weight * intra + hp.cross_weight * cross
         self._log_terms(loss, terms, pairs, n)
         return loss
+
+    def _views(self, net: torch.nn.Module, views: list[torch.Tensor]) -> torch.Tensor:
+        """``net`` of the views, stacked: one call per view (``per_view_batchnorm``) or one
+        call on all of them."""
+        if self.hparams.per_view_batchnorm:
+            return torch.cat([net(v) for v in views])
+        return net(torch.cat(views))
 
     @torch.no_grad()
     def _log_terms(

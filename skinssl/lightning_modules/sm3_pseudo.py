@@ -48,6 +48,7 @@ class SM3PseudoLabels(L.LightningModule):
         trunk_lr: learning rate of the trunks when trained.
         lr: AdamW learning rate of projectors, relation module and prototypes.
         weight_decay: AdamW weight decay.
+        adam_eps: AdamW's eps (the authors' stage 2: PyTorch's default, 1e-8).
         schedule: ``constant`` or ``cosine``.
         warmup_epochs: epochs of linear warm-up.
         lr_reference_batch: if set, learning rates are multiplied by global batch size / this
@@ -76,6 +77,7 @@ class SM3PseudoLabels(L.LightningModule):
         trunk_lr: float = 1e-5,
         lr: float = 1e-4,
         weight_decay: float = 0.05,
+        adam_eps: float = 1e-8,
         schedule: Schedule = "constant",
         warmup_epochs: int = 0,
         lr_reference_batch: int | None = None,

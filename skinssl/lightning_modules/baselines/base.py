@@ -45,6 +45,7 @@ class Pretraining(L.LightningModule):
         cross_weight: weight of the cross-modal term (``both`` only; methods without one: 0).
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
+        adam_eps: AdamW's eps (1e-5, as SM3's stage 1).
         schedule: ``constant`` or ``cosine`` (per step, after warm-up).
         warmup_epochs: epochs of linear warm-up.
         lr_reference_batch: if set, learning rates are multiplied by global batch size / this.
@@ -61,6 +62,7 @@ class Pretraining(L.LightningModule):
         cross_weight: float = 1.0,
         lr: float = 1e-4,
         weight_decay: float = 0.05,
+        adam_eps: float = 1e-5,
         schedule: Schedule = "constant",
         warmup_epochs: float = 0,
         lr_reference_batch: int | None = None,
