@@ -27,6 +27,7 @@ from skinssl.callbacks import (
 )
 from skinssl.callbacks.preemption import checkpoint_dir
 from skinssl.callbacks.run_dir import log_dir
+from skinssl.datamodules.cases import DataError
 from skinssl.lightning_modules.checkpoints import open_checkpoint
 
 
@@ -122,6 +123,9 @@ class SkinSSLCLI(LightningCLI):
         config = self.config.get(subcommand) if subcommand else None
         path = config.get("ckpt_path") if config else None
         self._ckpt_data: dict[str, Any] = {}
+        lightnings = path in ("best", "last", "hpc") or str(path).startswith("registry")
+        if path and not (lightnings or "://" in str(path) or Path(path).is_file()):
+            raise ValueError(f"ckpt_path {path}: no such file")
         if path and Path(path).is_file():
             model = config.get("model")
             class_path = model.get("class_path") if model else None
@@ -199,9 +203,15 @@ class SkinSSLCLI(LightningCLI):
             config["ckpt_path"] = str(last)
 
 
+WORKER_DATA_ERROR = f"{DataError.__module__}.{DataError.__qualname__}: "
+"""Where a worker's traceback, in the message of the error torch raises again, ends."""
+
+
 def own_error(error: BaseException) -> ValueError | None:
     """The innermost ValueError raised by skinssl's own code in ``error``'s chain (jsonargparse
-    wraps a class's error in its report of every type it tried), or None."""
+    wraps a class's error in its report of every type it tried), or None. A ``DataError`` a
+    loader worker raised (torch raises it again with the worker's traceback in its message)
+    comes back with its own message alone."""
     package, found, seen = Path(__file__).parent, None, set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
@@ -214,6 +224,8 @@ def own_error(error: BaseException) -> ValueError | None:
         )
         if isinstance(current, ValueError) and raised_here:
             found = current
+        elif isinstance(current, DataError) and WORKER_DATA_ERROR in str(current):
+            found = DataError(str(current).rsplit(WORKER_DATA_ERROR, 1)[1].rstrip())
         current = current.__cause__ or current.__context__
     return found
 

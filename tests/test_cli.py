@@ -5,12 +5,15 @@ from __future__ import annotations
 import csv
 import json
 import warnings
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
 import torch
+from torch._utils import ExceptionWrapper
 
-from skinssl.cli import SkinSSLCLI, build_cli, main
+from skinssl.cli import SkinSSLCLI, build_cli, main, own_error
+from skinssl.datamodules.cases import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.relative_to(REPO) for p in (REPO / "configs").rglob("*.yaml"))
@@ -153,12 +156,18 @@ def test_ckpt_path_must_hold_the_configs_model(quickstart_run: Path, monkeypatch
                        "MultiLabelClassifier.*--model.init_args.init_from"):  # fmt: skip
         run("test", config, f"--ckpt_path={ckpt}")
     plain, junk = quickstart_run / "resnet.pt", quickstart_run / "junk.ckpt"
+    unsafe = quickstart_run / "unsafe.ckpt"
     torch.save({"conv1.weight": torch.zeros(1)}, plain)
     junk.write_text("not a checkpoint\n")
+    torch.save({"state_dict": {}, "note": Fraction(1, 3)}, unsafe)  # an object, not a value
     with pytest.raises(ValueError, match="not a Lightning checkpoint.*`weights` argument"):
         run("test", config, f"--ckpt_path={plain}")
-    with pytest.raises(ValueError, match="cannot read .*junk.ckpt as a checkpoint: PyTorch's safe"):
+    with pytest.raises(ValueError, match="cannot read checkpoint .*junk.ckpt: not a file torch"):
         run("test", config, f"--ckpt_path={junk}")
+    with pytest.raises(ValueError, match="cannot read checkpoint .*unsafe.ckpt: PyTorch's safe"):
+        run("test", config, f"--ckpt_path={unsafe}")
+    with pytest.raises(ValueError, match="ckpt_path .*missing.ckpt: no such file"):
+        run("test", config, f"--ckpt_path={quickstart_run / 'missing.ckpt'}")
 
 
 def test_the_command_prints_bad_input_as_its_message(monkeypatch, capsys) -> None:
@@ -171,6 +180,20 @@ def test_the_command_prints_bad_input_as_its_message(monkeypatch, capsys) -> Non
     monkeypatch.setenv("SKINSSL_TRACEBACK", "1")
     with pytest.raises(ValueError, match="Union"):
         main([*args, "--model.init_args.heads=[PN,XYZ]"])
+
+
+def test_a_loader_workers_data_error_is_reported_as_its_message() -> None:
+    """torch raises a worker's error again with the worker's traceback in its message."""
+    try:
+        raise DataError("x.jpg: cannot decode this image\nsecond line")
+    except DataError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(DataError) as raised:
+        wrapped.reraise()
+    assert "Original Traceback" in str(raised.value)
+    own = own_error(raised.value)
+    assert isinstance(own, DataError)
+    assert str(own) == "x.jpg: cannot decode this image\nsecond line"
 
 
 def test_testing_another_runs_checkpoint_warns(quickstart_run: Path, monkeypatch) -> None:

@@ -128,8 +128,18 @@ def test_overlapping_splits(copy_release) -> None:
     root = copy_release()
     first_test_row = (root / "meta/test_indexes.csv").read_text().splitlines()[1]
     _rewrite(root / "meta/train_indexes.csv", lambda lines: [*lines, first_test_row])
-    with pytest.raises(DataError, match=f"row {first_test_row} is in both the 'train' and"):
+    lists = r"meta/\{train,valid,test\}_indexes.csv"  # the files to mend, not meta.csv
+    with pytest.raises(DataError, match=f"{lists}: row {first_test_row} is in both the 'train'"):
         read_derm7pt(root)
+
+
+def test_index_file_saved_with_a_byte_order_mark(copy_release) -> None:
+    """Spreadsheet programs save UTF-8 with a BOM; it is not part of the header."""
+    root = copy_release()
+    path = root / "meta/train_indexes.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    cases = read_derm7pt(root)
+    assert len(cases.splits["train"]) == 413
 
 
 def test_missing_column(copy_release) -> None:

@@ -59,10 +59,24 @@ def test_csv_labels_and_missing_values(tmp_path: Path) -> None:
 
 def test_csv_missing_clinic_marks_invalid_pair(tmp_path: Path) -> None:
     rows = [{"derm": "a.jpg", "clinic": ""}, {"derm": "b.jpg", "clinic": "c.jpg"}]
-    cases = read_pair_csv(make_csv(tmp_path, rows=rows))
+    cases = read_pair_csv(make_csv(tmp_path, rows=rows), split_column=None)
     assert cases.pair_valid.tolist() == [False, True]
     assert cases.clinic[0] == cases.derm[0]
     assert list(cases.splits) == ["train"]
+
+
+def test_csv_without_its_split_column(tmp_path: Path) -> None:
+    """No 'split' column: every case in train, with a warning; a named column that is not
+    there (a typo) is an error, not every case in train."""
+    path = make_csv(tmp_path)
+    path.write_text(path.read_text().replace(",split", ",fold", 1))
+    with pytest.warns(UserWarning, match="no 'split' column, so every case is in 'train'"):
+        assert list(read_pair_csv(path).splits) == ["train"]
+    with pytest.raises(DataError, match=r"split column 'fld' is not in \['derm', .*'fold'\]"):
+        read_pair_csv(path, split_column="fld")
+    assert {k: len(v) for k, v in read_pair_csv(path, split_column="fold").splits.items()} == {
+        "train": 8, "valid": 2, "test": 2,
+    }  # fmt: skip
 
 
 def test_csv_errors(tmp_path: Path) -> None:

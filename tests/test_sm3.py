@@ -255,7 +255,7 @@ def test_linear_probe_of_stage1_and_mismatch_errors(pretrained, tmp_path: Path) 
             setting="linear",
             **SMALL,
         )
-    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+    with pytest.raises(ValueError, match="checkpoint not found"):
         MultiLabelClassifier(init_from=str(tmp_path / "missing.ckpt"), **SMALL)
 
 

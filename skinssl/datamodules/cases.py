@@ -34,6 +34,8 @@ class Cases:
     splits: dict[str, np.ndarray]
     source: str
     """What the cases were read from, for error messages."""
+    split_source: str = ""
+    """What the splits were read from, when not ``source`` (index files), for error messages."""
 
     def __post_init__(self) -> None:
         n = len(self.derm)
@@ -53,8 +55,8 @@ class Cases:
             for r in rows.tolist():
                 if r in seen:
                     raise DataError(
-                        f"{self.source}: row {r} is in both the {seen[r]!r} and the {name!r} "
-                        "split; splits must not overlap"
+                        f"{self.split_source or self.source}: row {r} is in both the "
+                        f"{seen[r]!r} and the {name!r} split; splits must not overlap"
                     )
                 seen[r] = name
         owner: dict[Path, int] = {}  # the same image in two splits: test cases seen in training
@@ -94,7 +96,7 @@ def read_index_file(path: Path, num_rows: int) -> np.ndarray:
     """Row positions from a Derm7pt index file: header ``indexes``, one 0-based row per line."""
     if not path.is_file():
         raise DataError(f"index file not found: {path}")
-    lines = path.read_text().splitlines()
+    lines = path.read_text(encoding="utf-8-sig").splitlines()  # with or without a BOM
     if not lines or lines[0].strip() != "indexes":
         raise DataError(f"{path}: first line must be the header 'indexes', got {lines[:1]}")
     rows: list[int] = []

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from skinssl.datamodules.cases import SPLITS, Cases, DataError, encode_labels, read_csv_rows
 from skinssl.labels import HEAD_NAMES, HEADS
@@ -38,7 +38,8 @@ def read_pair_csv(
     split_column: str | None = "split",
     label_columns: dict[str, str] | None = None,
 ) -> Cases:
-    """Cases of a paired CSV. Without a split column every case is in ``train``."""
+    """Cases of a paired CSV. With ``split_column`` None every case is in ``train``; so it is
+    without the default ``split`` column (with a warning); another absent column is an error."""
     path = Path(path)
     rows = read_csv_rows(path, (derm_column, clinic_column))
     header = list(rows[0].keys()) if rows else []
@@ -67,11 +68,20 @@ def read_pair_csv(
         + (", ".join(f"{h} <- {c!r}" for h, c in label_columns.items()) or "none")
         + (f"; columns not read: {unused}" if unused else "")
     )
-    splits = (
-        _read_splits(rows, split_column, path)
-        if split_column in header
-        else {"train": np.arange(len(rows))}
-    )
+    if split_column is not None and split_column in header:
+        splits = _read_splits(rows, split_column, path)
+    elif split_column not in (None, "split"):
+        raise DataError(
+            f"{path}: split column {split_column!r} is not in {header}; name the column of "
+            "train/valid/test, or set split_column: null to put every case in 'train'"
+        )
+    else:
+        if split_column is not None:
+            rank_zero_warn(
+                f"{path}: no 'split' column, so every case is in 'train' (split_column: null "
+                "says so without this warning)"
+            )
+        splits = {"train": np.arange(len(rows))}
     return Cases(derm, clinic, labels, np.array(valid, dtype=bool), splits, source=str(path))
 
 

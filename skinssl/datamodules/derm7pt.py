@@ -60,4 +60,5 @@ def read_derm7pt(root: str | Path) -> Cases:
     splits = {
         name: read_index_file(root / "meta" / f"{name}_indexes.csv", len(rows)) for name in SPLITS
     }
-    return Cases(derm, clinic, labels, pair_valid, splits, source=str(meta))
+    lists = str(root / "meta" / f"{{{','.join(SPLITS)}}}_indexes.csv")
+    return Cases(derm, clinic, labels, pair_valid, splits, source=str(meta), split_source=lists)

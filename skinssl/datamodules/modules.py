@@ -38,7 +38,8 @@ class PairedCSVDataModule(PairedDataModule):
         image_root: folder relative paths are resolved against (default: the CSV's folder).
         derm_column: column of dermoscopic image paths.
         clinic_column: column of clinical image paths (empty cell: no clinical image).
-        split_column: column with train/valid/test; without it every case is in ``train``.
+        split_column: column with train/valid/test; null: every case is in ``train`` (so is
+            it without a ``split`` column, with a warning; another absent column is an error).
         label_columns: head name -> column; default: columns named like a head (``PN``) or like
             Derm7pt's meta.csv (``pigment_network``). Raw Derm7pt strings or class names.
         **kwargs: see :class:`PairedDataModule`.

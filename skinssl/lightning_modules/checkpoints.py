@@ -12,26 +12,37 @@ import torch
 from torch import nn
 
 
-def open_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
-    """A Lightning checkpoint's contents, loaded with weights_only (``mmap``: tensors stay on
-    disk until read), with one clear error for a missing, unreadable or foreign file."""
+def load_tensors(path: str | Path, what: str, mmap: bool = False) -> Any:
+    """``torch.load`` of a file of tensors and plain values (weights_only; ``mmap``: tensors
+    stay on disk until read), with one clear error naming ``path`` and ``what`` it is (e.g.
+    "checkpoint") for a missing, unreadable or foreign file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise ValueError(f"{what} not found: {path}")
+    zipped = zipfile.is_zipfile(path)  # torch.save's format since 1.6
+    with path.open("rb") as f:
+        legacy = f.read(1) == b"\x80"  # the pickle stream of older torch.save files
+    if not (zipped or legacy):
+        raise ValueError(f"cannot read {what} {path}: not a file torch.save wrote")
     try:
-        mmap = mmap and zipfile.is_zipfile(path)  # torch's format since 1.6; else read it all
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as e:  # truncated, not a torch file, not only tensors and plain values
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipped)
+    except Exception as e:  # truncated, or not only tensors and plain values
         text = str(e)
         error = f"{type(e).__name__}: {(text.splitlines() or [''])[0]}"
         if isinstance(e, pickle.UnpicklingError) and "WeightsUnpickler error:" in text:
             detail = text.split("WeightsUnpickler error:")[1].split("Check the documentation")[0]
             reason = " ".join(detail.split()).split(". ")[0]
             error = (
-                f"PyTorch's safe loader refused it ({reason}); a checkpoint holds only tensors "
-                "and plain values"
+                f"PyTorch's safe loader refused it ({reason}); skinssl loads only tensors and "
+                "plain values"
             )
-        raise ValueError(f"cannot read {path} as a checkpoint: {error}") from None
+        raise ValueError(f"cannot read {what} {path}: {error}") from None
+
+
+def open_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """A Lightning checkpoint's contents, loaded with weights_only (``mmap``: tensors stay on
+    disk until read), with one clear error for a missing, unreadable or foreign file."""
+    ckpt = load_tensors(path, "checkpoint", mmap)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ValueError(
             f"{path} is not a Lightning checkpoint of skinssl (no 'state_dict'); a ResNet "

@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torchvision import models
 
+from skinssl.lightning_modules.checkpoints import load_tensors
+
 Arch = Literal["resnet18", "resnet34", "resnet50"]
 FEATURE_DIM = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
 TORCHVISION_WEIGHTS = {"imagenet": "IMAGENET1K_V1", "imagenet_v2": "IMAGENET1K_V2"}
@@ -26,9 +28,16 @@ def build_trunk(arch: Arch, weights: str | None = None) -> nn.Module:
     if arch not in FEATURE_DIM:
         raise ValueError(f"unknown backbone {arch!r}; valid: {', '.join(FEATURE_DIM)}")
     if weights in ("imagenet", "imagenet_v2"):
-        net = getattr(models, arch)(
-            weights="IMAGENET1K_V2" if weights.endswith("v2") else "IMAGENET1K_V1"
-        )
+        name = "IMAGENET1K_V2" if weights.endswith("v2") else "IMAGENET1K_V1"
+        try:
+            net = getattr(models, arch)(weights=name)
+        except (OSError, RuntimeError) as e:  # offline (URLError), or a corrupt download
+            raise ValueError(
+                f"weights {weights!r}: torchvision could not load {arch} {name} "
+                f"({type(e).__name__}: {e}); it downloads them once into the torch hub cache "
+                f"({torch.hub.get_dir()}/checkpoints). Without a network, copy the file there, "
+                "or use weights: null or the path of a local state dict"
+            ) from None
     else:
         net = getattr(models, arch)(weights=None)
         if weights is not None:
@@ -39,15 +48,21 @@ def build_trunk(arch: Arch, weights: str | None = None) -> nn.Module:
 
 def _load_local(net: nn.Module, path: Path, arch: str) -> None:
     if not path.is_file():
-        raise FileNotFoundError(
+        raise ValueError(
             f"backbone weights file not found: {path}; use weights: null, 'imagenet' or a path"
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_tensors(path, "backbone weights file")
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: backbone weights must be a state dict, got {type(state)}")
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
     state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")}
-    missing, unexpected = net.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # a tensor of another shape
+        detail = " ".join(str(e).split("\n\t")[1:2]) or str(e)
+        raise ValueError(f"{path} does not fit a torchvision {arch}: {detail}") from None
     missing = [k for k in missing if not k.startswith("fc.")]
     if missing or unexpected:
         raise ValueError(
