@@ -1,5 +1,6 @@
-"""Baseline pretraining methods: 2-epoch fits through the CLI (multi- and single-modal), the
-checkpoint's trunks in the downstream classifier, the EMA update, and the input errors."""
+"""Baseline pretraining methods: 2-epoch fits through the CLI (multi- and single-modal; the
+configs keep an epoch's last, smaller batch), the checkpoint's trunks in the downstream
+classifier, the EMA update, and the input errors."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ SHRINK = [
     *TINY_SYNTHETIC,
     *ON_CPU,
     "--trainer.max_epochs=2",
-    "--trainer.limit_train_batches=2",
+    "--data.init_args.batch_size=7",  # 25 training cases: 3 batches of 7, then one of 4
     "--model.init_args.backbone=resnet18",
     "--model.init_args.weights=null",  # no download in tests
     "--model.init_args.proj_hidden=32",
@@ -82,6 +83,7 @@ def test_cli_fit_two_epochs(
     initial = cli.model.encoder.derm.conv1.weight.detach().clone()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert cli.trainer.current_epoch == 2
+    assert cli.trainer.num_training_batches == 4  # the last one of 4 cases included
     logged = cli.trainer.callback_metrics
     modalities = ("derm", "clinic") if modality == "both" else (modality,)
     expected = {"train/loss"} | {f"train/loss_intra_{m}" for m in modalities}

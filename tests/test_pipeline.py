@@ -266,7 +266,7 @@ def test_warns_when_an_epoch_is_one_batch_or_drop_last_leaves_much_out(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """11 training cases: batch 3 leaves 2 out (18 %), batch 4 leaves 3 out (27 %), batch 16
-    is one batch of 11."""
+    is one batch of 11; batch 5 without drop_last ends with a batch of one case."""
     from skinssl.datamodules import base
 
     warned: list[str] = []
@@ -276,10 +276,13 @@ def test_warns_when_an_epoch_is_one_batch_or_drop_last_leaves_much_out(
         3: None,
         4: "11 cases per rank and batch_size 4 make 2 batch(es) per epoch, and drop_last leaves 3",
         16: "11 cases per rank and batch_size 16 make 1 batch(es) per epoch;",
+        (5, False): "batch_size 5 leave a last batch of one case, on which BatchNorm",
+        (4, False): None,
     }
-    for batch_size, message in expected.items():
+    for key, message in expected.items():
+        batch_size, drop_last = key if isinstance(key, tuple) else (key, True)
         warned.clear()
-        dm = dm_for(csv, batch_size=batch_size)
+        dm = dm_for(csv, batch_size=batch_size, drop_last=drop_last)
         dm.setup("fit")
         dm.train_dataloader()
         if message is None:
