@@ -302,10 +302,13 @@ def test_published_configs_fast_dev_run(
     assert cli.trainer.global_step == 1
     source = {"stage2": paths["stage1"], "finetune": paths["stage2"]}
     kind = next((k for k in source if k in config), None)
-    if kind:  # trunks frozen in both: still the pretrained checkpoint's after the step
+    if kind:  # trunks frozen in both: still the pretrained checkpoint's after the step, but
+        # stage 2's first fill (as the authors') moves their BatchNorm statistics
         saved = torch.load(source[kind], weights_only=True)["state_dict"]
+        statistics = ("running_mean", "running_var", "num_batches_tracked")
         for k, v in cli.model.encoder.state_dict().items():
-            assert torch.equal(v, saved[f"encoder.{k}"]), k
+            moved = kind == "stage2" and k.endswith(statistics)
+            assert torch.equal(v, saved[f"encoder.{k}"]) != moved, k
 
 
 def test_fit_resume_continues_from_last_checkpoint(

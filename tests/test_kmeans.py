@@ -8,6 +8,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -46,6 +47,7 @@ class ToyModule(L.LightningModule):
         self.pseudo: torch.Tensor | None = None
         self.calls: list[int] = []
         self.pass_modes: list[bool] = []  # True: no grad and every submodule in eval mode
+        self.training_passes: list[bool] = []  # True: no grad and every one in training mode
 
     def embed(self, batch: dict) -> dict[str, torch.Tensor]:
         u = self.norm(torch.cat([self.trunk(batch["derm"]), self.trunk(batch["clinic"])], 1))
@@ -55,9 +57,9 @@ class ToyModule(L.LightningModule):
         return dict(HEADS)
 
     def cluster_embeddings(self, batch: dict) -> dict[str, torch.Tensor]:
-        self.pass_modes.append(
-            not torch.is_grad_enabled() and not any(m.training for m in self.modules())
-        )
+        modes = {m.training for m in self.modules()}
+        self.pass_modes.append(not torch.is_grad_enabled() and modes == {False})
+        self.training_passes.append(not torch.is_grad_enabled() and modes == {True})
         return self.embed(batch)
 
     def set_clusters(
@@ -84,7 +86,7 @@ class ToyModule(L.LightningModule):
         return torch.optim.SGD([p for p in self.parameters() if p.requires_grad], lr=0.1)
 
 
-def make_dm(root: Path, n_train: int, batch_size: int = 2) -> PairedCSVDataModule:
+def make_dm(root: Path, n_train: int, batch_size: int = 2, **kw: Any) -> PairedCSVDataModule:
     """Paired CSV data: 2 valid, 2 test, then ``n_train`` training cases (so that a label
     written by position rather than by case lands on the wrong rows); PN known on 2 of 3."""
     rng = np.random.default_rng(0)
@@ -105,6 +107,7 @@ def make_dm(root: Path, n_train: int, batch_size: int = 2) -> PairedCSVDataModul
         batch_size=batch_size,
         num_workers=0,
         keep_unlabelled=True,
+        **kw,
     )
 
 
@@ -609,3 +612,37 @@ def test_memory_bank_labels_every_training_case(tmp_path: Path) -> None:
     assert passes.count(False) == 1  # only the first clustering needed a pass
     for call in (1, 2, 3):
         check_labels(torch.load(tmp_path / f"rank0_{call}.pt", weights_only=True), train_rows(dm))
+
+
+@pytest.mark.parametrize(
+    ("fill", "augment_on"), [("eval", "cpu"), ("train", "cpu"), ("train", "device")]
+)
+def test_memory_bank_filled_as_the_authors_code(tmp_path: Path, fill: str, augment_on: str) -> None:
+    """``fill: train`` fills the bank from the training views (made in the loader or on the
+    device) with every submodule in training mode, the frozen trunk included (its BatchNorm
+    statistics move once), without gradients; ``eval`` leaves the trunk's statistics as they
+    were. Each submodule's mode is restored. 7 cases in batches of 3: the training-mode pass
+    makes 3 and 4 (BatchNorm cannot normalise a last batch of one case in training mode)."""
+    dm = make_dm(tmp_path, n_train=7, batch_size=3, augment_on=augment_on)
+    passes: list[bool] = []
+    real = dm.dataset
+
+    def counting(split: str, train: bool):
+        passes.append(train)
+        return real(split, train)
+
+    dm.dataset = counting
+    model = ToyModule()
+    bn = model.trunk[1]
+    before = bn.running_mean.clone()
+    callback = KMeansPseudoLabels(features="memory_bank", fill=fill, algorithm="authors")
+    trainer(tmp_path, [callback], max_epochs=2).fit(model, dm)
+    passes.remove(True)  # the training loader's dataset
+    assert passes == [fill == "train"]  # one fill pass, then the bank
+    wanted, other = (model.training_passes, model.pass_modes)[:: 1 if fill == "train" else -1]
+    assert wanted == [True] * (2 if fill == "train" else 3) and not any(other)
+    assert (not torch.equal(bn.running_mean, before)) == (fill == "train")
+    assert not bn.training and model.norm.training  # each submodule's own mode again
+    check_labels(model.pseudo, train_rows(dm))
+    with pytest.raises(ValueError, match="fill = 'train'; valid: 'eval', or 'train' with"):
+        KMeansPseudoLabels(fill="train")  # features: pass has no bank to fill

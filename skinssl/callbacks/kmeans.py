@@ -47,6 +47,9 @@ from skinssl.labels import HEAD_NAMES, UNKNOWN
 
 FeatureSource = Literal["pass", "memory_bank"]
 Algorithm = Literal["spherical", "authors"]
+Fill = Literal["eval", "train"]
+FILL_EPOCH = 2**32 - 1
+"""The epoch key a ``fill: train`` pass draws its views for: one no training epoch reaches."""
 
 
 @runtime_checkable
@@ -77,10 +80,12 @@ def gather(t: Tensor) -> Tensor:
 
 
 @contextmanager
-def eval_mode(module: nn.Module) -> Iterator[None]:
-    """Every submodule in eval mode, then each one's own train/eval flag restored exactly."""
+def all_in_mode(module: nn.Module, training: bool) -> Iterator[None]:
+    """Every submodule in training or eval mode (whatever the module's own ``train`` keeps
+    frozen), then each one's own flag restored exactly."""
     flags = [(m, m.training) for m in module.modules()]
-    module.eval()
+    for m, _ in flags:
+        m.training = training
     try:
         yield
     finally:
@@ -189,8 +194,9 @@ class KMeansPseudoLabels(L.Callback):
 
     Clusters before the first training epoch and at the start of every ``every_n_epochs``-th
     epoch. The module must implement :class:`ClusteringModule`; the datamodule must offer
-    ``dataset(split, train)``, ``on_after_batch_transfer``, ``cases``, ``eval_batch_size`` and
-    ``num_workers`` (as :class:`skinssl.datamodules.PairedDataModule` does).
+    ``dataset(split, train)``, ``on_after_batch_transfer``, ``cases``, ``batch_size``,
+    ``eval_batch_size`` and ``num_workers`` (as :class:`skinssl.datamodules.PairedDataModule`
+    does).
 
     Args:
         every_n_epochs: re-cluster at the start of every n-th epoch (epoch 0 always).
@@ -198,6 +204,10 @@ class KMeansPseudoLabels(L.Callback):
             the deterministic eval view; ``memory_bank``: the latest training-step embeddings
             of each case (``training_step`` returns ``{"loss", "embeddings": {head: [B, D]}}``),
             as the authors' code does; a pass fills the bank when it lacks a training case.
+        fill: the pass that fills the memory bank: ``eval``, the pass above; ``train``, as the
+            authors' code: the training views (drawn for an epoch no training reaches), every
+            submodule in training mode, frozen trunks included (their BatchNorm layers update
+            their running statistics once; dropout is on), no gradients.
         algorithm: ``spherical``: FAISS spherical k-means of the L2-normalised embeddings (on the
             rank's GPU with a FAISS GPU build); ``authors``: the authors' k-means
             (:func:`skinssl.clustering.dot_kmeans_heads`, torch on the module's device): raw
@@ -217,6 +227,7 @@ class KMeansPseudoLabels(L.Callback):
         self,
         every_n_epochs: int = 1,
         features: FeatureSource = "pass",
+        fill: Fill = "eval",
         algorithm: Algorithm = "spherical",
         niter: int = 10,
         nredo: int = 1,
@@ -231,6 +242,10 @@ class KMeansPseudoLabels(L.Callback):
             )
         if features not in ("pass", "memory_bank"):
             raise ValueError(f"features = {features!r}; valid: 'pass', 'memory_bank'")
+        if fill not in ("eval", "train") or (fill == "train" and features != "memory_bank"):
+            raise ValueError(
+                f"fill = {fill!r}; valid: 'eval', or 'train' with features: memory_bank"
+            )
         if algorithm not in ("spherical", "authors"):
             raise ValueError(f"algorithm = {algorithm!r}; valid: 'spherical', 'authors'")
         if algorithm == "authors" and nredo != 1:
@@ -239,6 +254,7 @@ class KMeansPseudoLabels(L.Callback):
             raise ValueError("cuda_graph: true replays the 'authors' k-means; FAISS has none")
         self.every_n_epochs = every_n_epochs
         self.features = features
+        self.fill = fill
         self.algorithm = algorithm
         self.niter = niter
         self.nredo = nredo
@@ -272,7 +288,10 @@ class KMeansPseudoLabels(L.Callback):
                 f"KMeansPseudoLabels needs a module with cluster_sizes(), cluster_embeddings() "
                 f"and set_clusters(); {type(pl_module).__name__} lacks them"
             )
-        needs = ("dataset", "on_after_batch_transfer", "cases", "eval_batch_size", "num_workers")
+        needs = (
+            "dataset", "on_after_batch_transfer", "cases", "batch_size", "eval_batch_size",
+            "num_workers",
+        )  # fmt: skip
         missing = [a for a in needs if not hasattr(trainer.datamodule, a)]
         if missing:
             raise TypeError(
@@ -589,7 +608,7 @@ class KMeansPseudoLabels(L.Callback):
                 return rows, {}
             picked = self._picked(pl_module.device)
             return rows, {h: self._bank_on(h, pl_module.device)[picked] for h in self._sizes}
-        rows, features = self._pass(trainer, pl_module)
+        rows, features = self._pass(trainer, pl_module, train=self.fill == "train")
         self._rows, self._index = rows, None
         if self.features == "memory_bank":
             num_cases, picked = self._num_cases(trainer), self._picked(pl_module.device)
@@ -615,32 +634,47 @@ class KMeansPseudoLabels(L.Callback):
         return self._bank[head]
 
     def _pass(
-        self, trainer: L.Trainer, pl_module: L.LightningModule
+        self, trainer: L.Trainer, pl_module: L.LightningModule, train: bool = False
     ) -> tuple[np.ndarray, dict[str, Tensor]]:
-        """Eval-mode, no-grad embeddings of the training split, gathered and deduplicated."""
+        """No-grad embeddings of the training split, gathered and deduplicated: eval mode and
+        the eval view, or (``train``, see ``fill``) training mode and views, batches of the
+        training batch size in a seeded shuffled order (a last batch of one case, which
+        BatchNorm cannot normalise in training mode, joins the one before)."""
         dm = trainer.datamodule
-        dataset = dm.dataset("train", train=False)
-        sampler = None
-        if trainer.world_size > 1:
+        dataset = dm.dataset("train", train=train)
+        sampler: Any = None
+        if trainer.world_size > 1 or train:
             sampler = DistributedSampler(
-                dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+                dataset, trainer.world_size, trainer.global_rank, shuffle=train, seed=self._seed
             )
+        batching: dict[str, Any] = dict(batch_size=dm.eval_batch_size, sampler=sampler)
+        if train:  # keys that seed each case's views, for an epoch no training reaches
+            keys, size = [(i, FILL_EPOCH) for i in sampler], dm.batch_size
+            batches = [keys[j : j + size] for j in range(0, len(keys), size)]
+            if len(batches) > 1 and len(batches[-1]) == 1:
+                batches[-2].extend(batches.pop())
+            batching = dict(batch_sampler=batches)
         loader = DataLoader(
             dataset,
-            batch_size=dm.eval_batch_size,
-            sampler=sampler,
+            **batching,
             num_workers=dm.num_workers,
             pin_memory=pl_module.device.type == "cuda",
         )
         index: list[Tensor] = []
         emb: dict[str, list[Tensor]] = {h: [] for h in self._sizes}
         with (
-            eval_mode(pl_module),
+            all_in_mode(pl_module, training=train),
             torch.no_grad(),
             trainer.precision_plugin.forward_context(),
         ):
             for batch in loader:
-                batch = dm.on_after_batch_transfer(move_data_to_device(batch, pl_module.device), 0)
+                batch = move_data_to_device(dm.on_before_batch_transfer(batch, 0), pl_module.device)
+                batch = dm.on_after_batch_transfer(batch, 0)
+                if isinstance(batch["derm"], list):
+                    raise ValueError(
+                        f"fill: train clusters one training view per case, but the data makes "
+                        f"{len(batch['derm'])}; set data.init_args.derm_views.n: 1"
+                    )
                 out = pl_module.cluster_embeddings(batch)
                 missing = [h for h in self._sizes if h not in out]
                 if missing:
