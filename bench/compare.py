@@ -2,7 +2,8 @@
 
 For every method (and seed) the pretraining runs once; then for every setting (``linear``:
 heads on frozen trunks; ``finetune``: trunks too) and label fraction the downstream classifier
-is fitted with its checkpoint chosen on validation (``val/auc_mean``) and tested. Every run is
+is fitted with its checkpoint chosen on validation (``val/auc_key_classes``, as the configs
+monitor) and tested. Every run is
 the ``skinssl`` CLI in a subprocess on the shipped configs (``configs/baselines``,
 ``configs/sm3``), shrunk by the budget's overrides. ``results.json`` in the output folder is
 rewritten after every finished cell (method x setting x label fraction x seed) and pretraining,

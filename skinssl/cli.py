@@ -124,14 +124,17 @@ class SkinSSLCLI(LightningCLI):
         path = config.get("ckpt_path") if config else None
         self._ckpt_data: dict[str, Any] = {}
         lightnings = path in ("best", "last", "hpc") or str(path).startswith("registry")
-        if path and not (lightnings or "://" in str(path) or Path(path).is_file()):
+        if path and not (lightnings or "://" in str(path) or Path(path).exists()):
             raise ValueError(f"ckpt_path {path}: no such file")
-        if path and Path(path).is_file():
+        if path and Path(path).is_file():  # (a folder: a sharded checkpoint, Lightning's)
             model = config.get("model")
             class_path = model.get("class_path") if model else None
             ckpt = open_checkpoint(path, mmap=True)  # tensors stay on disk
             check_ckpt_model(ckpt, path, subcommand, class_path)
             self._ckpt_data = dict(ckpt.get("datamodule_hyper_parameters", {}))
+            init_args = model.get("init_args") if model else None
+            if subcommand == "fit" and init_args is not None:
+                warn_predating(ckpt, path, vars(init_args))
         super()._parse_ckpt_path()
 
     def _warn_preprocessing(self) -> None:
@@ -205,6 +208,21 @@ class SkinSSLCLI(LightningCLI):
 
 WORKER_DATA_ERROR = f"{DataError.__module__}.{DataError.__qualname__}: "
 """Where a worker's traceback, in the message of the error torch raises again, ends."""
+
+
+def warn_predating(ckpt: dict[str, Any], path: str, init_args: dict[str, Any]) -> None:
+    """Warn when a checkpoint to resume predates some of the model's arguments: the run goes
+    on with their configured values, while the optimizer state it restores keeps the settings
+    it was saved with (e.g. AdamW's eps)."""
+    saved = ckpt.get("hyper_parameters") or {}
+    newer = sorted(k for k in init_args if saved and k not in saved)
+    if newer:
+        values = ", ".join(f"{k}={init_args[k]!r}" for k in newer)
+        rank_zero_warn(
+            f"ckpt_path {path} predates the model argument(s) {newer}: the resumed run goes on "
+            f"with {values}; the optimizer state it restores keeps its own settings (AdamW's "
+            "eps among them)"
+        )
 
 
 def own_error(error: BaseException) -> ValueError | None:

@@ -12,7 +12,8 @@ import pytest
 import torch
 from torch._utils import ExceptionWrapper
 
-from skinssl.cli import SkinSSLCLI, build_cli, main, own_error
+import skinssl.cli as cli_module
+from skinssl.cli import SkinSSLCLI, build_cli, main, own_error, warn_predating
 from skinssl.datamodules.cases import DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -182,6 +183,21 @@ def test_the_command_prints_bad_input_as_its_message(monkeypatch, capsys) -> Non
         main([*args, "--model.init_args.heads=[PN,XYZ]"])
 
 
+def test_resuming_a_checkpoint_older_than_an_argument_warns(monkeypatch) -> None:
+    warned: list[str] = []
+    monkeypatch.setattr(cli_module, "rank_zero_warn", warned.append)
+    old = {"hyper_parameters": {"lr": 1e-4, "weight_decay": 0.05}}
+    warn_predating(old, "old.ckpt", {"lr": 1e-4, "weight_decay": 0.05, "adam_eps": 1e-8})
+    assert len(warned) == 1
+    assert (
+        "old.ckpt predates the model argument(s) ['adam_eps']: the resumed run goes on"
+        in (warned[0])
+    )
+    assert "with adam_eps=1e-08; the optimizer state it restores keeps its own" in warned[0]
+    warn_predating(old, "old.ckpt", {"lr": 1e-4, "weight_decay": 0.05})
+    assert len(warned) == 1  # nothing newer: no warning
+
+
 def test_a_loader_workers_data_error_is_reported_as_its_message() -> None:
     """torch raises a worker's error again with the worker's traceback in its message."""
     try:
@@ -291,7 +307,7 @@ def test_published_configs_fast_dev_run(
         "--data.init_args.image_size=32",
         "--data.init_args.cache_size=36",
         "--data.init_args.batch_size=4",
-        "--data.init_args.eval_batch_size=128",  # stage 2's k-means pass covers all 413 cases
+        # stage 2's fill pass: 413 cases in training batches of 4, the last one of 1 merged
         "--data.init_args.num_workers=0",
         "--model.init_args.backbone=resnet18",
         "--trainer.fast_dev_run=true",

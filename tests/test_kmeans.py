@@ -8,6 +8,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import lightning as L
@@ -24,7 +25,7 @@ from torch import nn
 import skinssl.callbacks.kmeans as km
 import skinssl.clustering as clustering
 from skinssl.callbacks import GlooExit, KMeansPseudoLabels
-from skinssl.datamodules import PairedCSVDataModule
+from skinssl.datamodules import PairedCSVDataModule, Views
 
 HEADS = {"PN": 3, "BWV": 2}
 DEVICE = torch.device(os.environ.get("SKINSSL_TEST_DEVICE", "cpu"))
@@ -646,3 +647,7 @@ def test_memory_bank_filled_as_the_authors_code(tmp_path: Path, fill: str, augme
     check_labels(model.pseudo, train_rows(dm))
     with pytest.raises(ValueError, match="fill = 'train'; valid: 'eval', or 'train' with"):
         KMeansPseudoLabels(fill="train")  # features: pass has no bank to fill
+    check = KMeansPseudoLabels._check_fill_views
+    check(SimpleNamespace(derm_views=Views(n=0), clinic_views=Views(n=1)))  # clinic only
+    with pytest.raises(ValueError, match=r"the data makes \{'clinic_views.n': 2\}; use fill"):
+        check(SimpleNamespace(derm_views=Views(n=1), clinic_views=Views(n=2)))

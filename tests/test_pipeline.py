@@ -276,7 +276,7 @@ def test_warns_when_an_epoch_is_one_batch_or_drop_last_leaves_much_out(
         3: None,
         4: "11 cases per rank and batch_size 4 make 2 batch(es) per epoch, and drop_last leaves 3",
         16: "11 cases per rank and batch_size 16 make 1 batch(es) per epoch;",
-        (5, False): "batch_size 5 leave a last batch of one case, on which BatchNorm",
+        (5, False): "batch_size 5 leave a last batch of one case, on which a trained BatchNorm",
         (4, False): None,
     }
     for key, message in expected.items():

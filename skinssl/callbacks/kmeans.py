@@ -207,7 +207,9 @@ class KMeansPseudoLabels(L.Callback):
         fill: the pass that fills the memory bank: ``eval``, the pass above; ``train``, as the
             authors' code: the training views (drawn for an epoch no training reaches), every
             submodule in training mode, frozen trunks included (their BatchNorm layers update
-            their running statistics once; dropout is on), no gradients.
+            their running statistics once; dropout is on), no gradients; one view per case and
+            modality. With several processes each moves its own statistics and DDP then
+            broadcasts rank 0's.
         algorithm: ``spherical``: FAISS spherical k-means of the L2-normalised embeddings (on the
             rank's GPU with a FAISS GPU build); ``authors``: the authors' k-means
             (:func:`skinssl.clustering.dot_kmeans_heads`, torch on the module's device): raw
@@ -303,6 +305,19 @@ class KMeansPseudoLabels(L.Callback):
         if not sizes or bad:
             raise ValueError(f"cluster_sizes() must map head -> K >= 1, got {sizes}")
         self._sizes = sizes
+        if self.fill == "train":
+            self._check_fill_views(trainer.datamodule)
+
+    @staticmethod
+    def _check_fill_views(dm: Any) -> None:
+        """``fill: train`` embeds one training view per case and modality."""
+        counts = {m: getattr(getattr(dm, f"{m}_views", None), "n", 1) for m in ("derm", "clinic")}
+        many = {f"{m}_views.n": n for m, n in counts.items() if n > 1}
+        if many:
+            raise ValueError(
+                f"fill: train embeds one training view per case, but the data makes {many}; "
+                "use fill: eval (the clean pass) with several views"
+            )
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._seen, self._chunks, self._report = [], [], None
@@ -670,11 +685,6 @@ class KMeansPseudoLabels(L.Callback):
             for batch in loader:
                 batch = move_data_to_device(dm.on_before_batch_transfer(batch, 0), pl_module.device)
                 batch = dm.on_after_batch_transfer(batch, 0)
-                if isinstance(batch["derm"], list):
-                    raise ValueError(
-                        f"fill: train clusters one training view per case, but the data makes "
-                        f"{len(batch['derm'])}; set data.init_args.derm_views.n: 1"
-                    )
                 out = pl_module.cluster_embeddings(batch)
                 missing = [h for h in self._sizes if h not in out]
                 if missing:

@@ -300,15 +300,15 @@ class PairedDataModule(L.LightningDataModule):
     def _check_batches(self, per_rank: int, drop_last: bool) -> None:
         """Warn when an epoch is one batch per rank, drop_last leaves out over a quarter of
         each rank's cases (e.g. a config for one GPU run on several), or the last batch is one
-        case (BatchNorm cannot normalise a batch of one in training)."""
+        case (BatchNorm in training mode cannot normalise one value per channel)."""
         batch = self.batch_size
         batches = per_rank // batch if drop_last else -(-per_rank // batch)
         left_out = per_rank % batch if drop_last else 0
         if not drop_last and batches > 1 and per_rank % batch == 1:
             rank_zero_warn(
                 f"training: {per_rank} cases per rank and batch_size {batch} leave a last batch "
-                "of one case, on which BatchNorm layers in training mode fail; set drop_last: "
-                "true or another batch_size"
+                "of one case, on which a trained BatchNorm layer with one value per channel "
+                "(a projector's) fails; set drop_last: true or another batch_size"
             )
         if batches == 1 or 4 * left_out > per_rank:
             dropped = f", and drop_last leaves {left_out} of them out" if left_out else ""

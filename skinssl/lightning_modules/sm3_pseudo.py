@@ -111,7 +111,8 @@ class SM3PseudoLabels(L.LightningModule):
         self.train(self.training)  # frozen trunks in eval mode from the start
 
     def train(self, mode: bool = True) -> SM3PseudoLabels:
-        """Frozen trunks stay in eval mode (BatchNorm statistics untouched)."""
+        """Frozen trunks stay in eval mode (BatchNorm statistics untouched in training; the
+        k-means callback's ``fill: train`` pass moves them once, as the authors' code)."""
         super().train(mode)
         if not self.hparams.train_trunks:
             self.encoder.eval()
