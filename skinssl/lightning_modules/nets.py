@@ -27,8 +27,8 @@ def build_trunk(arch: Arch, weights: str | None = None) -> nn.Module:
     """
     if arch not in FEATURE_DIM:
         raise ValueError(f"unknown backbone {arch!r}; valid: {', '.join(FEATURE_DIM)}")
-    if weights in ("imagenet", "imagenet_v2"):
-        name = "IMAGENET1K_V2" if weights.endswith("v2") else "IMAGENET1K_V1"
+    if weights in TORCHVISION_WEIGHTS:
+        name = TORCHVISION_WEIGHTS[weights]
         try:
             net = getattr(models, arch)(weights=name)
         except (OSError, RuntimeError) as e:  # offline (URLError), or a corrupt download
@@ -55,7 +55,7 @@ def _load_local(net: nn.Module, path: Path, arch: str) -> None:
     if not isinstance(state, dict):
         raise ValueError(f"{path}: backbone weights must be a state dict, got {type(state)}")
     for key in ("state_dict", "model"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+        if key in state and isinstance(state[key], dict):
             state = state[key]
     state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")}
     try:
