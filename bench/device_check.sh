@@ -122,7 +122,7 @@ if [ "$device" = cuda ]; then  # a function: run by bash under timeout
 fi
 part compile "step: trunks and views compiled" 180 "${step[@]}" --augment-on device --compile \
   --compile-views --out "$work/step_device_compiled.json"
-# stage 2 as its published config: 32-bit, TF32 allowed (METHOD.md), NCHW
+# stage 2 as its published config: 32-bit, TF32 allowed (as the authors' mlc_train.py), NCHW
 step2=("${common[@]}" --stage 2 --batch-size "${BATCH2:-256}")
 part stage2-cpu "stage-2 step: views in CPU workers" 120 "${step2[@]}" \
   --out "$work/step2_cpu_views.json"

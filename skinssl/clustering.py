@@ -1,9 +1,9 @@
 """The k-means of pseudo-labels, on arrays and tensors, without Lightning.
 
 ``kmeans``: FAISS spherical k-means (CPU, or one GPU with a FAISS GPU build).
-``dot_kmeans_heads``: the authors' k-means (METHOD.md §4.2) of several heads at once in torch,
-on the features' device, nothing read back; ``GraphedSteps`` replays its iterations from a CUDA
-graph. ``feature_problems`` / ``checked_features`` say why features cannot be clustered.
+``dot_kmeans_heads``: the authors' k-means (their ``cluster_memory``) of several heads at once
+in torch, on the features' device, nothing read back; ``GraphedSteps`` replays its iterations
+from a CUDA graph. ``feature_problems`` / ``checked_features`` say why features cannot be clustered.
 :class:`skinssl.callbacks.KMeansPseudoLabels` runs them during training.
 """
 
@@ -133,7 +133,7 @@ def kmeans(
 def dot_kmeans(
     features: np.ndarray, k: int, niter: int = 10, seed: int = 0, device: str | torch.device = "cpu"
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """The authors' k-means (METHOD.md §4.2) of one head's :func:`checked_features` on
+    """The authors' k-means (their ``cluster_memory``) of one head's :func:`checked_features` on
     ``device``; returns what :func:`kmeans` returns."""
     x = torch.from_numpy(checked_features(features, k)).to(device)
     centroids, assignments, objective = dot_kmeans_heads([x], [k], niter, seed)[0]
@@ -148,7 +148,7 @@ def dot_kmeans_heads(
     batch_bytes: int = 2**28,
     steps: Steps | None = None,
 ) -> list[tuple[Tensor, Tensor, Tensor]]:
-    """The authors' k-means (METHOD.md §4.2) of several heads at once, in torch on the
+    """The authors' k-means (their ``cluster_memory``) of several heads at once, in torch on the
     features' device.
 
     Head ``h`` clusters ``features[h]``, a float32 [n, D_h] tensor without problems (see

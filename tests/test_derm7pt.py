@@ -20,7 +20,7 @@ def test_counts_splits_and_scores(derm7pt_release: Path) -> None:
     assert cases.class_counts("DIAG") == [42, 575, 252, 97, 45]
     assert cases.class_counts("DIAG", "test") == [16, 219, 101, 40, 19]
     assert cases.class_counts("BWV", "test") == [320, 75]
-    # the other test-split counts derived from the authors' released numbers (METHOD.md §6.3)
+    # the other test-split counts derived from the authors' released CSVs
     assert cases.class_counts("PN", "test") == [156, 146, 93]
     assert cases.class_counts("DaG", "test") == [100, 118, 177]
     assert (cases.labels >= 0).all()

@@ -183,9 +183,9 @@ def test_kmeans_errors() -> None:
 
 
 def authors_reference(x: np.ndarray, k: int, niter: int, seed: int, head: int = 0):
-    """METHOD.md §4.2 as a float64 loop: the same K starting samples (the ``head``-th draw of
-    the seeded generator), dot-product E-steps, mean M-steps over raw members, empty clusters
-    keep their centroid, normalise every step."""
+    """The authors' ``cluster_memory`` as a float64 loop: the same K starting samples (the
+    ``head``-th draw of the seeded generator), dot-product E-steps, mean M-steps over raw
+    members, empty clusters keep their centroid, normalise every step."""
     gen = torch.Generator().manual_seed(seed)
     start = [torch.randperm(len(x), generator=gen) for _ in range(head + 1)][-1][:k].numpy()
     x = x.astype(np.float64)

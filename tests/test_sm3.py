@@ -198,7 +198,7 @@ def test_finetune_settings_from_stage2(pretrained, tmp_path: Path, setting: str)
     for h in CRITERIA:  # clustered heads start from the stage-2 prototypes, zero bias
         torch.testing.assert_close(model.classifiers[h].weight, state[f"prototypes.{h}.weight"])
         assert not model.classifiers[h].bias.any()
-    if setting != "linear":  # DIAG was not clustered: N(0, 0.01), zero bias (METHOD.md 5.1)
+    if setting != "linear":  # DIAG was not clustered: N(0, 0.01), zero bias (the authors' _init_fc)
         diag = model.classifiers["DIAG"]
         assert 0.008 < diag.weight.std() < 0.012 and abs(diag.weight.mean()) < 0.004
         assert not diag.bias.any()

@@ -1,4 +1,4 @@
-"""K-means pseudo-labels for SM3 stage 2 (METHOD.md §4.2), DeepCluster-v2 style.
+"""K-means pseudo-labels for SM3 stage 2, DeepCluster-v2 style.
 
 Every ``every_n_epochs`` training epochs each clustered head's embeddings of the training split
 are clustered with k-means (FAISS spherical k-means, or the authors' dot-product k-means in

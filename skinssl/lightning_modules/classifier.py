@@ -6,7 +6,7 @@ With ``head_input: tokens`` each head reads its own token of SM3's label-relatio
 ``init_from`` loads a checkpoint of this framework (stage 1, stage 2 or a classifier: its trunks
 and label-relation module). Heads that stage 2 clustered start from its prototypes (the last
 epoch's centroids after that epoch's training) with zero bias, the others from N(0, 0.01) with
-zero bias, as the authors' code (METHOD.md 5.1).
+zero bias, as the authors' code (``_init_fc`` in their mlc_eval.py).
 """
 
 from __future__ import annotations
