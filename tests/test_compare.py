@@ -52,6 +52,7 @@ def test_finished_cells_are_not_rerun(tmp_path: Path, monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(bench, "skinssl", no_run)
     bench.cell("simclr", "linear", 1.0, 0)
+    assert bench.results["cells"] == done["cells"]  # kept as it was, not run again
 
 
 @pytest.mark.parametrize("method", ["dino", "sm3:derm", "simclr:dermoscopic"])

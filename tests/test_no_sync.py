@@ -87,6 +87,8 @@ def test_training_step_and_backward(name: str) -> None:
         out = module.training_step(inputs, 0)
         loss = out["loss"] if isinstance(out, dict) else out
         loss.backward()
+    assert loss.dim() == 0
+    assert any(p.grad is not None for p in module.parameters())  # the step trains something
 
 
 def test_device_views() -> None:
