@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import os
+import signal
+import time
 from pathlib import Path
 
 import lightning as L
@@ -289,3 +292,19 @@ def test_warns_when_an_epoch_is_one_batch_or_drop_last_leaves_much_out(
             assert warned == [], batch_size
         else:
             assert len(warned) == 1 and message in warned[0], (batch_size, warned)
+
+
+def test_loader_workers_outlive_slurms_early_warning_signal(tmp_path: Path) -> None:
+    """SLURM's ``--signal=USR1@...`` reaches every process of the job: the training loader's
+    workers ignore it, so the main process can save its checkpoint (the preemption callback)."""
+    dm = dm_for(make_csv(tmp_path, n=20), num_workers=1, batch_size=2)
+    dm.setup("fit")
+    batches = iter(dm.train_dataloader())
+    next(batches)
+    workers = batches._workers  # torch's worker processes of this iteration
+    assert workers and all(w.is_alive() for w in workers)
+    for w in workers:
+        os.kill(w.pid, signal.SIGUSR1)
+    time.sleep(0.5)  # a worker that did not ignore it would be dead by now
+    assert all(w.is_alive() for w in workers)
+    assert len(next(batches)["index"]) == 2

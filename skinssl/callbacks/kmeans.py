@@ -41,7 +41,7 @@ from skinssl.clustering import (
     feature_problems,
     kmeans,
 )
-from skinssl.datamodules.dataset import shared_seed
+from skinssl.datamodules.dataset import one_thread_worker, shared_seed
 from skinssl.evaluation.agreement import contingency, normalized_mutual_info, table_ari, table_nmi
 from skinssl.labels import HEAD_NAMES, UNKNOWN
 
@@ -674,6 +674,7 @@ class KMeansPseudoLabels(L.Callback):
             **batching,
             num_workers=dm.num_workers,
             pin_memory=pl_module.device.type == "cuda",
+            worker_init_fn=one_thread_worker,
         )
         index: list[Tensor] = []
         emb: dict[str, list[Tensor]] = {h: [] for h in self._sizes}

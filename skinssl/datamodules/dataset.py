@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from typing import TYPE_CHECKING
 
 import albumentations as A
@@ -110,12 +111,17 @@ def views_seed(seed: int, epoch: int, row: int) -> int:
 
 
 def one_thread_worker(worker_id: int) -> None:
-    """DataLoader worker init: one OpenCV and one torch thread per worker. (Training views need
-    no per-worker seed: each case's are seeded from (seed, epoch, case), see ``views_seed``.)"""
+    """DataLoader worker init: one OpenCV and one torch thread per worker, and SIGUSR1/SIGUSR2
+    ignored: SLURM's early warning (``--signal``) reaches every process of the job, and a
+    worker it killed would end the run before the main process saves its checkpoint.
+    (Training views need no per-worker seed: each case's are seeded from (seed, epoch, case),
+    see ``views_seed``.)"""
     import cv2
 
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
+    for name in ("SIGUSR1", "SIGUSR2"):
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 class PairKeys(Dataset):
