@@ -13,6 +13,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from skinssl.callbacks import (
@@ -127,14 +128,7 @@ class SkinSSLCLI(LightningCLI):
         if path and not (lightnings or "://" in str(path) or Path(path).exists()):
             raise ValueError(f"ckpt_path {path}: no such file")
         if path and Path(path).is_file():  # (a folder: a sharded checkpoint, Lightning's)
-            model = config.get("model")
-            class_path = model.get("class_path") if model else None
-            ckpt = open_checkpoint(path, mmap=True)  # tensors stay on disk
-            check_ckpt_model(ckpt, path, subcommand, class_path)
-            self._ckpt_data = dict(ckpt.get("datamodule_hyper_parameters", {}))
-            init_args = model.get("init_args") if model else None
-            if subcommand == "fit" and init_args is not None:
-                warn_predating(ckpt, path, vars(init_args))
+            self._ckpt_data = check_ckpt(path, subcommand, config.get("model"))
         super()._parse_ckpt_path()
 
     def _warn_preprocessing(self) -> None:
@@ -169,6 +163,11 @@ class SkinSSLCLI(LightningCLI):
     def before_validate(self) -> None:
         self._warn_preprocessing()
         self._warn_other_run()
+        # the fit's run gets its hyper-parameters again: without hp_metric's placeholder -1,
+        # which TensorBoard's HParams tab would show as the run's last value
+        for logger in self.trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger._default_hp_metric = False
 
     before_test = before_predict = before_validate
 
@@ -202,26 +201,59 @@ class SkinSSLCLI(LightningCLI):
             return
         last = checkpoint_dir(self.trainer) / "last.ckpt"
         if last.is_file():
+            check_ckpt(str(last), "fit", self.config[self.subcommand].get("model"))
             rank_zero_info(f"resume: continuing from {last}")
             config["ckpt_path"] = str(last)
+        else:
+            rank_zero_info(f"resume: no {last} yet, so the run starts from the beginning")
 
 
 WORKER_DATA_ERROR = f"{DataError.__module__}.{DataError.__qualname__}: "
 """Where a worker's traceback, in the message of the error torch raises again, ends."""
 
 
-def warn_predating(ckpt: dict[str, Any], path: str, init_args: dict[str, Any]) -> None:
-    """Warn when a checkpoint to resume predates some of the model's arguments: the run goes
-    on with their configured values, while the optimizer state it restores keeps the settings
-    it was saved with (e.g. AdamW's eps)."""
+OPTIMIZER_SETTINGS = (
+    "lr", "trunk_lr", "weight_decay", "adam_eps", "schedule", "warmup_epochs",
+    "lr_reference_batch",
+)  # fmt: skip
+"""Model arguments a resumed fit cannot change: the optimizer and scheduler state it restores
+keeps the values they were saved with."""
+
+
+def check_ckpt(path: str, subcommand: str, model: Any) -> dict[str, Any]:
+    """The checks of a checkpoint to start ``subcommand`` from (``model``: the config's
+    class_path and init_args); returns its datamodule's hyper-parameters."""
+    ckpt = open_checkpoint(path, mmap=True)  # tensors stay on disk
+    check_ckpt_model(ckpt, path, subcommand, model.get("class_path") if model else None)
+    init_args = model.get("init_args") if model else None
+    if subcommand == "fit" and init_args is not None:
+        warn_resumed_settings(ckpt, path, vars(init_args))
+    return dict(ckpt.get("datamodule_hyper_parameters", {}))
+
+
+def warn_resumed_settings(ckpt: dict[str, Any], path: str, init_args: dict[str, Any]) -> None:
+    """Warn when a checkpoint to resume predates some of the model's arguments (the run goes
+    on with their configured values), or when the configured optimizer settings differ from
+    the checkpoint's (the optimizer state it restores keeps its own)."""
     saved = ckpt.get("hyper_parameters") or {}
-    newer = sorted(k for k in init_args if saved and k not in saved)
+    if not saved:
+        return
+    newer = sorted(k for k in init_args if k not in saved)
+    changed = [k for k in OPTIMIZER_SETTINGS if k in init_args and k in saved]
+    changed = [k for k in changed if init_args[k] != saved[k]]
     if newer:
         values = ", ".join(f"{k}={init_args[k]!r}" for k in newer)
         rank_zero_warn(
             f"ckpt_path {path} predates the model argument(s) {newer}: the resumed run goes on "
             f"with {values}; the optimizer state it restores keeps its own settings (AdamW's "
             "eps among them)"
+        )
+    if changed:
+        values = ", ".join(f"{k}: {saved[k]!r} -> {init_args[k]!r}" for k in changed)
+        rank_zero_warn(
+            f"ckpt_path {path}: the optimizer settings differ from the checkpoint's ({values}); "
+            "a resumed fit restores its optimizer and schedule, which keep the saved values. "
+            "Start a new run from the weights (init_from / pretrained) to change them"
         )
 
 

@@ -13,7 +13,7 @@ import torch
 from torch._utils import ExceptionWrapper
 
 import skinssl.cli as cli_module
-from skinssl.cli import SkinSSLCLI, build_cli, main, own_error, warn_predating
+from skinssl.cli import SkinSSLCLI, build_cli, main, own_error, warn_resumed_settings
 from skinssl.datamodules.cases import DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,6 +96,13 @@ def tensorboard_tags(run_dir: Path) -> dict[str, set[str]]:
     return {"scalars": set(tags["scalars"]), "images": set(tags["images"])}
 
 
+def last_scalar(run_dir: Path, tag: str) -> float:
+    """The last value of a scalar over a run directory's event files, as TensorBoard reads it."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    return EventAccumulator(str(run_dir)).Reload().Scalars(tag)[-1].value
+
+
 def test_quickstart_chain_writes_the_report(quickstart_run: Path) -> None:
     runs = quickstart_run / "runs" / "quickstart"
     for stage in ("stage1", "stage2", "finetune"):
@@ -131,6 +138,8 @@ def test_quickstart_chain_writes_the_report(quickstart_run: Path) -> None:
     assert {"views_derm.png", "views_clinic.png"} <= figures
 
     tags = tensorboard_tags(run_dir)
+    # the HParams tab shows the last hp_metric: the fit's validation number, not test's -1
+    assert 0 <= last_scalar(run_dir, "hp_metric") <= 1
     assert {"train/loss", "val/auc_mean", "val/DIAG/auc", "hp_metric", "test/auc_mean"} <= tags[
         "scalars"
     ]
@@ -183,19 +192,29 @@ def test_the_command_prints_bad_input_as_its_message(monkeypatch, capsys) -> Non
         main([*args, "--model.init_args.heads=[PN,XYZ]"])
 
 
-def test_resuming_a_checkpoint_older_than_an_argument_warns(monkeypatch) -> None:
+def test_resuming_with_other_settings_warns(monkeypatch) -> None:
+    """A checkpoint older than an argument, or optimizer settings unlike the checkpoint's: the
+    restored optimizer keeps its own, which the records would otherwise hide."""
     warned: list[str] = []
     monkeypatch.setattr(cli_module, "rank_zero_warn", warned.append)
-    old = {"hyper_parameters": {"lr": 1e-4, "weight_decay": 0.05}}
-    warn_predating(old, "old.ckpt", {"lr": 1e-4, "weight_decay": 0.05, "adam_eps": 1e-8})
+    old = {"hyper_parameters": {"lr": 1e-4, "weight_decay": 0.05, "heads": ["PN"]}}
+    warn_resumed_settings(old, "old.ckpt", {"lr": 1e-4, "weight_decay": 0.05, "adam_eps": 1e-8})
     assert len(warned) == 1
     assert (
         "old.ckpt predates the model argument(s) ['adam_eps']: the resumed run goes on"
         in (warned[0])
     )
     assert "with adam_eps=1e-08; the optimizer state it restores keeps its own" in warned[0]
-    warn_predating(old, "old.ckpt", {"lr": 1e-4, "weight_decay": 0.05})
-    assert len(warned) == 1  # nothing newer: no warning
+    warned.clear()
+    warn_resumed_settings(old, "old.ckpt", {"lr": 1e-2, "weight_decay": 0.05, "heads": ["BWV"]})
+    assert len(warned) == 1  # heads is not an optimizer setting
+    assert (
+        "old.ckpt: the optimizer settings differ from the checkpoint's (lr: 0.0001 -> 0.01)"
+        in (warned[0])
+    )
+    warned.clear()
+    warn_resumed_settings(old, "old.ckpt", {"lr": 1e-4, "weight_decay": 0.05})
+    assert warned == []  # nothing newer, nothing changed
 
 
 def test_a_loader_workers_data_error_is_reported_as_its_message() -> None:
@@ -330,11 +349,16 @@ def test_published_configs_fast_dev_run(
 def test_fit_resume_continues_from_last_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Restarting the same command with --resume true continues the run instead of restarting."""
+    """Restarting the same command with --resume true continues the run instead of restarting;
+    the checkpoint it finds gets the checks of --ckpt_path."""
     monkeypatch.chdir(tmp_path)
     args = [*TINY_SYNTHETIC, "--trainer.limit_train_batches=2", "--resume=true"]
     last = tmp_path / "runs" / "quickstart" / "stage1" / "checkpoints" / "last.ckpt"
-    run("fit", "configs/quickstart/stage1.yaml", *args, "--trainer.max_epochs=1")
+    with caplog.at_level("INFO"):
+        run("fit", "configs/quickstart/stage1.yaml", *args, "--trainer.max_epochs=1")
+    assert "resume: no " in caplog.text and "yet, so the run starts from the beginning" in (
+        caplog.text
+    )
     first = torch.load(last, weights_only=True)
     assert first["global_step"] == 2
     with caplog.at_level("INFO"):
@@ -345,6 +369,10 @@ def test_fit_resume_continues_from_last_checkpoint(
     ckpt = torch.load(last, weights_only=True)
     # one more epoch on top of the first run's
     assert (ckpt["epoch"], ckpt["global_step"]) == (first["epoch"] + 1, 4)
+    stage2_in_stage1s_run = [f"--model.init_args.pretrained={last}", "--trainer.max_epochs=1"]
+    stage2_in_stage1s_run.append("--trainer.logger.init_args.version=stage1")
+    with pytest.raises(ValueError, match="is a checkpoint of SM3Contrastive"):
+        run("fit", "configs/quickstart/stage2.yaml", *args, *stage2_in_stage1s_run)
 
 
 def test_same_seed_same_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
