@@ -239,8 +239,9 @@ def warn_resumed_settings(ckpt: dict[str, Any], path: str, init_args: dict[str, 
     if not saved:
         return
     newer = sorted(k for k in init_args if k not in saved)
-    changed = [k for k in OPTIMIZER_SETTINGS if k in init_args and k in saved]
-    changed = [k for k in changed if init_args[k] != saved[k]]
+    changed = [
+        k for k in OPTIMIZER_SETTINGS if k in init_args and k in saved and init_args[k] != saved[k]
+    ]
     if newer:
         values = ", ".join(f"{k}={init_args[k]!r}" for k in newer)
         rank_zero_warn(

@@ -68,20 +68,20 @@ def read_pair_csv(
         + (", ".join(f"{h} <- {c!r}" for h, c in label_columns.items()) or "none")
         + (f"; columns not read: {unused}" if unused else "")
     )
-    if split_column is not None and split_column in header:
+    if split_column in header:
         splits = _read_splits(rows, split_column, path)
-    elif split_column not in (None, "split"):
-        raise DataError(
-            f"{path}: split column {split_column!r} is not in {header}; name the column of "
-            "train/valid/test, or set split_column: null to put every case in 'train'"
-        )
-    else:
-        if split_column is not None:
+    elif split_column in (None, "split"):
+        if split_column == "split":
             rank_zero_warn(
                 f"{path}: no 'split' column, so every case is in 'train' (split_column: null "
                 "says so without this warning)"
             )
         splits = {"train": np.arange(len(rows))}
+    else:
+        raise DataError(
+            f"{path}: split column {split_column!r} is not in {header}; name the column of "
+            "train/valid/test, or set split_column: null to put every case in 'train'"
+        )
     return Cases(derm, clinic, labels, np.array(valid, dtype=bool), splits, source=str(path))
 
 
