@@ -31,7 +31,7 @@ from dataloader import reference_transform  # bench/dataloader.py
 from PIL import Image
 from torchvision import transforms as T
 
-from skinssl.datamodules.views import DERM7PT_MEAN, DERM7PT_STD, Views, to_chw_uint8
+from skinssl.datamodules.views import DERM7PT_MEAN, DERM7PT_STD, Views, write_chw
 from skinssl.datamodules.views import train_pipeline as our_pipeline
 
 
@@ -53,7 +53,7 @@ def lesion_image(height: int, width: int) -> np.ndarray:
 
 def our_steps(views: Views, cached: np.ndarray, size: int) -> list[tuple[str, float, Callable]]:
     """(step, probability, call) of our pipeline on ``cached``: each albumentations transform
-    always applied (post-crop steps on a crop), then the HWC -> CHW tensor."""
+    always applied (post-crop steps on a crop), then written into a CHW batch slot."""
     steps = our_pipeline(views, size).transforms
     crop = steps[0](image=cached)["image"]
     out = []
@@ -61,7 +61,8 @@ def our_steps(views: Views, cached: np.ndarray, size: int) -> list[tuple[str, fl
         p, t.p = t.p, 1.0
         image = cached if t is steps[0] else crop
         out.append((type(t).__name__, p, functools.partial(A.Compose([t]), image=image)))
-    out.append(("to CHW tensor", 1.0, lambda: to_chw_uint8(crop)))
+    slot = torch.empty(3, size, size, dtype=torch.uint8)
+    out.append(("into the CHW batch", 1.0, lambda: write_chw(crop, slot)))
     return out
 
 
@@ -85,9 +86,10 @@ def reference_steps(views: Views, path: Path, size: int) -> list[tuple[str, floa
 
 
 def whole_views(views: Views, cached: np.ndarray, path: Path, size: int) -> dict[str, Callable]:
-    """One whole view per call: ours (the pipeline with its probabilities, then the CHW
-    tensor), and the reference's (a decode and two views, per two views)."""
+    """One whole view per call: ours (the pipeline with its probabilities, then written into
+    a CHW batch slot), and the reference's (a decode and two views, per two views)."""
     ours, reference = our_pipeline(views, size), reference_transform(views, size)
+    slot = torch.empty(3, size, size, dtype=torch.uint8)
 
     def reference_pair() -> object:
         pil = Image.fromarray(cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB))
@@ -95,7 +97,7 @@ def whole_views(views: Views, cached: np.ndarray, path: Path, size: int) -> dict
 
     return {
         "reference": reference_pair,
-        "ours": lambda: to_chw_uint8(ours(image=cached)["image"]),
+        "ours": lambda: write_chw(ours(image=cached)["image"], slot),
     }
 
 

@@ -13,9 +13,12 @@ import numpy as np
 import pytest
 import torch
 from helpers import write_jpeg
+from torch.utils.data import DataLoader, Dataset
 
 from skinssl.datamodules import DataError, PairedCSVDataModule, Views
 from skinssl.datamodules.csv_pairs import read_pair_csv
+from skinssl.datamodules.dataset import batch_tensor, whole_batch
+from skinssl.datamodules.views import write_chw
 from skinssl.labels import HEAD_NAMES
 
 
@@ -178,6 +181,35 @@ def test_disk_cache_reused(tmp_path: Path) -> None:
     dm.setup("fit")
     assert [f.stat().st_mtime_ns for f in files] == stamps
     assert dm.dataset("train", train=True)[0]["derm"].shape == (3, 24, 24)
+
+
+class _SharedFlag(Dataset):
+    def __len__(self) -> int:
+        return 2
+
+    def __getitems__(self, keys: list[int]) -> dict:
+        return {"shared": batch_tensor((len(keys), 3)).is_shared()}
+
+
+def test_a_batch_holds_its_cases_views_written_in_place(tmp_path: Path) -> None:
+    views = dict(derm_views=Views.simclr(), clinic_views=Views(n=1))
+    dm = dm_for(make_csv(tmp_path, n=20), num_workers=1, **views)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    keys = list(loader.sampler)[:4]  # (position, epoch): the first batch's
+    batch = next(iter(loader))  # made by a worker
+    alone = [loader.dataset[k] for k in keys]  # each case on its own, in this process
+    assert batch["index"].tolist() == [a["index"] for a in alone]
+    for v in range(2):
+        assert torch.equal(batch["derm"][v], torch.stack([a["derm"][v] for a in alone]))
+    assert torch.equal(batch["clinic"], torch.stack([a["clinic"] for a in alone]))
+    assert torch.equal(batch["labels"], torch.stack([a["labels"] for a in alone]))
+    assert not torch.equal(batch["derm"][0], batch["derm"][1])
+    # in a worker, batches are made in shared memory (no copy to hand them over)
+    flags = DataLoader(_SharedFlag(), batch_size=2, num_workers=1, collate_fn=whole_batch)
+    assert next(iter(flags))["shared"] and not batch_tensor((2, 3)).is_shared()
+    with pytest.raises(RuntimeError, match=r"does not fit \(3, 24, 24\)"):
+        write_chw(np.zeros((24, 20, 3), np.uint8), torch.empty(3, 24, 24, dtype=torch.uint8))
 
 
 def _epoch(loader, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:

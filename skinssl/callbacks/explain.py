@@ -13,7 +13,6 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
-import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from skinssl.callbacks.run_dir import publish
@@ -105,9 +104,8 @@ class Explanations(L.Callback):
         dataset = datamodule.dataset("test", train=False)
         position = {int(r): i for i, r in enumerate(dataset.rows)}
         chosen = self._chosen(outputs)
-        items = [dataset[position[int(outputs.index[k])]] for k in chosen]
-        derm = torch.stack([it["derm"] for it in items])
-        clinic = torch.stack([it["clinic"] for it in items])
+        cases = dataset.__getitems__([position[int(outputs.index[k])] for k in chosen])
+        derm, clinic = cases["derm"], cases["clinic"]
         device = pl_module.device
         normalize = datamodule.normalize
         encoder = pl_module.encoder

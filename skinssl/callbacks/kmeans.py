@@ -41,7 +41,7 @@ from skinssl.clustering import (
     feature_problems,
     kmeans,
 )
-from skinssl.datamodules.dataset import one_thread_worker, shared_seed
+from skinssl.datamodules.dataset import one_thread_worker, shared_seed, whole_batch
 from skinssl.evaluation.agreement import contingency, normalized_mutual_info, table_ari, table_nmi
 from skinssl.labels import HEAD_NAMES, UNKNOWN
 
@@ -675,6 +675,7 @@ class KMeansPseudoLabels(L.Callback):
             num_workers=dm.num_workers,
             pin_memory=pl_module.device.type == "cuda",
             worker_init_fn=one_thread_worker,
+            collate_fn=whole_batch,
         )
         index: list[Tensor] = []
         emb: dict[str, list[Tensor]] = {h: [] for h in self._sizes}

@@ -25,6 +25,7 @@ from skinssl.datamodules.dataset import (
     one_thread_worker,
     shared_seed,
     views_seed,
+    whole_batch,
 )
 from skinssl.datamodules.device_views import DeviceImages, fuses_by_default
 from skinssl.datamodules.images import CacheMode, ImageStore
@@ -282,6 +283,7 @@ class PairedDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             persistent_workers=workers > 0,
             worker_init_fn=one_thread_worker,
+            collate_fn=whole_batch,
         )
         if not train:
             return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, **common)

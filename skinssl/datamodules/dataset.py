@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import signal
 from typing import TYPE_CHECKING
 
 import albumentations as A
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate, get_worker_info
 
 from skinssl.datamodules.cases import DataError
 from skinssl.datamodules.images import ImageStore
-from skinssl.datamodules.views import seed_pipeline, to_chw_uint8
+from skinssl.datamodules.views import seed_pipeline, write_chw
 
 if TYPE_CHECKING:
     import lightning as L
@@ -62,37 +63,69 @@ class PairDataset(Dataset):
         return len(self.rows)
 
     def __getitem__(self, key: int | tuple[int, int]) -> Item:
-        """Item at position ``key``. A ``(position, epoch)`` key (from an ``EpochSampler``) seeds
-        the views from (``case_seed``, epoch, case): the same views wherever it is loaded."""
-        if isinstance(key, tuple):
-            i, epoch = key
-            row = int(self.rows[i])
-            self.seed(views_seed(self.case_seed, epoch, row))
-        else:
-            row = int(self.rows[key])
-        item: Item = {"index": row, "labels": self.labels[row], "pair_valid": self.pair_valid[row]}
-        try:
-            item["derm"] = self._views(self.store[self.derm_ids[row]], 0)
-            item["clinic"] = self._views(self.store[self.clinic_ids[row]], 1)
-        except DataError as error:
-            if not self.tolerant:
-                raise
-            blank = torch.zeros(3, self.image_size, self.image_size, dtype=torch.uint8)
-            item.update(derm=blank, clinic=blank.clone(), error=str(error))
-            return item
-        if self.tolerant:
-            item["error"] = ""
+        """Item at position ``key``: the batch of that one key, unbatched."""
+        item = {}
+        for name, value in self.__getitems__([key]).items():
+            many_views = isinstance(value, list) and name != "error"
+            item[name] = [view[0] for view in value] if many_views else value[0]
+        item["index"] = int(item["index"])
         return item
 
-    def _views(self, image: np.ndarray, modality: int) -> torch.Tensor | list[torch.Tensor]:
-        pipeline, n = self.pipelines[modality], self.n_views[modality]
-        views = [to_chw_uint8(pipeline(image=image)["image"]) for _ in range(n)]
-        return views[0] if n == 1 else views
+    def __getitems__(self, keys: list[int] | list[tuple[int, int]]) -> Item:
+        """The batch of ``keys``, as the default collate would stack their items. Each view
+        is written straight into its place in the batch (in shared memory inside a loader
+        worker): no copy per item, none to stack them. A ``(position, epoch)`` key (from an
+        ``EpochSampler``) seeds the case's views from (``case_seed``, epoch, case): the same
+        views wherever it is loaded."""
+        rows = [int(self.rows[k[0] if isinstance(k, tuple) else k]) for k in keys]
+        shape = (len(keys), 3, self.image_size, self.image_size)
+        views = [[batch_tensor(shape) for _ in range(n)] for n in self.n_views]
+        errors = []
+        for j, (key, row) in enumerate(zip(keys, rows, strict=True)):
+            if isinstance(key, tuple):
+                self.seed(views_seed(self.case_seed, key[1], row))
+            try:
+                for m, ids in enumerate((self.derm_ids, self.clinic_ids)):
+                    image = self.store[ids[row]]
+                    for view in views[m]:
+                        write_chw(self.pipelines[m](image=image)["image"], view[j])
+                errors.append("")
+            except DataError as error:
+                if not self.tolerant:
+                    raise
+                for view in views[0] + views[1]:
+                    view[j] = 0
+                errors.append(str(error))
+        index = torch.tensor(rows)
+        batch: Item = {
+            "index": index,
+            "labels": self.labels[index],
+            "pair_valid": self.pair_valid[index],
+        }
+        for m, name in enumerate(("derm", "clinic")):
+            batch[name] = views[m][0] if self.n_views[m] == 1 else views[m]
+        if self.tolerant:
+            batch["error"] = errors
+        return batch
 
     def seed(self, seed: int) -> None:
         """Seed both pipelines (distinct streams per modality)."""
         seed_pipeline(self.pipelines[0], seed)
         seed_pipeline(self.pipelines[1], seed + 1_000_003)
+
+
+def batch_tensor(shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised uint8 tensor; in shared memory inside a loader worker, so that it
+    reaches the main process without a copy (as the default collate allocates its batches)."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.uint8)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape))
+    return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+
+
+def whole_batch(batch: Item) -> Item:
+    """The loaders' ``collate_fn``: the datasets' ``__getitems__`` make whole batches."""
+    return batch
 
 
 def shared_seed(trainer: L.Trainer | None) -> int:
@@ -152,3 +185,7 @@ class PairKeys(Dataset):
             "clinic_id": int(self.clinic_ids[row]),
             "epoch": epoch,
         }
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> Item:
+        """The batch of ``keys`` (see :func:`whole_batch`)."""
+        return default_collate([self[k] for k in keys])

@@ -122,7 +122,9 @@ class ImageStore:
         assert self.cache_dir is not None
         cached = self.cache_dir / f"{self._key(path)}.npy"
         if cached.is_file():
-            return np.load(cached, mmap_mode="r")
+            # copy-on-write: a writable array (torch warns on read-only ones) whose writes,
+            # were there any, would never reach the file
+            return np.load(cached, mmap_mode="c")
         img = decode(path, self.border, self.size)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(f".{os.getpid()}.tmp.npy")  # ranks may write at once

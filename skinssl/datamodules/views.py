@@ -127,10 +127,13 @@ def seed_pipeline(pipeline: A.Compose, seed: int) -> None:
     pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))
 
 
-def to_chw_uint8(image: np.ndarray) -> torch.Tensor:
-    """HWC uint8 array -> CHW uint8 tensor (no float conversion on the CPU; OpenCV's split:
-    2x numpy's transpose)."""
-    return torch.from_numpy(np.stack(cv2.split(image)))
+def write_chw(image: np.ndarray, out: torch.Tensor) -> None:
+    """Write an HWC uint8 view into ``out``, a CHW uint8 tensor of the same size (OpenCV's
+    split into the planes: 8x numpy's transposed copy)."""
+    planes = list(out.numpy())
+    fits = image.shape == (*out.shape[1:], out.shape[0])
+    if not fits or cv2.split(image, planes)[0] is not planes[0]:  # else OpenCV would reallocate
+        raise RuntimeError(f"a view of shape {image.shape} does not fit {tuple(out.shape)}")
 
 
 class Normalize(torch.nn.Module):
