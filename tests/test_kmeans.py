@@ -570,6 +570,14 @@ def test_resume_mid_epoch_keeps_boundary_reclusters(
 
     with pytest.raises(ValueError, match="niter: checkpoint 10, this run 5"):
         trainer(tmp_path, [KMeansPseudoLabels(niter=5)]).fit(ToyModule(), dm, ckpt_path=str(end0))
+    with pytest.raises(ValueError, match="fill: checkpoint 'eval', this run 'train'"):
+        trainer(tmp_path, [KMeansPseudoLabels(features="memory_bank", fill="train")]).fit(
+            ToyModule(), dm, ckpt_path=str(end0)
+        )
+    older = {**saved0, "settings": {k: v for k, v in saved0["settings"].items() if k != "fill"}}
+    KMeansPseudoLabels().load_state_dict(older)  # checkpoints from before the setting: eval
+    with pytest.raises(ValueError, match="fill: checkpoint 'eval'"):
+        KMeansPseudoLabels(features="memory_bank", fill="train").load_state_dict(older)
 
 
 # ------------------------------------------------------------------ memory bank

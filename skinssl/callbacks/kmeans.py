@@ -422,7 +422,7 @@ class KMeansPseudoLabels(L.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Keep a checkpoint's clustering (and memory bank); it reaches the module in
         ``on_train_start``."""
-        saved = {"algorithm": "spherical", **state_dict["settings"]}  # older checkpoints
+        saved = {"algorithm": "spherical", "fill": "eval", **state_dict["settings"]}  # older
         diff = setting_differences(saved, self._settings())
         if diff:
             raise ValueError(
@@ -447,6 +447,7 @@ class KMeansPseudoLabels(L.Callback):
             "features": self.features,
             "algorithm": self.algorithm,
             "every_n_epochs": self.every_n_epochs,
+            "fill": self.fill,
         }
 
     # ------------------------------------------------------------- clustering
