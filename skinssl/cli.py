@@ -21,6 +21,7 @@ from skinssl.callbacks import (
     GlooExit,
     PredictionWriter,
     Preemption,
+    ResumedSchedule,
     SampleViews,
     Speed,
     StepSeed,
@@ -92,9 +93,10 @@ class SkinSSLCLI(LightningCLI):
     ``report`` (test report), ``explain`` (attention maps, Grad-CAM), ``predictions`` (the
     predict CSV), ``views`` (sample training views), ``preemption`` (checkpoint, requeue and
     exit on SIGUSR1), ``speed`` (channels-last, torch.compile). Always attached, without
-    settings: ``StepSeed`` (dropout drawn from the step, for exact resumes) and ``GlooExit`` (a
-    clean exit of CPU multi-process runs). ``fit --resume true`` continues from the run
-    directory's ``last.ckpt`` when there is one.
+    settings: ``StepSeed`` (dropout drawn from the step, for exact resumes),
+    ``ResumedSchedule`` (a warning when a resumed fit's learning-rate schedule changed) and
+    ``GlooExit`` (a clean exit of CPU multi-process runs). ``fit --resume true`` continues from
+    the run directory's ``last.ckpt`` when there is one.
     ``validate``/``test``/``predict`` with a ``ckpt_path`` take every weight from it, so
     ``init_from`` and ``weights`` are not read."""
 
@@ -173,7 +175,7 @@ class SkinSSLCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
-        trainer.callbacks += [StepSeed(), GlooExit()]  # not settings: always wanted
+        trainer.callbacks += [StepSeed(), ResumedSchedule(), GlooExit()]  # always wanted
         return trainer
 
     def before_instantiate_classes(self) -> None:
@@ -212,12 +214,10 @@ WORKER_DATA_ERROR = f"{DataError.__module__}.{DataError.__qualname__}: "
 """Where a worker's traceback, in the message of the error torch raises again, ends."""
 
 
-OPTIMIZER_SETTINGS = (
-    "lr", "trunk_lr", "weight_decay", "adam_eps", "schedule", "warmup_epochs",
-    "lr_reference_batch",
-)  # fmt: skip
-"""Model arguments a resumed fit cannot change: the optimizer and scheduler state it restores
-keeps the values they were saved with."""
+OPTIMIZER_SETTINGS = ("lr", "trunk_lr", "weight_decay", "adam_eps", "lr_reference_batch")
+"""Model arguments a resumed fit cannot change: the optimizer state and base rates it restores
+keep the values they were saved with. (The schedule's shape follows the run's settings; the
+``ResumedSchedule`` callback warns when it changed.)"""
 
 
 def check_ckpt(path: str, subcommand: str, model: Any) -> dict[str, Any]:
@@ -253,7 +253,7 @@ def warn_resumed_settings(ckpt: dict[str, Any], path: str, init_args: dict[str, 
         values = ", ".join(f"{k}: {saved[k]!r} -> {init_args[k]!r}" for k in changed)
         rank_zero_warn(
             f"ckpt_path {path}: the optimizer settings differ from the checkpoint's ({values}); "
-            "a resumed fit restores its optimizer and schedule, which keep the saved values. "
+            "a resumed fit restores its optimizer and base rates, which keep the saved values. "
             "Start a new run from the weights (init_from / pretrained) to change them"
         )
 

@@ -1,6 +1,6 @@
 """Callbacks: k-means pseudo-labels, the test report, explanations, prediction files, sample
-views, preemption, step-speed options, per-step seeding and a clean exit of CPU
-multi-process runs."""
+views, preemption, step-speed options, per-step seeding, a check of a resumed learning-rate
+schedule and a clean exit of CPU multi-process runs."""
 
 from skinssl.callbacks.explain import Explanations
 from skinssl.callbacks.gloo_exit import GlooExit
@@ -8,6 +8,7 @@ from skinssl.callbacks.kmeans import KMeansPseudoLabels
 from skinssl.callbacks.predictions import PredictionWriter
 from skinssl.callbacks.preemption import Preemption
 from skinssl.callbacks.report import TestReport
+from skinssl.callbacks.resumed_schedule import ResumedSchedule
 from skinssl.callbacks.speed import Speed
 from skinssl.callbacks.step_seed import StepSeed
 from skinssl.callbacks.views import SampleViews
@@ -18,6 +19,7 @@ __all__ = [
     "KMeansPseudoLabels",
     "Preemption",
     "PredictionWriter",
+    "ResumedSchedule",
     "SampleViews",
     "Speed",
     "StepSeed",
