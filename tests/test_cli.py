@@ -375,6 +375,29 @@ def test_fit_resume_continues_from_last_checkpoint(
         run("fit", "configs/quickstart/stage2.yaml", *args, *stage2_in_stage1s_run)
 
 
+def test_a_refused_resume_keeps_the_runs_config(tmp_path: Path, monkeypatch) -> None:
+    """A resume the checkpoint refuses while being restored does not rewrite config.yaml."""
+    monkeypatch.chdir(tmp_path)
+    args = [*TINY_SYNTHETIC, "--model.init_args.pretrained=null", "--trainer.max_epochs=1"]
+    args += ["--trainer.limit_train_batches=1", "--resume=true"]
+    run("fit", "configs/quickstart/stage2.yaml", *args)
+    config = tmp_path / "runs" / "quickstart" / "stage2" / "config.yaml"
+    saved = config.read_text()
+    other = tmp_path / "niter5.yaml"
+    other.write_text(
+        "trainer:\n  callbacks:\n"
+        "    - class_path: skinssl.callbacks.KMeansPseudoLabels\n"
+        "      init_args: {niter: 5}\n"
+        "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+        "      init_args: {save_last: true, save_top_k: 0, enable_version_counter: false}\n"
+    )
+    with pytest.raises(ValueError, match="niter: checkpoint 10, this run 5"):
+        run("fit", "configs/quickstart/stage2.yaml", "-c", str(other), *args)
+    assert config.read_text() == saved
+    run("fit", "configs/quickstart/stage2.yaml", *args, "--trainer.max_epochs=2")
+    assert "max_epochs: 2" in config.read_text()  # an accepted resume records its config
+
+
 def test_same_seed_same_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """One seed fixes data order, augmentations in every worker and initialisation."""
     weights = []
