@@ -11,8 +11,9 @@ worker and with one per core:
   (the training loader then has no workers: its batches are case ids); ``device-compiled``:
   the same with ``compile_views``. They are compared with the reference on every core.
 With CUDA, every loader pins its batches, as a training loader does (the reference's
-float views are 4x the bytes of our uint8 ones); hide the GPUs (``CUDA_VISIBLE_DEVICES=``) to
-compare the pipelines unpinned. Prints a table and writes JSON.
+float views are 4x the bytes of our uint8 ones), and the main-process rows also time the
+pinning of one batch alone; hide the GPUs (``CUDA_VISIBLE_DEVICES=``) to compare the pipelines
+unpinned. Prints a table and writes JSON.
 
     python bench/dataloader.py                      # synthetic data at Derm7pt's image size
     python bench/dataloader.py --root /data/derm7pt # the real release
@@ -31,6 +32,7 @@ from pathlib import Path
 import cv2
 import torch
 from lightning.pytorch.utilities import move_data_to_device
+from lightning_utilities.core.apply_func import apply_to_collection
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
@@ -127,6 +129,17 @@ def measure(loader: DataLoader, batches: int, warmup: int, finish=None) -> float
     return n / (time.perf_counter() - start)
 
 
+def pin_ms_per_pair(batch: dict, repeats: int = 5) -> float:
+    """Milliseconds per pair to copy ``batch``'s tensors into page-locked memory, as a loader
+    with ``pin_memory`` does for every batch (copied to pageable memory first)."""
+    pageable = apply_to_collection(batch, torch.Tensor, lambda t: t.clone())
+    apply_to_collection(pageable, torch.Tensor, lambda t: t.pin_memory())  # warm the allocator
+    start = time.perf_counter()
+    for _ in range(repeats):
+        apply_to_collection(pageable, torch.Tensor, lambda t: t.pin_memory())
+    return 1e3 * (time.perf_counter() - start) / repeats / len(batch["index"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--root", help="Derm7pt release folder (default: synthetic data)")
@@ -177,13 +190,19 @@ def main() -> None:
             finish = on_device(dm, torch.device("cuda")) if cache.startswith("device") else None
             # warm-up past the batches the workers prefetch (2 each) before the clock starts
             pairs_s = measure(loader, args.batches, warmup=2 + 2 * workers, finish=finish)
-            del loader
             views = 2 if cache == "memory-derm-only" else 4
-            rows.append(
-                {"cache": cache, "workers": workers, "pairs_per_s": pairs_s, "setup_s": setup_s,
-                 "views_per_pair": views}
-            )  # fmt: skip
-            print(f"{cache} workers={workers}: {pairs_s:.1f} pairs/s, setup {setup_s:.1f} s")
+            row = {"cache": cache, "workers": workers, "pairs_per_s": pairs_s,
+                   "setup_s": setup_s, "views_per_pair": views}  # fmt: skip
+            if torch.cuda.is_available() and workers == 0 and not cache.startswith("device"):
+                row["pin_ms_per_pair"] = pin_ms_per_pair(next(endless(loader)))
+            del loader
+            rows.append(row)
+            pin = (
+                f", pinning {row['pin_ms_per_pair']:.3f} ms a pair"
+                if "pin_ms_per_pair" in row
+                else ""
+            )
+            print(f"{cache} workers={workers}: {pairs_s:.1f} pairs/s, setup {setup_s:.1f} s{pin}")
 
     base = {r["workers"]: r["pairs_per_s"] for r in rows if r["cache"] == "reference"}
     print("\n| pipeline | workers | pairs/s | views/s | vs reference | setup s |")
