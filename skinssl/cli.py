@@ -80,19 +80,24 @@ def check_ckpt_model(
 class SaveStageConfig(SaveConfigCallback):
     """Saves ``config.yaml`` for ``fit`` and ``<stage>_config.yaml`` otherwise, so that testing
     in a run directory does not overwrite the record of how its model was trained. A resumed
-    fit saves it once the checkpoint is restored: a resume the checkpoint refuses (other
-    k-means settings, another layout mid-epoch) leaves the run's record as it was."""
+    fit saves it once the checkpoint is restored (at the start of training, or at the end of a
+    fit with nothing left to train): a resume the checkpoint refuses (other k-means settings,
+    another layout mid-epoch) leaves the run's record as it was."""
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         name = str(getattr(stage, "value", stage))  # Lightning passes a TrainerFn enum
         if name != "fit":
             self.config_filename = f"{name}_config.yaml"
-        elif self.config.get("ckpt_path") or self.config.get("resume"):
-            return  # saved in on_train_start, once the checkpoint (if any) is restored
+        elif self.config.get("ckpt_path") or (
+            self.config.get("resume") and (checkpoint_dir(trainer) / "last.ckpt").is_file()
+        ):
+            return  # a checkpoint will be restored: saved after it is
         super().setup(trainer, pl_module, stage)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().setup(trainer, pl_module, "fit")  # nothing when setup saved it
+
+    on_fit_end = on_train_start
 
 
 class SkinSSLCLI(LightningCLI):

@@ -396,6 +396,14 @@ def test_a_refused_resume_keeps_the_runs_config(tmp_path: Path, monkeypatch) -> 
     assert config.read_text() == saved
     run("fit", "configs/quickstart/stage2.yaml", *args, "--trainer.max_epochs=2")
     assert "max_epochs: 2" in config.read_text()  # an accepted resume records its config
+    run(
+        "fit",
+        "configs/quickstart/stage2.yaml",
+        *args,
+        "--trainer.max_epochs=2",
+        "--trainer.log_every_n_steps=3",
+    )
+    assert "log_every_n_steps: 3" in config.read_text()  # so does one with nothing to train
 
 
 def test_same_seed_same_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -575,9 +575,10 @@ def test_resume_mid_epoch_keeps_boundary_reclusters(
             ToyModule(), dm, ckpt_path=str(end0)
         )
     older = {**saved0, "settings": {k: v for k, v in saved0["settings"].items() if k != "fill"}}
-    KMeansPseudoLabels().load_state_dict(older)  # checkpoints from before the setting: eval
+    seed = saved0["settings"]["seed"]  # the run's: a callback not yet set up has no other
+    KMeansPseudoLabels(seed=seed).load_state_dict(older)  # from before the setting: fill eval
     with pytest.raises(ValueError, match="fill: checkpoint 'eval'"):
-        KMeansPseudoLabels(features="memory_bank", fill="train").load_state_dict(older)
+        KMeansPseudoLabels(seed=seed, features="memory_bank", fill="train").load_state_dict(older)
 
 
 # ------------------------------------------------------------------ memory bank

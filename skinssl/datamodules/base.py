@@ -231,7 +231,8 @@ class PairedDataModule(L.LightningDataModule):
     # ---------------------------------------------------------------- loaders
     def dataset(self, split: str, train: bool) -> PairDataset | PairKeys:
         """Dataset of a split with training views (``train``) or the deterministic eval view;
-        with ``augment_on: device``, training items carry image ids and no images."""
+        with ``augment_on: device``, training items carry image ids and no images. It makes
+        whole batches: load it with ``collate_fn=whole_batch`` (as :meth:`loader` does)."""
         cases = self._cases()
         assert self._store is not None and self._ids is not None
         if train and split == "train":

@@ -29,7 +29,8 @@ class PairDataset(Dataset):
     ``store`` holds the unique images; ``derm_ids``/``clinic_ids`` point into it per row.
     ``case_seed`` seeds the views of ``(position, epoch)`` keys. With ``tolerant`` (prediction),
     a case whose image cannot be read still gives an item: black images of ``image_size`` and
-    the reason in ``error`` (empty for the others).
+    the reason in ``error`` (empty for the others). ``__getitems__`` makes whole batches: a
+    ``DataLoader`` over this dataset needs ``collate_fn=whole_batch``.
     """
 
     def __init__(
@@ -160,7 +161,8 @@ def one_thread_worker(worker_id: int) -> None:
 class PairKeys(Dataset):
     """Training items without images, for views made on the accelerator: ``index``,
     ``labels``, ``pair_valid``, the cached image ids ``derm_id``/``clinic_id`` and the
-    ``epoch`` the views are drawn for. Keys are ``(position, epoch)``."""
+    ``epoch`` the views are drawn for. Keys are ``(position, epoch)``. As for
+    :class:`PairDataset`, a ``DataLoader`` over it needs ``collate_fn=whole_batch``."""
 
     def __init__(
         self, rows: np.ndarray, derm_ids: np.ndarray, clinic_ids: np.ndarray,

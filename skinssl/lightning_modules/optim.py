@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 from typing import Any, Literal
@@ -31,20 +32,26 @@ def adamw(
     for g in groups:
         g["params"] = [p for p in g["params"] if p.requires_grad]
     optimizer = torch.optim.AdamW(groups, weight_decay=weight_decay, eps=eps)
-    total = max(1, total_steps)
     if total_steps <= 0 and schedule != "constant":
         raise ValueError("a cosine schedule needs a finite number of epochs (trainer.max_epochs)")
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if schedule == "constant":
-            return 1.0
-        progress = (step - warmup_steps) / max(1, total - warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
+    # a partial, not a closure: its settings can be read (and checked on resume), and LambdaLR
+    # saves and restores nothing of it (its __dict__ is empty)
+    factor = functools.partial(
+        lr_factor, schedule=schedule, warmup_steps=warmup_steps, total_steps=max(1, total_steps)
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def lr_factor(step: int, *, schedule: Schedule, warmup_steps: int, total_steps: int) -> float:
+    """The learning-rate multiplier at ``step``: linear warm-up, then constant or cosine to 0
+    at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def schedule_steps(trainer: L.Trainer, warmup_epochs: float) -> tuple[int, int]:
