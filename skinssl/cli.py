@@ -315,6 +315,9 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> SkinSSLCLI:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     # pretraining modules have no validation step, by design; the data modules all have splits
     warnings.filterwarnings("ignore", message=".*`val_dataloader` but have no `validation_step`")
+    # stage 2 and the linear/projector settings keep their frozen parts in eval mode on purpose;
+    # the modules say which at the start of the fit
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start")
     torch.set_float32_matmul_precision("high")
     return SkinSSLCLI(
         args=args,

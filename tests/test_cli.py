@@ -375,12 +375,19 @@ def test_fit_resume_continues_from_last_checkpoint(
         run("fit", "configs/quickstart/stage2.yaml", *args, *stage2_in_stage1s_run)
 
 
-def test_a_refused_resume_keeps_the_runs_config(tmp_path: Path, monkeypatch) -> None:
+def test_a_refused_resume_keeps_the_runs_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """A resume the checkpoint refuses while being restored does not rewrite config.yaml."""
     monkeypatch.chdir(tmp_path)
     args = [*TINY_SYNTHETIC, "--model.init_args.pretrained=null", "--trainer.max_epochs=1"]
     args += ["--trainer.limit_train_batches=1", "--resume=true"]
-    run("fit", "configs/quickstart/stage2.yaml", *args)
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level("INFO"):
+        warnings.simplefilter("always")
+        run("fit", "configs/quickstart/stage2.yaml", *args)
+    # frozen trunks in eval mode are by design: said once, without Lightning's warning
+    assert "trunks frozen: in eval mode in training steps" in caplog.text
+    assert not [w for w in caught if "in eval mode at the start" in str(w.message)]
     config = tmp_path / "runs" / "quickstart" / "stage2" / "config.yaml"
     saved = config.read_text()
     other = tmp_path / "niter5.yaml"

@@ -178,7 +178,7 @@ def test_stage2_without_callback_is_a_clear_error(pretrained, tmp_path: Path) ->
 
 
 @pytest.mark.parametrize("setting", ["linear", "projector", "finetune"])
-def test_finetune_settings_from_stage2(pretrained, tmp_path: Path, setting: str) -> None:
+def test_finetune_settings_from_stage2(pretrained, tmp_path: Path, setting: str, caplog) -> None:
     root, _, stage2 = pretrained
     model = MultiLabelClassifier(
         head_input="tokens",
@@ -205,7 +205,10 @@ def test_finetune_settings_from_stage2(pretrained, tmp_path: Path, setting: str)
     trunk = {k: v.clone() for k, v in model.encoder.state_dict().items()}
     relation = {k: v.clone() for k, v in model.relation.state_dict().items()}
     heads = model.classifiers["PN"].weight.clone()
-    fit(model, data(root, Views()), tmp_path, setting)
+    with caplog.at_level("INFO"):
+        fit(model, data(root, Views()), tmp_path, setting)
+    frozen = {"linear": "encoder, relation", "projector": "encoder"}.get(setting)
+    assert (f"setting {setting}: frozen, in eval mode: {frozen}" in caplog.text) == bool(frozen)
     trunk_moved = any(not torch.equal(v, trunk[k]) for k, v in model.encoder.state_dict().items())
     rel_moved = any(not torch.equal(v, relation[k]) for k, v in model.relation.state_dict().items())
     assert trunk_moved == (setting == "finetune")

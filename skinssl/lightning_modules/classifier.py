@@ -197,6 +197,10 @@ class MultiLabelClassifier(L.LightningModule):
     def setup(self, stage: str) -> None:
         if stage == "fit":
             self._check_training_labels()
+            if self.hparams.setting != "finetune":
+                frozen = self._frozen()
+                parts = ", ".join(n for n, m in self.named_children() if m in frozen)
+                rank_zero_info(f"setting {self.hparams.setting}: frozen, in eval mode: {parts}")
 
     def _check_training_labels(self) -> None:
         """A clear error when the training split has no label for some head: it would stay

@@ -118,6 +118,10 @@ class SM3PseudoLabels(L.LightningModule):
             self.encoder.eval()
         return self
 
+    def on_fit_start(self) -> None:
+        if not self.hparams.train_trunks:
+            rank_zero_info("trunks frozen: in eval mode in training steps (train_trunks: false)")
+
     def on_train_epoch_start(self) -> None:
         self.train()  # Lightning restores per-module modes; frozen trunks must stay in eval
 
