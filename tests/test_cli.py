@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from torch._utils import ExceptionWrapper
 
 import skinssl.cli as cli_module
@@ -375,6 +376,28 @@ def test_fit_resume_continues_from_last_checkpoint(
         run("fit", "configs/quickstart/stage2.yaml", *args, *stage2_in_stage1s_run)
 
 
+@pytest.mark.parametrize("config", [c for c in CONFIGS if "ModelCheckpoint" in c.read_text()])
+def test_every_config_keeps_last_ckpt_after_every_epoch(config: Path) -> None:
+    """Lightning 2.6 writes save_last only at epochs that also save a top-k checkpoint; the
+    configs keep last.ckpt with a checkpoint of its own, and a monitored best.ckpt first
+    (what Lightning's ckpt_path=best reads)."""
+    callbacks = yaml.safe_load((REPO / config).read_text())["trainer"]["callbacks"]
+    kinds = [(c["class_path"], c.get("init_args", {})) for c in callbacks]
+    saves = [args for path, args in kinds if path.endswith("ModelCheckpoint")]
+    assert not any(s.get("save_last") for s in saves)
+    assert {"filename": "last", "enable_version_counter": False} in saves
+    assert [i for i, s in enumerate(saves) if "monitor" in s] in ([], [0])
+
+
+def test_last_ckpt_is_the_last_epoch_when_best_is_not(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = [*TINY_SYNTHETIC, "--trainer.max_epochs=3", "--trainer.limit_train_batches=1"]
+    run("fit", "configs/quickstart/supervised.yaml", *args, "--trainer.limit_val_batches=1")
+    folder = tmp_path / "runs" / "quickstart" / "supervised" / "checkpoints"
+    assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == 3
+    assert (folder / "best.ckpt").is_file()
+
+
 def test_a_refused_resume_keeps_the_runs_config(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -396,7 +419,7 @@ def test_a_refused_resume_keeps_the_runs_config(
         "    - class_path: skinssl.callbacks.KMeansPseudoLabels\n"
         "      init_args: {niter: 5}\n"
         "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
-        "      init_args: {save_last: true, save_top_k: 0, enable_version_counter: false}\n"
+        "      init_args: {filename: last, enable_version_counter: false}\n"
     )
     with pytest.raises(ValueError, match="niter: checkpoint 10, this run 5"):
         run("fit", "configs/quickstart/stage2.yaml", "-c", str(other), *args)
