@@ -177,6 +177,12 @@ class SkinSSLCLI(LightningCLI):
     def before_validate(self) -> None:
         self._warn_preprocessing()
         self._warn_other_run()
+        if not self.config_init[self.subcommand].get("ckpt_path"):
+            rank_zero_warn(
+                f"{self.subcommand} without --ckpt_path: the weights are the config's model as "
+                "built (init_from / weights), not a trained run's. To use a fit's, pass e.g. "
+                "--ckpt_path <run directory>/checkpoints/best.ckpt (or last.ckpt)"
+            )
         # the fit's run gets its hyper-parameters again: without hp_metric's placeholder -1,
         # which TensorBoard's HParams tab would show as the run's last value
         for logger in self.trainer.loggers:

@@ -124,6 +124,7 @@ def test_quickstart_chain_writes_the_report(quickstart_run: Path) -> None:
     assert {"expected_score", "hard_score", "mel_probability"} <= set(metrics["melanoma"])
     report_md = (run_dir / "report.md").read_text()
     assert "## Melanoma detection" in report_md
+    assert f"Weights: checkpoint {BEST}." in report_md  # which weights were tested
     for name in (
         "roc_DIAG",
         "confusion_RS",
@@ -242,8 +243,10 @@ def test_testing_another_runs_checkpoint_warns(quickstart_run: Path, monkeypatch
                       r"directory is .*quickstart/elsewhere.*finetune/config.yaml"):  # fmt: skip
         run("validate", config, ckpt, elsewhere, *other)
     with warnings.catch_warnings():
-        warnings.filterwarnings("error", message=".*is from run")
+        warnings.filterwarnings("error", message=".*is from run|.*without --ckpt_path")
         run("validate", config, ckpt, *other)
+    with pytest.warns(UserWarning, match="validate without --ckpt_path: the weights are the "):
+        run("validate", config, *other)  # the heads as built: not the fit's
 
 
 def test_evaluating_with_other_data_settings_warns(quickstart_run: Path, monkeypatch) -> None:

@@ -51,6 +51,11 @@ class TestReport(L.Callback):
             return
         out = log_dir(trainer)
         report = build_report(outputs, self.resamples, self.seed, self.level)
+        report["weights"] = (
+            f"checkpoint {trainer.ckpt_path}"
+            if trainer.ckpt_path
+            else "the config's model as built, from no checkpoint (init_from / weights only)"
+        )
         figures = []
         if self.figures:
             for h, r in report["heads"].items():

@@ -121,6 +121,8 @@ def markdown(report: dict, title: str = "Test report", figures: list[str] = ()) 
         f"{report['cases']} test cases. All numbers in percent; {ci_note}.",
         "",
     ]
+    if report.get("weights"):
+        out += [f"Weights: {report['weights']}.", ""]
     out += _undefined(report)
     summary = report["summary"]
     main = [k for k in summary if "/" not in k]
