@@ -106,6 +106,16 @@ def test_csv_errors(tmp_path: Path) -> None:
         with pytest.raises(DataError, match=f"line 3: {fields} fields, but the header has 5 "
                            r"\(derm,clinic,diagnosis,PN,split\)"):  # fmt: skip
             read_pair_csv(path)
+    path.write_text(text.replace("PN,split", "PN,PN", 1))  # the rows keep 5 fields
+    with pytest.raises(DataError, match=r"column\(s\) \['PN'\] appear more than once"):
+        read_pair_csv(path)
+    path.write_text(text.replace("derm,clinic", "derm, clinic", 1))
+    with pytest.raises(DataError, match=r"\['clinic'\].*\[' clinic'\] have spaces around the name"):
+        read_pair_csv(path)
+    # a blank line is skipped, and the lines after it keep their numbers in the file
+    path.write_text("\n".join([*lines[:2], "", *lines[2:]]).replace("MEL", "melanomaa", 1))
+    with pytest.raises(DataError, match=r"line 4 \(row 1\), column 'diagnosis'"):
+        read_pair_csv(path)
 
 
 def test_training_batches_carry_each_cases_pair_valid(tmp_path: Path) -> None:

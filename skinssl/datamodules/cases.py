@@ -121,18 +121,32 @@ def read_index_file(path: Path, num_rows: int) -> np.ndarray:
     return np.asarray(rows, dtype=np.int64)
 
 
-def encode_labels(rows: list[dict[str, str]], columns: dict[str, str], source: str) -> np.ndarray:
-    """[N, 8] class indices from table rows; ``columns`` maps head name -> column name.
+@dataclass
+class CsvTable:
+    """A CSV file's rows as dicts by column, and the file line each row is on."""
+
+    path: Path
+    header: list[str]
+    rows: list[dict[str, str]]
+    lines: list[int]
+
+    def at(self, i: int) -> str:
+        """Where row ``i`` is, for messages: ``<path>, line <n> (row <i>)``."""
+        return f"{self.path}, line {self.lines[i]} (row {i})"
+
+
+def encode_labels(table: CsvTable, columns: dict[str, str]) -> np.ndarray:
+    """[N, 8] class indices from a table's rows; ``columns`` maps head name -> column name.
 
     Heads without a column, and empty cells, are unknown (-1). An unrecognised string is an
-    error naming the line (header = line 1), the 0-based row, column, value and valid values.
+    error naming the file line, the 0-based row, column, value and valid values.
     """
-    labels = np.full((len(rows), len(HEADS)), UNKNOWN, dtype=np.int64)
+    labels = np.full((len(table.rows), len(HEADS)), UNKNOWN, dtype=np.int64)
     for j, h in enumerate(HEADS):
         col = columns.get(h.name)
         if col is None:
             continue
-        for i, row in enumerate(rows):
+        for i, row in enumerate(table.rows):
             value = (row.get(col) or "").strip()
             if not value:
                 continue
@@ -140,8 +154,8 @@ def encode_labels(rows: list[dict[str, str]], columns: dict[str, str], source: s
                 labels[i, j] = h.encode(value)
             except KeyError:
                 raise DataError(
-                    f"{source}, line {i + 2} (row {i}), column {col!r}: unknown label {value!r} "
-                    f"for head {h.name}; valid values: {', '.join(map(repr, h.valid_values()))}"
+                    f"{table.at(i)}, column {col!r}: unknown label {value!r} for head "
+                    f"{h.name}; valid values: {', '.join(map(repr, h.valid_values()))}"
                 ) from None
     return labels
 
@@ -152,20 +166,27 @@ def listing(items: list[str], limit: int) -> str:
     return "".join(f"\n  {item}" for item in items[:limit] + more)
 
 
-def read_csv_rows(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
-    """Rows of a CSV file as dicts; a clear error for a missing file or required column, and
-    for a row with more or fewer fields than the header."""
+def read_csv(path: Path, required: tuple[str, ...]) -> CsvTable:
+    """A CSV file's table; a clear error for a missing file, a missing required column, a
+    column name given twice, and a row with more or fewer fields than the header. Blank lines
+    are skipped (the lines of the rows after them stay the file's)."""
     if not path.is_file():
         raise DataError(f"file not found: {path}")
     with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
-        header = reader.fieldnames or []
+        header = list(reader.fieldnames or [])
+        twice = sorted({c for c in header if header.count(c) > 1})
+        if twice:
+            raise DataError(f"{path}: column(s) {twice} appear more than once in the header "
+                            f"{header}; give each column its own name")  # fmt: skip
         missing = [c for c in required if c not in header]
         if missing:
+            spaced = [c for c in header if c != c.strip() and c.strip() in missing]
+            hint = f"; {spaced} have spaces around the name" if spaced else ""
             raise DataError(
-                f"{path}: missing required column(s) {missing}; the header has {header}"
+                f"{path}: missing required column(s) {missing}; the header has {header}{hint}"
             )
-        rows = []
+        rows, lines = [], []
         for row in reader:  # DictReader keys extra fields None and fills missing ones with None
             extra, given = row.pop(None, []), [v for v in row.values() if v is not None]
             if extra or len(given) < len(header):
@@ -174,4 +195,5 @@ def read_csv_rows(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]
                     f"header has {len(header)} ({','.join(header)})"
                 )
             rows.append(row)
-        return rows
+            lines.append(reader.line_num)
+        return CsvTable(path, header, rows, lines)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from skinssl.datamodules.cases import SPLITS, Cases, DataError, encode_labels, read_csv_rows
+from skinssl.datamodules.cases import SPLITS, Cases, CsvTable, DataError, encode_labels, read_csv
 from skinssl.labels import HEAD_NAMES, HEADS
 
 SPLIT_ALIASES = {"train": "train", "valid": "valid", "val": "valid", "test": "test"}
@@ -41,8 +41,8 @@ def read_pair_csv(
     """Cases of a paired CSV. With ``split_column`` None every case is in ``train``; so it is
     without the default ``split`` column (with a warning); another absent column is an error."""
     path = Path(path)
-    rows = read_csv_rows(path, (derm_column, clinic_column))
-    header = list(rows[0].keys()) if rows else []
+    table = read_csv(path, (derm_column, clinic_column))
+    rows, header = table.rows, table.header
     if label_columns is None:
         label_columns = default_label_columns(header)
     for head_name, col in label_columns.items():
@@ -56,11 +56,11 @@ def read_pair_csv(
         d = (r[derm_column] or "").strip()
         c = (r[clinic_column] or "").strip()
         if not d:
-            raise DataError(f"{path}, line {i + 2} (row {i}): empty {derm_column!r} path")
+            raise DataError(f"{table.at(i)}: empty {derm_column!r} path")
         derm.append(root / d)
         clinic.append(root / (c or d))
         valid.append(bool(c) and c != d)
-    labels = encode_labels(rows, label_columns, str(path))
+    labels = encode_labels(table, label_columns)
     read = {derm_column, clinic_column, split_column, *label_columns.values()}
     unused = [c for c in header if c not in read]
     rank_zero_info(
@@ -69,7 +69,7 @@ def read_pair_csv(
         + (f"; columns not read: {unused}" if unused else "")
     )
     if split_column in header:
-        splits = _read_splits(rows, split_column, path)
+        splits = _read_splits(table, split_column)
     elif split_column in (None, "split"):
         if split_column == "split":
             rank_zero_warn(
@@ -85,14 +85,14 @@ def read_pair_csv(
     return Cases(derm, clinic, labels, np.array(valid, dtype=bool), splits, source=str(path))
 
 
-def _read_splits(rows: list[dict[str, str]], column: str, path: Path) -> dict[str, np.ndarray]:
+def _read_splits(table: CsvTable, column: str) -> dict[str, np.ndarray]:
     members: dict[str, list[int]] = {s: [] for s in SPLITS}
-    for i, r in enumerate(rows):
+    for i, r in enumerate(table.rows):
         value = (r[column] or "").strip().lower()
         if value not in SPLIT_ALIASES:
             raise DataError(
-                f"{path}, line {i + 2} (row {i}), column {column!r}: unknown split {r[column]!r}; "
-                f"valid values: {sorted(SPLIT_ALIASES)}"
+                f"{table.at(i)}, column {column!r}: unknown split {r[column]!r}; valid values: "
+                f"{sorted(SPLIT_ALIASES)}"
             )
         members[SPLIT_ALIASES[value]].append(i)
     return {s: np.asarray(m, dtype=np.int64) for s, m in members.items()}

@@ -15,7 +15,7 @@ from skinssl.datamodules.cases import (
     Cases,
     DataError,
     encode_labels,
-    read_csv_rows,
+    read_csv,
     read_index_file,
 )
 from skinssl.labels import HEADS
@@ -47,15 +47,16 @@ def read_derm7pt(root: str | Path) -> Cases:
     """All 1011 (or however many) cases of a Derm7pt-layout folder with its official splits."""
     root = Path(root)
     meta = root / "meta" / "meta.csv"
-    rows = read_csv_rows(meta, REQUIRED_COLUMNS)
+    table = read_csv(meta, REQUIRED_COLUMNS)
+    rows = table.rows
     for i, r in enumerate(rows):
         for column in ("derm", "clinic"):
             if not r[column].strip():
-                raise DataError(f"{meta}, line {i + 2} (row {i}): empty {column!r} image path")
+                raise DataError(f"{table.at(i)}: empty {column!r} image path")
     resolve = _CaseInsensitiveResolver(root / "images")
     derm = [resolve(r["derm"]) for r in rows]
     clinic = [resolve(r["clinic"]) for r in rows]
-    labels = encode_labels(rows, {h.name: h.column for h in HEADS}, str(meta))
+    labels = encode_labels(table, {h.name: h.column for h in HEADS})
     pair_valid = np.array([r["clinic"] != r["derm"] for r in rows], dtype=bool)
     splits = {
         name: read_index_file(root / "meta" / f"{name}_indexes.csv", len(rows)) for name in SPLITS
