@@ -132,6 +132,15 @@ class SkinSSLCLI(LightningCLI):
             if action.dest.startswith("trainer.limit_") and action.dest.endswith("_batches"):
                 action._typehint = Union[int, float, None]  # noqa: UP007 (typing.Union as Lightning)
 
+    def setup_parser(
+        self, add_subcommands: bool, main_kwargs: dict[str, Any], subparser_kwargs: dict[str, Any]
+    ) -> None:
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        # the main --help lists the subcommands with skinssl's descriptions, not the Trainer's
+        action = getattr(self.parser, "_subcommands_action", None)
+        for choice in getattr(action, "_choices_actions", []):
+            choice.help = DESCRIPTIONS.get(choice.dest, choice.help)
+
     def _parse_ckpt_path(self) -> None:
         """Check ``ckpt_path`` before Lightning reads the model's class and settings from it."""
         subcommand = self.config.get("subcommand")
@@ -198,6 +207,7 @@ class SkinSSLCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, {})
+        check_accelerator(config.get("trainer", {}).get("accelerator"))
         if self.subcommand == "fit" or not config.get("ckpt_path"):
             return
         init_args = config.get("model", {}).get("init_args") or {}
@@ -217,7 +227,10 @@ class SkinSSLCLI(LightningCLI):
 
     def before_fit(self) -> None:
         config = self.config_init[self.subcommand]
-        if not config.get("resume") or config.get("ckpt_path"):
+        if not config.get("resume"):
+            return
+        if config.get("ckpt_path"):
+            rank_zero_info(f"resume: continuing from --ckpt_path {config['ckpt_path']}")
             return
         last = checkpoint_dir(self.trainer) / "last.ckpt"
         if last.is_file():
@@ -226,6 +239,32 @@ class SkinSSLCLI(LightningCLI):
             config["ckpt_path"] = str(last)
         else:
             rank_zero_info(f"resume: no {last} yet, so the run starts from the beginning")
+
+
+def check_accelerator(accelerator: Any) -> None:
+    """A clear error for a GPU config (the published recipes) where no CUDA GPU is found."""
+    if str(accelerator) in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"trainer.accelerator is {accelerator!r}, but torch finds no CUDA GPU here. To run "
+            "this config on the CPU, add --trainer.accelerator=cpu --trainer.devices=1 "
+            "--trainer.strategy=auto --trainer.precision=32-true --trainer.sync_batchnorm=false"
+        )
+
+
+class ConciseParser(LightningArgumentParser):
+    """Parse errors without the full usage (dozens of lines): the tip and the error only."""
+
+    def print_usage(self, file: Any = None) -> None:
+        """Nothing: ``--help`` shows the options."""
+
+
+DESCRIPTIONS = {
+    "fit": "Train a model from a config: a pretraining stage or fine-tuning.",
+    "validate": "Evaluate a checkpoint (--ckpt_path) on the validation split.",
+    "test": "Evaluate a checkpoint (--ckpt_path) on the test split and write the test report.",
+    "predict": "Predict the cases of --data.init_args.predict_split with a checkpoint "
+    "(--ckpt_path) into a CSV file.",
+}
 
 
 WORKER_DATA_ERROR = f"{DataError.__module__}.{DataError.__qualname__}: "
@@ -335,6 +374,12 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> SkinSSLCLI:
         seed_everything_default=0,
         save_config_callback=SaveStageConfig,
         save_config_kwargs={"overwrite": True},
+        parser_class=ConciseParser,
+        parser_kwargs={
+            "description": "skinssl: self-supervised two-modality (dermoscopic + clinical) "
+            "skin-lesion classification, SM3 and its baselines. Run a subcommand with -c CONFIG.",
+            **{command: {"description": text} for command, text in DESCRIPTIONS.items()},
+        },
         auto_configure_optimizers=False,
     )
 

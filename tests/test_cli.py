@@ -194,6 +194,28 @@ def test_the_command_prints_bad_input_as_its_message(monkeypatch, capsys) -> Non
         main([*args, "--model.init_args.heads=[PN,XYZ]"])
 
 
+def test_parse_errors_and_help_are_short_and_skinssls(monkeypatch, capsys) -> None:
+    config = str(REPO / "configs/quickstart/stage1.yaml")
+    with pytest.raises(SystemExit) as done:
+        main(["fit", "-c", config, "--data.init_args.cache_siz=3"])
+    assert done.value.code == 2
+    error = capsys.readouterr().err
+    assert "Option 'cache_siz' is not accepted" in error and "usage:" not in error
+    assert "fit --help" in error  # where the options are
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listing = capsys.readouterr().out
+    assert "skinssl: self-supervised two-modality" in listing
+    assert "write the test report" in listing and "Perform one evaluation" not in listing
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as done:  # the published recipes on a machine without GPU
+        main(["fit", "-c", str(REPO / "configs/sm3/stage1.yaml"), "--model.init_args.weights=null"])
+    assert str(done.value.code).startswith(
+        "skinssl: error: trainer.accelerator is 'gpu', but torch finds no CUDA GPU here. To run "
+        "this config on the CPU, add --trainer.accelerator=cpu --trainer.devices=1"
+    )
+
+
 def test_resuming_with_other_settings_warns(monkeypatch) -> None:
     """A checkpoint older than an argument, or optimizer settings unlike the checkpoint's: the
     restored optimizer keeps its own, which the records would otherwise hide."""

@@ -83,6 +83,9 @@ def test_csv_without_its_split_column(tmp_path: Path) -> None:
     assert {k: len(v) for k, v in read_pair_csv(path, split_column="fold").splits.items()} == {
         "train": 8, "valid": 2, "test": 2,
     }  # fmt: skip
+    path.write_text(path.read_text().replace(",fold", ",Split", 1))
+    with pytest.warns(UserWarning, match="did you mean split_column: 'Split'"):
+        read_pair_csv(path)
 
 
 def test_csv_errors(tmp_path: Path) -> None:
@@ -108,6 +111,9 @@ def test_csv_errors(tmp_path: Path) -> None:
             read_pair_csv(path)
     path.write_text(text.replace("PN,split", "PN,PN", 1))  # the rows keep 5 fields
     with pytest.raises(DataError, match=r"column\(s\) \['PN'\] appear more than once"):
+        read_pair_csv(path)
+    path.write_text(text.replace("diagnosis,PN", "pigment_network,PN", 1))
+    with pytest.raises(DataError, match=r"columns \['PN', 'pigment_network'\] both name head PN"):
         read_pair_csv(path)
     path.write_text(text.replace("derm,clinic", "derm, clinic", 1))
     with pytest.raises(DataError, match=r"\['clinic'\].*\[' clinic'\] have spaces around the name"):

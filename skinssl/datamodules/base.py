@@ -42,6 +42,7 @@ from skinssl.labels import HEAD_NAMES, UNKNOWN
 
 FINETUNE_VIEWS = Views()
 AugmentOn = Literal["cpu", "device"]
+PredictSplit = Literal["train", "valid", "test", "all"]
 
 
 def default_workers() -> int:
@@ -120,7 +121,7 @@ class PairedDataModule(L.LightningDataModule):
         split_seed: int = 0,
         mean: tuple[float, float, float] = DERM7PT_MEAN,
         std: tuple[float, float, float] = DERM7PT_STD,
-        predict_split: str = "test",
+        predict_split: PredictSplit = "test",
         drop_last: bool = True,
         augment_on: AugmentOn = "cpu",
         compile_views: bool | None = None,
@@ -154,6 +155,8 @@ class PairedDataModule(L.LightningDataModule):
         self.label_fraction = label_fraction
         self.keep_unlabelled = keep_unlabelled
         self.split_seed = split_seed
+        if predict_split not in PredictSplit.__args__:
+            raise ValueError(f"predict_split {predict_split!r}: valid: {PredictSplit.__args__}")
         self.predict_split = predict_split
         self.drop_last = drop_last
         self.augment_on = augment_on

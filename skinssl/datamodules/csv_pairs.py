@@ -19,14 +19,19 @@ from skinssl.labels import HEAD_NAMES, HEADS
 SPLIT_ALIASES = {"train": "train", "valid": "valid", "val": "valid", "test": "test"}
 
 
-def default_label_columns(header: list[str]) -> dict[str, str]:
-    """Head -> column for the label columns present, by head name (``PN``) or meta.csv name."""
+def default_label_columns(header: list[str], path: Path) -> dict[str, str]:
+    """Head -> column for the label columns present, by head name (``PN``) or meta.csv name
+    (``pigment_network``); both for one head is an error (which one holds its labels?)."""
     found = {}
     for h in HEADS:
-        for name in (h.name, h.column):
-            if name in header:
-                found[h.name] = name
-                break
+        names = [name for name in dict.fromkeys((h.name, h.column)) if name in header]
+        if len(names) > 1:
+            raise DataError(
+                f"{path}: columns {names} both name head {h.name}: keep one, or choose it with "
+                f"label_columns: {{{h.name}: <column>}}"
+            )
+        if names:
+            found[h.name] = names[0]
     return found
 
 
@@ -44,7 +49,7 @@ def read_pair_csv(
     table = read_csv(path, (derm_column, clinic_column))
     rows, header = table.rows, table.header
     if label_columns is None:
-        label_columns = default_label_columns(header)
+        label_columns = default_label_columns(header, path)
     for head_name, col in label_columns.items():
         if head_name not in HEAD_NAMES:
             raise DataError(f"label_columns: unknown head {head_name!r}; valid: {HEAD_NAMES}")
@@ -72,9 +77,11 @@ def read_pair_csv(
         splits = _read_splits(table, split_column)
     elif split_column in (None, "split"):
         if split_column == "split":
+            near = [c for c in header if c.strip().lower() == "split"]
+            hint = f"; did you mean split_column: {near[0]!r}?" if near else ""
             rank_zero_warn(
                 f"{path}: no 'split' column, so every case is in 'train' (split_column: null "
-                "says so without this warning)"
+                f"says so without this warning){hint}"
             )
         splits = {"train": np.arange(len(rows))}
     else:
