@@ -97,6 +97,13 @@ def tensorboard_tags(run_dir: Path) -> dict[str, set[str]]:
     return {"scalars": set(tags["scalars"]), "images": set(tags["images"])}
 
 
+def scalar_steps(run_dir: Path, tag: str) -> list[int]:
+    """The steps of a scalar over a run directory's event files, as TensorBoard reads them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    return [e.step for e in EventAccumulator(str(run_dir)).Reload().Scalars(tag)]
+
+
 def last_scalar(run_dir: Path, tag: str) -> float:
     """The last value of a scalar over a run directory's event files, as TensorBoard reads it."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -522,14 +529,16 @@ def test_signal_mid_epoch_then_same_command_gives_same_weights(
     cut = [*args, "--data.init_args.num_workers=2"]
     signal_at = ["--trainer.callbacks+=helpers.SignalAt", "--trainer.callbacks.step=4"]
     with pytest.raises(SystemExit, match="stopped by SIGUSR1 at step 5"):  # finishes the batch
-        run("fit", config, *cut, *signal_at)
+        run("fit", config, *cut, *signal_at, "--trainer.log_every_n_steps=1")
     stopped = torch.load(last, weights_only=True)
     assert (stopped["epoch"], stopped["global_step"]) == (1, 5)  # mid-epoch: 2 of 3 batches
-    run("fit", config, *cut)  # the same command, restarted
+    run("fit", config, *cut, "--trainer.log_every_n_steps=1")  # the same command, restarted
     resumed = torch.load(last, weights_only=True)
     assert resumed["global_step"] == 6
     for key, value in whole["state_dict"].items():
         assert torch.equal(value, resumed["state_dict"][key]), key
+    # TensorBoard has every step once, the one trained just before the signal too
+    assert scalar_steps(Path(f"runs/quickstart/{stage}"), "train/loss") == list(range(6))
 
 
 @pytest.mark.parametrize("augment_on", ["cpu", "device"])

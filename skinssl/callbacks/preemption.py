@@ -46,7 +46,8 @@ def requeue_slurm_job() -> None:
 
 class Preemption(L.Callback):
     """On ``signal`` during ``fit``: at the next safe batch end, save ``checkpoints/last.ckpt``,
-    requeue (under SLURM) and exit with a message saying how to continue.
+    requeue (under SLURM), and exit with a message saying how to continue as the next batch
+    starts (Lightning logs the step's metrics after the batch end).
 
     A safe batch end is one after an optimizer step (no accumulated gradients are lost) that is
     neither the epoch's last batch nor followed by validation (Lightning would skip those hooks
@@ -69,6 +70,7 @@ class Preemption(L.Callback):
         self._stopping = False
         self._batches = 0
         self._previous: Any = None
+        self._exit: str | int | None = None
 
     def _note(self, signum: int, frame: Any) -> None:
         self.received = True
@@ -84,7 +86,7 @@ class Preemption(L.Callback):
                 f"rank) is safe to stop at, so {self.signal_name} will not save a checkpoint; "
                 "use a smaller batch_size or fewer devices for several batches per epoch"
             )
-        self.received, self._stopping, self._batches = False, False, 0
+        self.received, self._stopping, self._batches, self._exit = False, False, 0, None
         try:
             self._previous = signal.signal(getattr(signal, self.signal_name), self._note)
         except ValueError:  # not the main thread: leave signals alone
@@ -127,7 +129,16 @@ class Preemption(L.Callback):
         if "SLURM_JOB_ID" in os.environ and trainer.is_global_zero:
             requeue_slurm_job()
         self._restore()
-        raise SystemExit(
+        # exit when the next batch starts: Lightning logs this step's metrics after this hook
+        self._exit = (
             f"stopped by {self.signal_name} at step {trainer.global_step}: checkpoint {path}. "
             "Run the same command with --resume true to continue."
+            if trainer.is_global_zero
+            else 1  # the other ranks exit without printing it again
         )
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._exit is not None:
+            raise SystemExit(self._exit)
