@@ -106,7 +106,8 @@ class SkinSSLCLI(LightningCLI):
     predict CSV), ``views`` (sample training views), ``preemption`` (checkpoint, requeue and
     exit on SIGUSR1), ``speed`` (channels-last, torch.compile). Always attached, without
     settings: ``StepSeed`` (dropout drawn from the step, for exact resumes),
-    ``ResumedSchedule`` (a warning when a resumed fit's learning-rate schedule changed) and
+    ``ResumedSchedule`` (a resumed fit trains at this run's learning rates, with a warning when
+    they are not the checkpoint's) and
     ``GlooExit`` (a clean exit of CPU multi-process runs). ``fit --resume true`` continues from
     the run directory's ``last.ckpt`` when there is one.
     ``validate``/``test``/``predict`` with a ``ckpt_path`` take every weight from it, so
@@ -271,10 +272,10 @@ WORKER_DATA_ERROR = f"{DataError.__module__}.{DataError.__qualname__}: "
 """Where a worker's traceback, in the message of the error torch raises again, ends."""
 
 
-OPTIMIZER_SETTINGS = ("lr", "trunk_lr", "weight_decay", "adam_eps", "lr_reference_batch")
-"""Model arguments a resumed fit cannot change: the optimizer state and base rates it restores
-keep the values they were saved with. (The schedule's shape follows the run's settings; the
-``ResumedSchedule`` callback warns when it changed.)"""
+OPTIMIZER_SETTINGS = ("weight_decay", "adam_eps")
+"""Model arguments a resumed fit cannot change: the optimizer state it restores keeps the values
+they were saved with. (Learning rates and their schedule follow the run's config: see
+``ResumedSchedule``.)"""
 
 
 def check_ckpt(path: str, subcommand: str, model: Any) -> dict[str, Any]:
@@ -310,7 +311,7 @@ def warn_resumed_settings(ckpt: dict[str, Any], path: str, init_args: dict[str, 
         values = ", ".join(f"{k}: {saved[k]!r} -> {init_args[k]!r}" for k in changed)
         rank_zero_warn(
             f"ckpt_path {path}: the optimizer settings differ from the checkpoint's ({values}); "
-            "a resumed fit restores its optimizer and base rates, which keep the saved values. "
+            "a resumed fit restores its optimizer, which keeps the saved values. "
             "Start a new run from the weights (init_from / pretrained) to change them"
         )
 

@@ -237,10 +237,10 @@ def test_resuming_with_other_settings_warns(monkeypatch) -> None:
     )
     assert "with adam_eps=1e-08; the optimizer state it restores keeps its own" in warned[0]
     warned.clear()
-    warn_resumed_settings(old, "old.ckpt", {"lr": 1e-2, "weight_decay": 0.05, "heads": ["BWV"]})
-    assert len(warned) == 1  # heads is not an optimizer setting
+    warn_resumed_settings(old, "old.ckpt", {"lr": 1e-2, "weight_decay": 0.1, "heads": ["BWV"]})
+    assert len(warned) == 1  # heads is not an optimizer setting; lr follows the config
     assert (
-        "old.ckpt: the optimizer settings differ from the checkpoint's (lr: 0.0001 -> 0.01)"
+        "old.ckpt: the optimizer settings differ from the checkpoint's (weight_decay: 0.05 -> 0.1)"
         in (warned[0])
     )
     warned.clear()

@@ -1,6 +1,6 @@
 """Callbacks: k-means pseudo-labels, the test report, explanations, prediction files, sample
-views, preemption, step-speed options, per-step seeding, a check of a resumed learning-rate
-schedule and a clean exit of CPU multi-process runs."""
+views, preemption, step-speed options, per-step seeding, the learning rates of a resumed fit
+and a clean exit of CPU multi-process runs."""
 
 from skinssl.callbacks.explain import Explanations
 from skinssl.callbacks.gloo_exit import GlooExit
