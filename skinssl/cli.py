@@ -208,7 +208,7 @@ class SkinSSLCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, {})
-        check_accelerator(config.get("trainer", {}).get("accelerator"))
+        check_accelerator(config.get("trainer", {}))
         if self.subcommand == "fit" or not config.get("ckpt_path"):
             return
         init_args = config.get("model", {}).get("init_args") or {}
@@ -242,13 +242,22 @@ class SkinSSLCLI(LightningCLI):
             rank_zero_info(f"resume: no {last} yet, so the run starts from the beginning")
 
 
-def check_accelerator(accelerator: Any) -> None:
-    """A clear error for a GPU config (the published recipes) where no CUDA GPU is found."""
-    if str(accelerator) in ("gpu", "cuda") and not torch.cuda.is_available():
+def check_accelerator(trainer: Any) -> None:
+    """Clear errors for a GPU config (the published recipes) where torch finds no CUDA GPU, and
+    for BatchNorm synchronised across CPU processes (torch's SyncBatchNorm is GPU-only)."""
+    on_cpu = "--trainer.accelerator=cpu --trainer.devices=1 --trainer.strategy=auto "
+    on_cpu += "--trainer.precision=32-true --trainer.sync_batchnorm=false"
+    accelerator, cuda = str(trainer.get("accelerator")), torch.cuda.is_available()
+    if accelerator in ("gpu", "cuda") and not cuda:
         raise ValueError(
             f"trainer.accelerator is {accelerator!r}, but torch finds no CUDA GPU here. To run "
-            "this config on the CPU, add --trainer.accelerator=cpu --trainer.devices=1 "
-            "--trainer.strategy=auto --trainer.precision=32-true --trainer.sync_batchnorm=false"
+            f"this config on the CPU, add {on_cpu}"
+        )
+    several = str(trainer.get("devices")) not in ("1", "[0]")
+    if trainer.get("sync_batchnorm") and several and (accelerator == "cpu" or not cuda):
+        raise ValueError(
+            "trainer.sync_batchnorm is true, but torch's SyncBatchNorm runs on GPUs only: "
+            "with several CPU processes add --trainer.sync_batchnorm=false"
         )
 
 
@@ -364,6 +373,11 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> SkinSSLCLI:
     # stage 2 and the linear/projector settings keep their frozen parts in eval mode on purpose;
     # the modules say which at the start of the fit
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start")
+    # validation and test metrics are computed from every rank's gathered outputs, the padded
+    # duplicates of DistributedSampler dropped: Lightning's two warnings about them do not apply
+    warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test)/")
+    warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('hp_metric'")
+    warnings.filterwarnings("ignore", message=r"Using `DistributedSampler` with the dataloaders\.")
     torch.set_float32_matmul_precision("high")
     return SkinSSLCLI(
         args=args,

@@ -221,6 +221,33 @@ def test_parse_errors_and_help_are_short_and_skinssls(monkeypatch, capsys) -> No
         "skinssl: error: trainer.accelerator is 'gpu', but torch finds no CUDA GPU here. To run "
         "this config on the CPU, add --trainer.accelerator=cpu --trainer.devices=1"
     )
+    with pytest.raises(SystemExit) as done:  # 2 CPU processes, BatchNorm synchronised
+        main(["fit", "-c", str(REPO / "configs/sm3/stage1.yaml"), "--trainer.accelerator=cpu"])
+    assert "trainer.sync_batchnorm is true, but torch's SyncBatchNorm runs on GPUs" in str(
+        done.value.code
+    )
+
+
+def test_lightning_warnings_that_do_not_apply_are_filtered(capsys) -> None:
+    """Metrics gathered from every rank, padded duplicates dropped, frozen parts in eval mode."""
+    ignored = [
+        "It is recommended to use `self.log('val/auc_mean', ..., sync_dist=True)` when logging "
+        "on epoch level in distributed setting to accumulate the metric across devices.",
+        "It is recommended to use `self.log('hp_metric', ..., sync_dist=True)` when logging ...",
+        "Using `DistributedSampler` with the dataloaders. During `trainer.test()`, it is "
+        "recommended to use `Trainer(devices=1, num_nodes=1)` to ensure each sample/batch gets "
+        "evaluated exactly once.",
+        "Found 137 module(s) in eval mode at the start of training. This may lead to ...",
+    ]
+    kept = "It is recommended to use `self.log('train/loss', ..., sync_dist=True)` when ..."
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(SystemExit):
+            main(["--help"])  # the CLI installs its filters
+        for message in [*ignored, kept]:
+            warnings.warn(message, UserWarning, stacklevel=1)
+    assert not [w for w in caught if str(w.message).startswith(("Found 137", "Using `Dist"))]
+    assert [str(w.message) for w in caught if str(w.message).startswith("It is")] == [kept]
 
 
 def test_resuming_with_other_settings_warns(monkeypatch) -> None:
