@@ -150,6 +150,14 @@ class Bench:
             if self.results_path.is_file()
             else {"pretrain": {}, "cells": {}}
         )
+        before = self.results.get("meta", {})
+        now = {"budget": vars(self.budget), "data": args.data}
+        differ = [k for k in now if k in before and before[k] != now[k]]
+        if differ:  # its finished cells would be reused as if made with this run's settings
+            raise SystemExit(
+                f"{self.results_path} holds runs with another {' and '.join(differ)} "
+                f"({', '.join(f'{k}: {before[k]}' for k in differ)}): use another --out"
+            )
 
     # ------------------------------------------------------------------ running
     def skinssl(self, stage: str, config: str, *extra: str) -> float:
@@ -172,7 +180,7 @@ class Bench:
     def data_args(self, seed: int, fraction: float = 1.0) -> list[str]:
         a = self.args
         if a.data == "synthetic":
-            root = a.root or str(self.out / "data" / "synthetic")
+            root = str(Path(a.root).resolve()) if a.root else str(self.out / "data" / "synthetic")
             data = [
                 "--data.class_path=skinssl.datamodules.SyntheticDerm7ptDataModule",
                 arg("data.init_args.root", root),
@@ -310,6 +318,7 @@ class Bench:
             "machine": f"{platform.machine()}, {os.cpu_count()} cores",
             "command": " ".join(sys.argv),
             "budget": vars(self.budget),
+            "data": a.data,
         }
         for seed in a.seeds:
             for method in a.methods:
