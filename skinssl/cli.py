@@ -248,7 +248,8 @@ def check_accelerator(trainer: Any) -> None:
     on_cpu = "--trainer.accelerator=cpu --trainer.devices=1 --trainer.strategy=auto "
     on_cpu += "--trainer.precision=32-true --trainer.sync_batchnorm=false"
     accelerator, cuda = str(trainer.get("accelerator")), torch.cuda.is_available()
-    if accelerator in ("gpu", "cuda") and not cuda:
+    gpu = cuda or (accelerator == "gpu" and torch.backends.mps.is_available())  # Apple's GPUs
+    if accelerator in ("gpu", "cuda") and not gpu:
         raise ValueError(
             f"trainer.accelerator is {accelerator!r}, but torch finds no CUDA GPU here. To run "
             f"this config on the CPU, add {on_cpu}"

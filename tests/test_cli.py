@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch._utils import ExceptionWrapper
 
 import skinssl.cli as cli_module
@@ -435,11 +436,13 @@ def test_fit_resume_continues_from_last_checkpoint(
         run("fit", "configs/quickstart/stage2.yaml", *args, *stage2_in_stage1s_run)
 
 
-@pytest.mark.parametrize("config", [c for c in CONFIGS if "ModelCheckpoint" in c.read_text()])
+@pytest.mark.parametrize(
+    "config", [c for c in CONFIGS if "ModelCheckpoint" in (REPO / c).read_text()]
+)
 def test_every_config_keeps_last_ckpt_after_every_epoch(config: Path) -> None:
     """Lightning 2.6 writes save_last only at epochs that also save a top-k checkpoint; the
     configs keep last.ckpt with a checkpoint of its own, and a monitored best.ckpt first
-    (what Lightning's ckpt_path=best reads)."""
+    (Lightning's ``trainer.checkpoint_callback``, whose folder the run's checkpoints share)."""
     callbacks = yaml.safe_load((REPO / config).read_text())["trainer"]["callbacks"]
     kinds = [(c["class_path"], c.get("init_args", {})) for c in callbacks]
     saves = [args for path, args in kinds if path.endswith("ModelCheckpoint")]
@@ -450,11 +453,14 @@ def test_every_config_keeps_last_ckpt_after_every_epoch(config: Path) -> None:
 
 def test_last_ckpt_is_the_last_epoch_when_best_is_not(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
+    # the first epoch's validation stays the best
+    first = lambda self, trainer, current=None: trainer.current_epoch == 0  # noqa: E731
+    monkeypatch.setattr(ModelCheckpoint, "check_monitor_top_k", first)
     args = [*TINY_SYNTHETIC, "--trainer.max_epochs=3", "--trainer.limit_train_batches=1"]
     run("fit", "configs/quickstart/supervised.yaml", *args, "--trainer.limit_val_batches=1")
     folder = tmp_path / "runs" / "quickstart" / "supervised" / "checkpoints"
+    assert torch.load(folder / "best.ckpt", weights_only=True)["global_step"] == 1
     assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == 3
-    assert (folder / "best.ckpt").is_file()
 
 
 def test_a_refused_resume_keeps_the_runs_config(

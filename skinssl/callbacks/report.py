@@ -54,7 +54,7 @@ class TestReport(L.Callback):
         report["weights"] = (
             f"checkpoint {trainer.ckpt_path}"
             if trainer.ckpt_path
-            else "the config's model as built, from no checkpoint (init_from / weights only)"
+            else "the config's model as built (its init_from / weights), no fitted checkpoint"
         )
         figures = []
         if self.figures:

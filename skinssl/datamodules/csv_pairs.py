@@ -27,8 +27,9 @@ def default_label_columns(header: list[str], path: Path) -> dict[str, str]:
         names = [name for name in dict.fromkeys((h.name, h.column)) if name in header]
         if len(names) > 1:
             raise DataError(
-                f"{path}: columns {names} both name head {h.name}: keep one, or choose it with "
-                f"label_columns: {{{h.name}: <column>}}"
+                f"{path}: columns {names} both name head {h.name}: keep one, or map every head "
+                "to read with label_columns (it replaces the automatic choice), e.g. "
+                f"{{DIAG: diagnosis, {h.name}: {names[0]}, ...}}"
             )
         if names:
             found[h.name] = names[0]
