@@ -105,11 +105,10 @@ class SkinSSLCLI(LightningCLI):
     ``report`` (test report), ``explain`` (attention maps, Grad-CAM), ``predictions`` (the
     predict CSV), ``views`` (sample training views), ``preemption`` (checkpoint, requeue and
     exit on SIGUSR1), ``speed`` (channels-last, torch.compile). Always attached, without
-    settings: ``StepSeed`` (dropout drawn from the step, for exact resumes),
-    ``ResumedSchedule`` (a resumed fit trains at this run's learning rates, with a warning when
-    they are not the checkpoint's) and
-    ``GlooExit`` (a clean exit of CPU multi-process runs). ``fit --resume true`` continues from
-    the run directory's ``last.ckpt`` when there is one.
+    settings: ``StepSeed`` (dropout drawn from the step, for exact resumes), ``ResumedSchedule``
+    (a resumed fit trains at this run's learning rates, with a warning when they are not the
+    checkpoint's) and ``GlooExit`` (a clean exit of CPU multi-process runs). ``fit --resume
+    true`` continues from the run directory's ``last.ckpt`` when there is one.
     ``validate``/``test``/``predict`` with a ``ckpt_path`` take every weight from it, so
     ``init_from`` and ``weights`` are not read."""
 
@@ -254,7 +253,7 @@ def check_accelerator(trainer: Any) -> None:
             f"trainer.accelerator is {accelerator!r}, but torch finds no CUDA GPU here. To run "
             f"this config on the CPU, add {on_cpu}"
         )
-    several = str(trainer.get("devices")) not in ("1", "[0]")
+    several = str(trainer.get("devices")) not in ("1", "[0]", "auto", "None")  # auto: 1 CPU
     if trainer.get("sync_batchnorm") and several and (accelerator == "cpu" or not cuda):
         raise ValueError(
             "trainer.sync_batchnorm is true, but torch's SyncBatchNorm runs on GPUs only: "
