@@ -27,7 +27,7 @@ from skinssl.callbacks import (
     StepSeed,
     TestReport,
 )
-from skinssl.callbacks.preemption import checkpoint_dir
+from skinssl.callbacks.preemption import last_checkpoint
 from skinssl.callbacks.run_dir import log_dir
 from skinssl.datamodules.cases import DataError
 from skinssl.lightning_modules.checkpoints import open_checkpoint
@@ -89,7 +89,7 @@ class SaveStageConfig(SaveConfigCallback):
         if name != "fit":
             self.config_filename = f"{name}_config.yaml"
         elif self.config.get("ckpt_path") or (
-            self.config.get("resume") and (checkpoint_dir(trainer) / "last.ckpt").is_file()
+            self.config.get("resume") and last_checkpoint(trainer).is_file()
         ):
             return  # a checkpoint will be restored: saved after it is
         super().setup(trainer, pl_module, stage)
@@ -232,7 +232,7 @@ class SkinSSLCLI(LightningCLI):
         if config.get("ckpt_path"):
             rank_zero_info(f"resume: continuing from --ckpt_path {config['ckpt_path']}")
             return
-        last = checkpoint_dir(self.trainer) / "last.ckpt"
+        last = last_checkpoint(self.trainer)
         if last.is_file():
             check_ckpt(str(last), "fit", self.config[self.subcommand].get("model"))
             rank_zero_info(f"resume: continuing from {last}")

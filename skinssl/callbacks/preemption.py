@@ -28,6 +28,11 @@ def checkpoint_dir(trainer: L.Trainer) -> Path:
     return Path(folder) if folder else log_dir(trainer) / "checkpoints"
 
 
+def last_checkpoint(trainer: L.Trainer) -> Path:
+    """``<checkpoint folder>/last.ckpt``: where a preempted fit saves and ``--resume`` looks."""
+    return checkpoint_dir(trainer) / "last.ckpt"
+
+
 def requeue_slurm_job() -> None:
     """``scontrol requeue`` this SLURM job (array task aware); a warning if it fails."""
     array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
@@ -123,7 +128,7 @@ class Preemption(L.Callback):
                 self._stopping = trainer.strategy.reduce_boolean_decision(self.received, all=False)
         if not (self._stopping and self._safe(trainer, batch_idx)):
             return
-        path = checkpoint_dir(trainer) / "last.ckpt"
+        path = last_checkpoint(trainer)
         trainer.save_checkpoint(path)
         rank_zero_info(f"preemption: {self.signal_name} received; saved {path}")
         if "SLURM_JOB_ID" in os.environ and trainer.is_global_zero:
