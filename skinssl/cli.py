@@ -228,6 +228,7 @@ class SkinSSLCLI(LightningCLI):
     def before_fit(self) -> None:
         config = self.config_init[self.subcommand]
         if not config.get("resume"):
+            check_new_run(self.trainer, config.get("ckpt_path"))
             return
         if config.get("ckpt_path"):
             rank_zero_info(f"resume: continuing from --ckpt_path {config['ckpt_path']}")
@@ -239,6 +240,23 @@ class SkinSSLCLI(LightningCLI):
             config["ckpt_path"] = str(last)
         else:
             rank_zero_info(f"resume: no {last} yet, so the run starts from the beginning")
+
+
+def check_new_run(trainer: L.Trainer, ckpt_path: str | None) -> None:
+    """A clear error when a fit would start over in a run directory that holds another fit's
+    checkpoints: it would overwrite them, and TensorBoard would mix both runs' curves. Continuing
+    one of its own checkpoints (``--ckpt_path`` in that folder) is a resume, so allowed."""
+    folder = last_checkpoint(trainer).parent
+    found = sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
+    if not found or (ckpt_path and Path(ckpt_path).resolve().parent == folder.resolve()):
+        return
+    run = log_dir(trainer)
+    listed = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+    raise ValueError(
+        f"fit: the run directory {run} already holds a fit ({folder}: {listed}). To continue "
+        f"it, add --resume true; to start it again, delete it first (rm -r {run}); to keep both "
+        "runs, give this one another --trainer.logger.init_args.version"
+    )
 
 
 def check_accelerator(trainer: Any) -> None:
@@ -378,6 +396,8 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> SkinSSLCLI:
     warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test)/")
     warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('hp_metric'")
     warnings.filterwarnings("ignore", message=r"Using `DistributedSampler` with the dataloaders\.")
+    # a fit into a folder with checkpoints is a resume (check_new_run refuses anything else)
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     torch.set_float32_matmul_precision("high")
     return SkinSSLCLI(
         args=args,

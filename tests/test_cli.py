@@ -430,6 +430,13 @@ def test_fit_resume_continues_from_last_checkpoint(
     ckpt = torch.load(last, weights_only=True)
     # one more epoch on top of the first run's
     assert (ckpt["epoch"], ckpt["global_step"]) == (first["epoch"] + 1, 4)
+    # without --resume, the same command would start over on top of the run: refused
+    again = [a for a in args if a != "--resume=true"] + ["--trainer.max_epochs=3"]
+    with pytest.raises(ValueError, match=r"already holds a fit \(.*last\.ckpt\)\. To continue"):
+        run("fit", "configs/quickstart/stage1.yaml", *again)
+    assert torch.load(last, weights_only=True)["global_step"] == 4
+    run("fit", "configs/quickstart/stage1.yaml", *again, f"--ckpt_path={last}")  # Lightning's way
+    assert torch.load(last, weights_only=True)["global_step"] == 6
     stage2_in_stage1s_run = [f"--model.init_args.pretrained={last}", "--trainer.max_epochs=1"]
     stage2_in_stage1s_run.append("--trainer.logger.init_args.version=stage1")
     with pytest.raises(ValueError, match="is a checkpoint of SM3Contrastive"):
@@ -595,6 +602,8 @@ def test_two_process_fit_resumes_on_one(
     ]
     run("fit", "configs/quickstart/stage1.yaml", *args, "--trainer.max_epochs=2")
     assert torch.load(last, weights_only=True)["global_step"] == 4
+    run("fit", "configs/quickstart/stage1.yaml", *again, f"--ckpt_path={last}")  # Lightning's way
+    assert torch.load(last, weights_only=True)["global_step"] == 6
 
 
 def test_stage1_with_views_made_on_the_device(tmp_path: Path, monkeypatch) -> None:
