@@ -36,18 +36,25 @@ class Head:
         return len(self.classes)
 
     def encode(self, value: str) -> int:
-        """Class index of a raw string or a class name (case-insensitive); KeyError if unknown."""
+        """Class index of a raw string, a class name or its word (``present`` for ``PRS``),
+        case-insensitive; KeyError if unknown."""
         key = value.strip().lower()
         if key in self.raw:
             return self.raw[key]
         for i, name in enumerate(self.classes):
-            if key == name.lower():
+            if key in (name.lower(), CLASS_WORDS.get(name)):
                 return i
         raise KeyError(value)
 
     def valid_values(self) -> list[str]:
         """Every string ``encode`` accepts, class names first."""
-        return list(self.classes) + sorted(self.raw)
+        words = {CLASS_WORDS[c] for c in self.classes if c in CLASS_WORDS}
+        return list(self.classes) + sorted(words | set(self.raw))
+
+
+CLASS_WORDS = {"ABS": "absent", "PRS": "present", "REG": "regular", "IR": "irregular",
+               "TYP": "typical", "ATP": "atypical"}  # fmt: skip
+"""The criteria's class names written out, accepted for every head that has the class."""
 
 
 def _raw(groups: dict[int, Sequence[str]]) -> dict[str, int]:

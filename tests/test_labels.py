@@ -37,6 +37,8 @@ def test_grouping_of_raw_strings() -> None:
     assert head("DIAG").encode("melanoma metastasis") == 2
     assert head("DIAG").encode("vascular lesion") == 3
     assert head("PIG").encode("IR") == 2  # class names are accepted too
+    assert head("RS").encode("Present") == 1 and head("DaG").encode("regular") == 1  # and words
+    assert "present" in head("RS").valid_values() and "regular" not in head("RS").valid_values()
     with pytest.raises(KeyError, match="spiral"):
         head("STR").encode("spiral")
 

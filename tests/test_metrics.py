@@ -24,7 +24,7 @@ from sklearn.metrics import (
 from skinssl.evaluation import CaseOutputs
 from skinssl.evaluation.classification import class_auc_summary, evaluate_heads, roc_auc
 from skinssl.evaluation.figures import roc_points
-from skinssl.evaluation.report import build_report, markdown, write_report
+from skinssl.evaluation.report import build_report, describe, markdown, write_report
 from skinssl.labels import CRITERIA, HEAD_NAMES, HEADS, head
 from skinssl.lightning_modules.losses import mean_known_ce
 from skinssl.lightning_modules.metrics import HeadOutputs, scalar_logs
@@ -165,6 +165,20 @@ def test_report_files(tmp_path) -> None:
         report["summary"]["auc_all_classes"]["value"]
     )
     assert len(data["summary"]["auc_all_classes"]["ci"]) == 2
+    assert data["summary"]["auc_key_classes"]["description"] == (
+        "mean AUC over each head's key class (MEL, ATP, PRS, IR, IR, IR, IR, PRS)"
+    )
+    # the words follow the heads evaluated
+    assert (
+        describe("auc_all_classes", ["DIAG", "PN"]) == "mean AUC over the 8 classes of the 2 heads"
+    )
+    assert (
+        describe("auc_key_classes", ["DIAG", "PN"])
+        == "mean AUC over each head's key class (MEL, ATP)"
+    )
+    assert describe("mean_balanced_accuracy_criteria", ["DIAG", "PN"]) == (
+        "balanced accuracy, mean over the 1 criterion"
+    )
     assert set(data["melanoma"]) == {"expected_score", "hard_score", "annotated_score",
                                      "mel_probability"}  # fmt: skip
     rows = (tmp_path / "per_class.csv").read_text().splitlines()

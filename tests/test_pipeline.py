@@ -86,6 +86,11 @@ def test_csv_without_its_split_column(tmp_path: Path) -> None:
     path.write_text(path.read_text().replace(",fold", ",Split", 1))
     with pytest.warns(UserWarning, match="did you mean split_column: 'Split'"):
         read_pair_csv(path)
+    dm = dm_for(path, split_column=None)
+    dm.setup("predict")
+    with pytest.raises(DataError, match=r"no cases in split 'test'; available: \['train', 'all'\] "
+                       r"\(predict's split: --data.init_args.predict_split\)"):  # fmt: skip
+        dm.predict_dataloader()
 
 
 def test_csv_errors(tmp_path: Path) -> None:
@@ -98,7 +103,7 @@ def test_csv_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="line 2 .*unknown split 'training'"):
         read_pair_csv(path)
     path.write_text(text.replace("MEL", "melanomaa", 1))
-    with pytest.raises(DataError, match="line 3 .*'melanomaa'.*valid values: 'BCC'"):
+    with pytest.raises(DataError, match=r"line 3 .*'melanomaa'\nvalid values: head DIAG .*: 'BCC'"):
         read_pair_csv(path)
     path.write_text(text)
     with pytest.raises(DataError, match="label column 'STR'"):
@@ -122,6 +127,41 @@ def test_csv_errors(tmp_path: Path) -> None:
     path.write_text("\n".join([*lines[:2], "", *lines[2:]]).replace("MEL", "melanomaa", 1))
     with pytest.raises(DataError, match=r"line 4 \(row 1\), column 'diagnosis'"):
         read_pair_csv(path)
+    # every unknown label in one error, with the valid values of each head concerned
+    path.write_text(text.replace("MEL", "melanomaa").replace("ATP", "atypicall"))
+    listed = r"pairs.csv: 8 unknown label\(s\):\n  line 3 \(row 1\), column 'diagnosis': "
+    listed += r"'melanomaa'\n  line 3 \(row 1\), column 'PN': 'atypicall'\n  line 6 \(row 4\)"
+    with pytest.raises(DataError, match=listed + r"(.|\n)*head DIAG \(column 'diagnosis'\): 'BCC'"):
+        read_pair_csv(path)
+    path.write_bytes(text.replace("clark nevus", "nævus").encode("cp1252"))  # Excel's "CSV"
+    with pytest.raises(
+        DataError, match=r"pairs.csv: not UTF-8 text .*save the table as 'CSV UTF-8'"
+    ):
+        read_pair_csv(path)
+    path.write_text(text.replace(",", ";"))
+    with pytest.raises(DataError, match="one column: fields must be separated by commas"):
+        read_pair_csv(path)
+    path.write_text(text.replace("derm,", "Derm,", 1))
+    with pytest.raises(DataError, match=r"\['Derm'\] differ in upper/lower case"):
+        read_pair_csv(path)
+    path.write_text(text.replace("diagnosis", "Diagnosis", 1))
+    with pytest.warns(UserWarning, match=r"\['Diagnosis'\] not read as head DIAG's labels"):
+        read_pair_csv(path)
+
+
+def test_csv_id_column(tmp_path: Path) -> None:
+    path = make_csv(tmp_path, n=4, rows=[
+        {"derm": f"d{i}.jpg", "clinic": f"c{i}.jpg", "lesion": f"L{i:02d}"} for i in range(4)
+    ])  # fmt: skip
+    cases = read_pair_csv(path, split_column=None, id_column="lesion")
+    assert cases.ids == ["L00", "L01", "L02", "L03"]
+    assert read_pair_csv(path, split_column=None).ids is None
+    path.write_text(path.read_text().replace("L02", "L01"))
+    with pytest.raises(DataError, match=r"line 4 \(row 2\), column 'lesion': case id 'L01' is "
+                       "also that of row 1"):  # fmt: skip
+        read_pair_csv(path, split_column=None, id_column="lesion")
+    with pytest.raises(DataError, match=r"missing required column\(s\) \['case'\]"):
+        read_pair_csv(path, split_column=None, id_column="case")
 
 
 def test_training_batches_carry_each_cases_pair_valid(tmp_path: Path) -> None:
@@ -142,6 +182,11 @@ def test_an_image_in_two_splits_is_an_error(tmp_path: Path) -> None:
     path.write_text("\n".join([*lines[:-1], lines[1].replace(",train", ",test")]) + "\n")
     with pytest.raises(DataError, match=r"image .*d0.jpg is in row 0 \('train' split\) and row "
                        r"11 \('test' split\)"):  # fmt: skip
+        read_pair_csv(path)
+    # however the path is spelled
+    text = path.read_text().rsplit("img/d0.jpg", 1)
+    path.write_text(f"{(tmp_path / 'img' / '..' / 'img').absolute()}/d0.jpg".join(text))
+    with pytest.raises(DataError, match=r"is in row 0 \('train' split\) and row 11"):
         read_pair_csv(path)
 
 
@@ -307,10 +352,50 @@ def test_predict_reports_unreadable_images_per_case(tmp_path: Path, cache: str) 
     assert "cannot decode" in errors[4] and "d4.jpg" in errors[4]
     assert all(errors[i] == "" for i in (0, 2, 3, 5))
     assert batch["derm"].shape == (6, 3, 24, 24) and not batch["clinic"][1].any()
-    with pytest.raises(DataError, match="c1.jpg"):
+    with pytest.raises(DataError, match=f"1 image file.* not found:\n  row 1, clinic: {tmp_path}/"):
         strict = dm_for(path, cache=cache)
         strict.setup("test")
         next(iter(strict.test_dataloader()))
+
+
+def test_predictions_name_cases_by_the_id_column(tmp_path: Path) -> None:
+    from skinssl.callbacks import PredictionWriter
+    from skinssl.lightning_modules import MultiLabelClassifier
+
+    rows = [{"derm": f"img/d{i}.jpg", "clinic": f"img/c{i}.jpg", "lesion": f"L{i}", "split": s}
+            for i, s in enumerate(["train", "test", "test"])]  # fmt: skip
+    dm = PairedCSVDataModule(csv_path=str(make_csv(tmp_path, rows=rows)), id_column="lesion",
+                             image_size=24, cache_size=28, num_workers=0)  # fmt: skip
+    writer = PredictionWriter(output=str(tmp_path / "predictions.csv"))
+    trainer = L.Trainer(accelerator="cpu", logger=False, callbacks=[writer],
+                        enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.predict(MultiLabelClassifier(backbone="resnet18", weights=None, heads=["DIAG"]), dm)
+    with writer.path.open() as f:
+        got = list(csv.DictReader(f))
+    assert [(r["case"], r["id"], Path(r["derm"]).name) for r in got] == [
+        ("1", "L1", "d1.jpg"), ("2", "L2", "d2.jpg")
+    ]  # fmt: skip
+
+
+def test_warns_of_classes_and_pairs_the_data_lacks(tmp_path: Path) -> None:
+    from skinssl.lightning_modules.classifier import label_gaps
+
+    diag, pn = HEAD_NAMES.index("DIAG"), HEAD_NAMES.index("PN")
+    train = np.full((4, len(HEAD_NAMES)), -1)
+    train[:, diag], train[:, pn] = [0, 1, 2, 3], [0, 1, 2, 2]  # no SK; every PN class
+    valid = train.copy()
+    valid[:, diag] = 1
+    gaps = label_gaps(["DIAG", "PN"], train, valid)
+    assert gaps[0].startswith("no training case of class(es) DIAG: ['SK']. The model cannot")
+    assert "fewer than two classes for head(s) DIAG: ['NEV']: their validation AUC" in gaps[1]
+    assert "no head has one" not in gaps[1]
+    gaps = label_gaps(["DIAG"], train, valid)
+    assert "DIAG: ['NEV']" in gaps[1] and "(no head has one: selection on it keeps the" in gaps[1]
+    assert label_gaps(["PN"], train, train) == []
+    # a table of dermoscopic images alone
+    rows = [{"derm": f"img/d{i}.jpg", "clinic": "", "split": "train"} for i in range(3)]
+    with pytest.warns(UserWarning, match="no training case has a clinical image"):
+        dm_for(make_csv(tmp_path, rows=rows)).setup("fit")
 
 
 def test_warns_when_an_epoch_is_one_batch_or_drop_last_leaves_much_out(

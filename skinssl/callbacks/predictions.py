@@ -28,9 +28,10 @@ def _gather(rows: list[dict]) -> list[dict]:
 class PredictionWriter(L.Callback):
     """Writes one CSV row per case after ``predict``.
 
-    Columns: ``case`` (row in the input table), ``derm``, ``clinic``, ``status`` (``ok`` or the
-    error, e.g. a missing or unreadable image), the probability of every class of every head
-    (``p_<head>_<class>``), the predicted class per head (``pred_<head>``), and with all seven
+    Columns: ``case`` (row in the input table), ``id`` (the case's name, when the data has an
+    id column), ``derm``, ``clinic``, ``status`` (``ok`` or the error, e.g. a missing or
+    unreadable image), the probability of every class of every head (``p_<head>_<class>``),
+    the predicted class per head (``pred_<head>``), and with all seven
     criteria heads ``seven_point_score`` (of the predicted criteria), ``seven_point_expected``
     (from their probabilities) and ``melanoma_checklist`` (1 when the score reaches
     ``melanoma_threshold``). Failed cases keep their row with empty predictions; ``failed``
@@ -66,7 +67,8 @@ class PredictionWriter(L.Callback):
         errors = batch.get("error", [""] * len(outputs["index"]))
         columns = self._prediction_columns(probs)
         for i, case in enumerate(outputs["index"].tolist()):
-            row = {"case": case, "derm": str(cases.derm[case]), "clinic": str(cases.clinic[case])}
+            row = {"case": case, **({"id": cases.ids[case]} if cases.ids else {})}
+            row |= {"derm": str(cases.derm[case]), "clinic": str(cases.clinic[case])}
             row["status"] = f"error: {errors[i]}" if errors[i] else "ok"
             if not errors[i]:
                 row.update({k: v[i] for k, v in columns.items()})

@@ -208,6 +208,13 @@ class PairedDataModule(L.LightningDataModule):
             strict=not self._tolerant,
         )
         self.cases = cases
+        train = cases.splits.get("train", [])
+        if stage == "fit" and len(train) and not cases.pair_valid[train].any():
+            rank_zero_warn(
+                f"{cases.source}: no training case has a clinical image, so each dermoscopic "
+                "image stands in for its own: the clinical branch sees dermoscopic images, and "
+                "cross-modal contrastive terms have no positive pairs"
+            )
 
     def split_rows(self, split: str) -> np.ndarray:
         """Row positions of ``split``; a clear error if the data has no such split."""
@@ -342,7 +349,11 @@ class PairedDataModule(L.LightningDataModule):
         return self.loader(self.dataset("test", train=False), train=False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self.loader(self.dataset(self.predict_split, train=False), train=False)
+        try:
+            data = self.dataset(self.predict_split, train=False)
+        except DataError as error:
+            raise DataError(f"{error} (predict's split: --data.init_args.predict_split)") from None
+        return self.loader(data, train=False)
 
     def on_before_batch_transfer(
         self, batch: dict[str, Any], dataloader_idx: int

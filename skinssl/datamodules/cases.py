@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,8 @@ class Cases:
     """What the cases were read from, for error messages."""
     split_source: str = ""
     """What the splits were read from, when not ``source`` (index files), for error messages."""
+    ids: list[str] | None = None
+    """Each case's own name (e.g. a CSV's id column), for output tables; None: the row."""
 
     def __post_init__(self) -> None:
         n = len(self.derm)
@@ -59,10 +62,11 @@ class Cases:
                         f"{seen[r]!r} and the {name!r} split; splits must not overlap"
                     )
                 seen[r] = name
-        owner: dict[Path, int] = {}  # the same image in two splits: test cases seen in training
+        # the same image in two splits (test cases seen in training), however its path is spelled
+        owner: dict[str, int] = {}
         for r in sorted(seen):
             for path in dict.fromkeys((self.derm[r], self.clinic[r])):
-                first = owner.setdefault(path, r)
+                first = owner.setdefault(os.path.realpath(path), r)
                 if seen[first] != seen[r]:
                     raise DataError(
                         f"{self.source}: image {path} is in row {first} ({seen[first]!r} split) "
@@ -75,8 +79,13 @@ class Cases:
             )
 
     def check_images_exist(self) -> None:
-        """One error listing every missing image file (not just the first)."""
-        missing = sorted({str(p) for p in self.derm + self.clinic if not p.is_file()})
+        """One error listing every missing image file (not just the first), with its row."""
+        missing = [
+            f"row {r}, {kind}: {path}"
+            for r, pair in enumerate(zip(self.derm, self.clinic, strict=True))
+            for kind, path in zip(("derm", "clinic"), pair, strict=True)
+            if (kind == "derm" or pair[1] != pair[0]) and not path.is_file()
+        ]
         if missing:
             raise DataError(
                 f"{self.source}: {len(missing)} image file(s) not found:{listing(missing, 50)}\n"
@@ -138,10 +147,12 @@ class CsvTable:
 def encode_labels(table: CsvTable, columns: dict[str, str]) -> np.ndarray:
     """[N, 8] class indices from a table's rows; ``columns`` maps head name -> column name.
 
-    Heads without a column, and empty cells, are unknown (-1). An unrecognised string is an
-    error naming the file line, the 0-based row, column, value and valid values.
+    Heads without a column, and empty cells, are unknown (-1). Unrecognised strings are one
+    error naming each one's file line, 0-based row, column and value, and the valid values.
     """
     labels = np.full((len(table.rows), len(HEADS)), UNKNOWN, dtype=np.int64)
+    unknown: list[tuple[int, str]] = []
+    valid: dict[str, str] = {}
     for j, h in enumerate(HEADS):
         col = columns.get(h.name)
         if col is None:
@@ -153,10 +164,17 @@ def encode_labels(table: CsvTable, columns: dict[str, str]) -> np.ndarray:
             try:
                 labels[i, j] = h.encode(value)
             except KeyError:
-                raise DataError(
-                    f"{table.at(i)}, column {col!r}: unknown label {value!r} for head "
-                    f"{h.name}; valid values: {', '.join(map(repr, h.valid_values()))}"
-                ) from None
+                unknown.append((i, f"line {table.lines[i]} (row {i}), column {col!r}: {value!r}"))
+                valid[h.name] = ", ".join(map(repr, h.valid_values()))
+    if unknown:
+        in_order = [text for _, text in sorted(unknown, key=lambda u: u[0])]
+        raise DataError(
+            f"{table.path}: {len(unknown)} unknown label(s):{listing(in_order, 20)}\nvalid values: "
+            + "; ".join(
+                f"head {name} (column {columns[name]!r}): {values}"
+                for name, values in valid.items()
+            )  # fmt: skip
+        )
     return labels
 
 
@@ -172,9 +190,24 @@ def read_csv(path: Path, required: tuple[str, ...]) -> CsvTable:
     are skipped (the lines of the rows after them stay the file's)."""
     if not path.is_file():
         raise DataError(f"file not found: {path}")
+    try:
+        return _read_csv(path, required)
+    except UnicodeDecodeError as error:
+        raise DataError(
+            f"{path}: not UTF-8 text (byte {error.start} is {error.object[error.start :][:1]!r}); "
+            "save the table as 'CSV UTF-8' (in Excel: Save As > CSV UTF-8)"
+        ) from None
+
+
+def _read_csv(path: Path, required: tuple[str, ...]) -> CsvTable:
     with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         header = list(reader.fieldnames or [])
+        if len(header) == 1 and (";" in header[0] or "\t" in header[0]):
+            raise DataError(
+                f"{path}: the header {header[0]!r} is one column: fields must be separated by "
+                "commas (this file seems to use semicolons or tabs)"
+            )
         twice = sorted({c for c in header if header.count(c) > 1})
         if twice:
             raise DataError(f"{path}: column(s) {twice} appear more than once in the header "
@@ -182,7 +215,10 @@ def read_csv(path: Path, required: tuple[str, ...]) -> CsvTable:
         missing = [c for c in required if c not in header]
         if missing:
             spaced = [c for c in header if c != c.strip() and c.strip() in missing]
+            cased = [c for c in header if c not in spaced and c.strip().lower() in
+                     {m.lower() for m in missing}]  # fmt: skip
             hint = f"; {spaced} have spaces around the name" if spaced else ""
+            hint += f"; {cased} differ in upper/lower case (names are exact)" if cased else ""
             raise DataError(
                 f"{path}: missing required column(s) {missing}; the header has {header}{hint}"
             )

@@ -2,8 +2,9 @@
 
 Columns: a dermoscopic path, a clinical path (empty: no clinical image, the pair is marked
 invalid and the dermoscopic image stands in), optional label columns (raw Derm7pt strings or
-class names) and an optional split column (train/valid/test). Relative paths are resolved
-against ``image_root`` (default: the CSV's folder).
+class names), an optional split column (train/valid/test) and an optional id column (each
+case's name, unique). Relative paths are resolved against ``image_root`` (default: the CSV's
+folder).
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ def default_label_columns(header: list[str], path: Path) -> dict[str, str]:
     found = {}
     for h in HEADS:
         names = [name for name in dict.fromkeys((h.name, h.column)) if name in header]
+        cased = [c for c in header if c.lower() in (h.name.lower(), h.column) and c not in names]
+        if cased and not names:
+            rank_zero_warn(
+                f"{path}: column(s) {cased} not read as head {h.name}'s labels: label columns "
+                f"are named exactly {h.name!r} or {h.column!r} (or mapped with label_columns)"
+            )
         if len(names) > 1:
             raise DataError(
                 f"{path}: columns {names} both name head {h.name}: keep one, or map every head "
@@ -43,11 +50,13 @@ def read_pair_csv(
     clinic_column: str = "clinic",
     split_column: str | None = "split",
     label_columns: dict[str, str] | None = None,
+    id_column: str | None = None,
 ) -> Cases:
     """Cases of a paired CSV. With ``split_column`` None every case is in ``train``; so it is
-    without the default ``split`` column (with a warning); another absent column is an error."""
+    without the default ``split`` column (with a warning); another absent column is an error.
+    ``id_column`` names each case (non-empty, unique) in output tables."""
     path = Path(path)
-    table = read_csv(path, (derm_column, clinic_column))
+    table = read_csv(path, (derm_column, clinic_column) + ((id_column,) if id_column else ()))
     rows, header = table.rows, table.header
     if label_columns is None:
         label_columns = default_label_columns(header, path)
@@ -56,7 +65,7 @@ def read_pair_csv(
             raise DataError(f"label_columns: unknown head {head_name!r}; valid: {HEAD_NAMES}")
         if col not in header:
             raise DataError(f"{path}: label column {col!r} (head {head_name}) is not in {header}")
-    root = Path(image_root) if image_root is not None else path.parent
+    root = (Path(image_root) if image_root is not None else path.parent).absolute()
     derm, clinic, valid = [], [], []
     for i, r in enumerate(rows):
         d = (r[derm_column] or "").strip()
@@ -67,7 +76,8 @@ def read_pair_csv(
         clinic.append(root / (c or d))
         valid.append(bool(c) and c != d)
     labels = encode_labels(table, label_columns)
-    read = {derm_column, clinic_column, split_column, *label_columns.values()}
+    ids = _read_ids(table, id_column) if id_column else None
+    read = {derm_column, clinic_column, split_column, id_column, *label_columns.values()}
     unused = [c for c in header if c not in read]
     rank_zero_info(
         f"{path}: labels "
@@ -90,7 +100,24 @@ def read_pair_csv(
             f"{path}: split column {split_column!r} is not in {header}; name the column of "
             "train/valid/test, or set split_column: null to put every case in 'train'"
         )
-    return Cases(derm, clinic, labels, np.array(valid, dtype=bool), splits, source=str(path))
+    valid = np.array(valid, dtype=bool)
+    return Cases(derm, clinic, labels, valid, splits, source=str(path), ids=ids)
+
+
+def _read_ids(table: CsvTable, column: str) -> list[str]:
+    ids: list[str] = []
+    first: dict[str, int] = {}
+    for i, r in enumerate(table.rows):
+        name = (r[column] or "").strip()
+        if not name:
+            raise DataError(f"{table.at(i)}, column {column!r}: empty case id")
+        if first.setdefault(name, i) != i:
+            raise DataError(
+                f"{table.at(i)}, column {column!r}: case id {name!r} is also that of row "
+                f"{first[name]}; ids must be unique"
+            )
+        ids.append(name)
+    return ids
 
 
 def _read_splits(table: CsvTable, column: str) -> dict[str, np.ndarray]:

@@ -42,6 +42,9 @@ class PairedCSVDataModule(PairedDataModule):
             it without a ``split`` column, with a warning; another absent column is an error).
         label_columns: head name -> column; default: columns named like a head (``PN``) or like
             Derm7pt's meta.csv (``pigment_network``). Raw Derm7pt strings or class names.
+            A mapping replaces that automatic choice: list every head to read.
+        id_column: column of case names (non-empty, unique), written as ``id`` next to
+            ``case`` (the row) in the predictions CSV.
         **kwargs: see :class:`PairedDataModule`.
     """
 
@@ -53,12 +56,13 @@ class PairedCSVDataModule(PairedDataModule):
         clinic_column: str = "clinic",
         split_column: str | None = "split",
         label_columns: dict[str, str] | None = None,
+        id_column: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.csv_path = csv_path
         self.image_root = image_root
-        self.columns = (derm_column, clinic_column, split_column, label_columns)
+        self.columns = (derm_column, clinic_column, split_column, label_columns, id_column)
 
     def load_cases(self) -> Cases:
         return read_pair_csv(self.csv_path, self.image_root, *self.columns)

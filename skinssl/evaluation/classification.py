@@ -110,7 +110,7 @@ def head_means(heads: dict[str, dict]) -> dict[str, dict[str, float]]:
 
 
 def class_auc_summary(heads: dict[str, dict]) -> dict[str, float]:
-    """The mean AUCs papers on Derm7pt report (names in ``AUC_SUMMARY``).
+    """The mean AUCs papers on Derm7pt report (described by ``auc_summary_descriptions``).
 
     With all eight heads: over the 24 classes, over the 19 criteria classes, over the key class
     of each head (MEL, ATP, PRS, IR, IR, IR, IR, PRS) and of each criterion, and the diagnosis
@@ -135,11 +135,23 @@ def class_auc_summary(heads: dict[str, dict]) -> dict[str, float]:
     return summary
 
 
-AUC_SUMMARY = {
-    "auc_all_classes": "mean AUC over all classes of all heads (24 with all heads)",
-    "auc_criteria_classes": "mean AUC over the classes of the 7 criteria (19)",
-    "auc_key_classes": "mean AUC over each head's key class (MEL, ATP, PRS, IR, IR, IR, IR, PRS)",
-    "auc_key_criteria": "mean AUC over each criterion's key class (ATP, PRS, IR, IR, IR, IR, PRS)",
-    "auc_key_authors": "as the SM3 code's '8 avg': criteria key classes + NEV for the diagnosis",
-    "auc_diag_macro": "diagnosis macro AUC (mean over its 5 classes)",
-}
+def auc_summary_descriptions(heads: list[str]) -> dict[str, str]:
+    """What each ``class_auc_summary`` number is over, in words, for the heads evaluated."""
+    criteria = [h for h in heads if h in CRITERIA]
+
+    def keys(names: list[str]) -> str:
+        return ", ".join(head(h).classes[head(h).key_class] for h in names)
+
+    def classes(names: list[str]) -> int:
+        return sum(head(h).num_classes for h in names)
+
+    return {
+        "auc_all_classes": f"mean AUC over the {classes(heads)} classes of the {len(heads)} heads",
+        "auc_criteria_classes": f"mean AUC over the {classes(criteria)} classes of the "
+        f"{len(criteria)} criteria",
+        "auc_key_classes": f"mean AUC over each head's key class ({keys(heads)})",
+        "auc_key_criteria": f"mean AUC over each criterion's key class ({keys(criteria)})",
+        "auc_key_authors": "as the SM3 code's '8 avg': the key classes of the "
+        f"{len(criteria)} criteria + NEV for the diagnosis",
+        "auc_diag_macro": "diagnosis macro AUC (mean over its 5 classes)",
+    }

@@ -11,13 +11,14 @@ from pathlib import Path
 from skinssl.evaluation.bootstrap import bootstrap_intervals
 from skinssl.evaluation.checklist import THRESHOLDS, melanoma_detection
 from skinssl.evaluation.classification import (
-    AUC_SUMMARY,
     HEAD_MEANS,
+    auc_summary_descriptions,
     class_auc_summary,
     evaluate_heads,
     head_means,
 )
 from skinssl.evaluation.outputs import CaseOutputs
+from skinssl.labels import CRITERIA
 
 CLASS_COLUMNS = (
     "head", "class", "auc", "sensitivity", "specificity", "precision", "f1", "support",
@@ -46,14 +47,16 @@ def headline(outputs: CaseOutputs) -> dict[str, float]:
     return numbers
 
 
-def describe(name: str) -> str:
-    """What a ``headline`` number is, in words."""
-    if name in AUC_SUMMARY:
-        return AUC_SUMMARY[name]
+def describe(name: str, heads: list[str]) -> str:
+    """What a ``headline`` number over ``heads`` is, in words."""
+    summary = auc_summary_descriptions(heads)
+    if name in summary:
+        return summary[name]
     if name.startswith("mean_"):
         metric, group = name[5:].rsplit("_", 1)
-        over = "all heads" if group == "heads" else "the 7 criteria"
-        return f"{metric.replace('_', ' ')}, mean over {over}"
+        n = len(heads) if group == "heads" else len([h for h in heads if h in CRITERIA])
+        unit = {"heads": "head", "criteria": "criterion"}[group] if n == 1 else group
+        return f"{metric.replace('_', ' ')}, mean over the {n} {unit}"
     if name.startswith("melanoma/"):
         _, scorer, metric = name.split("/")
         return f"MEL vs rest, {SCORERS[scorer]}: {metric.replace('_ge', ' at score >= ')}"
@@ -81,7 +84,11 @@ def build_report(
         "heads": heads,
         "means": head_means(heads),
         "summary": {
-            k: {"value": v, "ci": list(intervals.get(k, nan)), "description": describe(k)}
+            k: {
+                "value": v,
+                "ci": list(intervals.get(k, nan)),
+                "description": describe(k, list(heads)),
+            }
             for k, v in point.items()
         },
         "melanoma": melanoma_detection(outputs),

@@ -14,12 +14,13 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from skinssl.evaluation import CaseOutputs
-from skinssl.labels import HEAD_NAMES, NUM_CLASSES, check_heads
+from skinssl.labels import HEAD_NAMES, NUM_CLASSES, check_heads, head
 from skinssl.lightning_modules.checkpoints import check_hparams, load_part, load_trunks
 from skinssl.lightning_modules.losses import mean_known_ce
 from skinssl.lightning_modules.metrics import HeadOutputs, scalar_logs
@@ -31,6 +32,33 @@ from skinssl.lightning_modules.relation import LabelTokens, Relation
 Batch = dict[str, Any]
 Setting = Literal["linear", "projector", "finetune"]
 HeadInput = Literal["fused", "tokens"]
+
+
+def label_gaps(heads: list[str], train: np.ndarray, valid: np.ndarray) -> list[str]:
+    """What the training and validation labels [N, 8] leave out: classes without a training
+    case (the model cannot learn them), and heads whose validation AUC is undefined (fewer
+    than two classes among the validation labels), which leave checkpoint selection."""
+
+    def present(labels: np.ndarray, h: str) -> list[str]:
+        classes = head(h).classes
+        return [classes[k] for k in np.unique(labels[:, HEAD_NAMES.index(h)]) if k >= 0]
+
+    gaps = []
+    absent = {h: [c for c in head(h).classes if c not in present(train, h)] for h in heads}
+    if any(absent.values()):
+        listed = "; ".join(f"{h}: {c}" for h, c in absent.items() if c)
+        gaps.append(f"no training case of class(es) {listed}. The model cannot learn them; "
+                    "their test numbers are those of an untrained class")  # fmt: skip
+    few = {h: present(valid, h) for h in heads} if len(valid) else {}
+    few = {h: c for h, c in few.items() if len(c) < 2}
+    if few:
+        listed = "; ".join(f"{h}: {c or 'no labels'}" for h, c in few.items())
+        every = len(few) == len(heads)
+        end = " (no head has one: selection on it keeps the first epoch)" if every else ""
+        gaps.append(f"the validation split has fewer than two classes for head(s) {listed}: "
+                    "their validation AUC is undefined and left out of the validation means "
+                    f"that select checkpoints{end}")  # fmt: skip
+    return gaps
 
 
 class MultiLabelClassifier(L.LightningModule):
@@ -196,33 +224,36 @@ class MultiLabelClassifier(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         if stage == "fit":
-            self._check_training_labels()
+            self._check_labels()
             if self.hparams.setting != "finetune":
                 frozen = self._frozen()
                 parts = ", ".join(n for n, m in self.named_children() if m in frozen)
                 rank_zero_info(f"setting {self.hparams.setting}: frozen, in eval mode: {parts}")
 
-    def _check_training_labels(self) -> None:
+    def _check_labels(self) -> None:
         """A clear error when the training split has no label for some head: it would stay
-        untrained (and with no label at all, the loss is 0 and the run "succeeds")."""
+        untrained (and with no label at all, the loss is 0 and the run "succeeds"). Warnings
+        for classes without a training case, and for heads whose validation AUC is undefined
+        (fewer than two classes among the validation labels)."""
         dm = self.trainer.datamodule
         if not hasattr(dm, "train_labels"):
             return
         rows, labels = dm.train_labels()
-        unlabelled = [h for h in self.heads if not (labels[rows, HEAD_NAMES.index(h)] >= 0).any()]
-        if not unlabelled:
-            return
-        labelled = [h for h in self.heads if h not in unlabelled]
-        fix = (
-            f", or train only the labelled heads: --model.init_args.heads=[{','.join(labelled)}]"
-            if labelled
-            else ""
-        )
-        raise ValueError(
-            f"{dm.cases.source}: no training case has a label for head(s) {unlabelled}, which "
-            "would stay untrained. Give their label columns (named after a head, e.g. PN, or as "
-            f"in Derm7pt's meta.csv, e.g. pigment_network){fix}"
-        )
+        train = {h: labels[rows, HEAD_NAMES.index(h)] for h in self.heads}
+        unlabelled = [h for h in self.heads if not (train[h] >= 0).any()]
+        if unlabelled:
+            labelled = [h for h in self.heads if h not in unlabelled]
+            only = f"--model.init_args.heads=[{','.join(labelled)}]"
+            fix = f", or train only the labelled heads: {only}"
+            raise ValueError(
+                f"{dm.cases.source}: no training case has a label for head(s) {unlabelled}, "
+                "which would stay untrained. Give their label columns (named after a head, e.g. "
+                "PN, or as in Derm7pt's meta.csv, e.g. pigment_network; a CSV's label_columns "
+                f"replaces that choice, so list every head in it){fix if labelled else ''}"
+            )
+        valid = dm.cases.labels[dm.cases.splits.get("valid", rows[:0])]
+        for message in label_gaps(self.heads, labels[rows], valid):
+            rank_zero_warn(f"{dm.cases.source}: {message}")
 
     def on_train_epoch_start(self) -> None:
         self.train()  # Lightning restores per-module modes; frozen parts must stay in eval
