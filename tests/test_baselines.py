@@ -180,7 +180,7 @@ def test_moco_terms_pair_each_query_with_the_other_views_key() -> None:
     with torch.no_grad():
         q = {k: [before.projectors[k](before.trunk(k)(v)) for v in batch[k]] for k in batch
              if k in ("derm", "clinic")}  # fmt: skip
-        key = {k: [before.momentum_embed(k, v) for v in batch[k]] for k in q}
+        key = {k: before.momentum_embed(k, torch.cat(batch[k])).chunk(2) for k in q}
         bank = {k: before.queues[k].bank.clone() for k in q}
         t, valid = m.hparams.temperature, batch["pair_valid"]
         want = {
@@ -222,6 +222,19 @@ def test_momentum_copy_is_updated_after_the_optimizer_step(
     assert not any(k.startswith("encoder.") for k in model.state_dict() if "momentum" in k)
 
 
+def test_resuming_on_another_momentum_course_warns(data_root: Path, tmp_path: Path) -> None:
+    """BYOL's momentum rises over the fit's steps: a resume with more epochs lowers it."""
+    make = lambda: BYOL(modality="derm", backbone="resnet18", proj_hidden=16, proj_dim=8)  # noqa: E731
+    first, ckpt = trainer(tmp_path, max_epochs=1, limit_train_batches=2), tmp_path / "1.ckpt"
+    first.fit(make(), tiny_data(data_root))
+    first.save_checkpoint(ckpt)
+    assert torch.load(ckpt, weights_only=True)["momentum_total_steps"] == 2
+    want = r"resumed at step 2: the momentum schedule now ends at step 4, the checkpoint's at 2"
+    with pytest.warns(UserWarning, match=want + r", so the momentum goes on from 0\.99"):
+        resumed = trainer(tmp_path, max_epochs=2, limit_train_batches=2)
+        resumed.fit(make(), tiny_data(data_root), ckpt_path=ckpt)
+
+
 def test_two_views_needed(data_root: Path, tmp_path: Path) -> None:
     model = BYOL(modality="both", backbone="resnet18", proj_hidden=16, proj_dim=8)
     with pytest.raises(ValueError, match="BYOL needs 2 views of the derm image per case, got 1"):
@@ -258,6 +271,37 @@ def test_deepcluster_needs_the_kmeans_callback(data_root: Path, tmp_path: Path) 
     model = DeepClusterV2(backbone="resnet18", proj_hidden=16, proj_dim=8, num_clusters=3)
     with pytest.raises(RuntimeError, match="add the KMeansPseudoLabels callback"):
         trainer(tmp_path, max_steps=1).fit(model, tiny_data(data_root))
+
+
+def test_moco_queue_is_first_in_first_out_across_its_end() -> None:
+    """Keys past the end of the queue go on at its start (lightly's bank drops them)."""
+    queue = MoCo(backbone="resnet18", proj_hidden=16, proj_dim=4, queue_size=40).queues["derm"]
+    keys = torch.randn(3, 32, 4)
+    for k in keys:
+        queue(k, update=True)
+    # 96 keys into 40 rows: the last 40 of them, in ring order from row 96 % 40 = 16
+    torch.testing.assert_close(queue.bank.roll(-16, dims=0), keys.reshape(96, 4)[-40:])
+    assert int(queue.bank_ptr) == 16
+
+
+@pytest.mark.parametrize("per_view", [True, False])
+def test_baselines_batchnorm_batches(per_view: bool) -> None:
+    """In training mode each view is its own BatchNorm batch in every network (online and
+    momentum branches, predictor), as SM3's stage 1; ``per_view_batchnorm: false``: one pass."""
+    torch.manual_seed(0)
+    m = BYOL(backbone="resnet18", proj_hidden=16, proj_dim=8, per_view_batchnorm=per_view)
+    views = [torch.randn(4, 3, 32, 32) for _ in range(2)]
+    out = m.train().encode("derm", torch.cat(views))
+
+    def passes(net, split: bool) -> torch.Tensor:  # noqa: ANN001
+        return torch.cat([net(v) for v in views]) if split else net(torch.cat(views))
+
+    online = lambda v: m.predictors["derm"](m.projectors["derm"](m.encoder.derm(v)))  # noqa: E731
+    target = lambda v: m.momentum_projectors["derm"](m.momentum_encoder.derm(v))  # noqa: E731
+    with torch.no_grad():
+        torch.testing.assert_close(out["p"], passes(online, per_view))
+        torch.testing.assert_close(out["target"], passes(target, per_view))
+        assert not torch.allclose(out["p"], passes(online, not per_view), atol=1e-4)
 
 
 def test_moco_queues_travel_with_the_checkpoint(tmp_path: Path) -> None:

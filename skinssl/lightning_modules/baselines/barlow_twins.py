@@ -43,7 +43,7 @@ class BarlowTwins(Pretraining):
         )
 
     def encode(self, modality: str, views: Tensor) -> Outputs:
-        return {"z": self.projectors[modality](self.trunk(modality)(views))}
+        return {"z": self.each_view(self.embedder(modality), views)}
 
     def intra_loss(self, modality: str, out: Outputs) -> Tensor:
         return barlow_twins(*halves(out["z"]), self.hparams.lambda_offdiag)

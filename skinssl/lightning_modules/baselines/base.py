@@ -49,6 +49,9 @@ class Pretraining(L.LightningModule):
         schedule: ``constant`` or ``cosine`` (per step, after warm-up).
         warmup_epochs: epochs of linear warm-up.
         lr_reference_batch: if set, learning rates are multiplied by global batch size / this.
+        per_view_batchnorm: each view goes through the networks on its own, so BatchNorm
+            statistics are per view (as SM3's stage 1 and the methods' reference code);
+            false: both views in one pass.
     """
 
     has_cross: ClassVar[bool] = True
@@ -66,6 +69,7 @@ class Pretraining(L.LightningModule):
         schedule: Schedule = "constant",
         warmup_epochs: float = 0,
         lr_reference_batch: int | None = None,
+        per_view_batchnorm: bool = True,
     ) -> None:
         super().__init__()
         if modality not in MODALITIES:
@@ -86,13 +90,19 @@ class Pretraining(L.LightningModule):
     def trunk(self, modality: str) -> nn.Module:
         return getattr(self.encoder, modality)
 
+    def embedder(self, modality: str) -> Callable[[Tensor], Tensor]:
+        """The modality's trunk, then its projector (every method has ``projectors``)."""
+        trunk, projector = self.trunk(modality), self.projectors[modality]
+        return lambda views: projector(trunk(views))
+
     def per_modality(self, make: Callable[[], nn.Module]) -> nn.ModuleDict:
         """One new module (a head) per trained modality."""
         return nn.ModuleDict({m: make() for m in self.modalities})
 
     # ------------------------------------------------------------ per method
     def encode(self, modality: str, views: Tensor) -> Outputs:
-        """A modality's outputs for its two views stacked [2N, ...] (one trunk pass)."""
+        """A modality's outputs for its two views stacked [2N, ...] (networks applied with
+        ``each_view``)."""
         raise NotImplementedError
 
     def intra_loss(self, modality: str, out: Outputs) -> Tensor:
@@ -118,6 +128,13 @@ class Pretraining(L.LightningModule):
                     f"{m} views made per case; data.init_args.{m}_views: {{n: 0}} skips them"
                     + (hint if m == "derm" else "")
                 )
+
+    def each_view(self, network: Callable[[Tensor], Tensor], views: Tensor) -> Tensor:
+        """``network`` of both views stacked [2N, ...]: a view at a time with
+        ``per_view_batchnorm`` (BatchNorm statistics per view), else in one pass."""
+        if not self.hparams.per_view_batchnorm:
+            return network(views)
+        return torch.cat([network(v) for v in halves(views)])
 
     def two_views(self, batch: dict[str, Any], modality: str) -> Tensor:
         """Both views of ``modality`` stacked [2N, 3, H, W]; a clear error without two."""

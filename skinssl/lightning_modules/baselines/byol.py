@@ -51,8 +51,9 @@ class BYOL(MomentumPretraining):
         self.init_momentum()
 
     def encode(self, modality: str, views: Tensor) -> Outputs:
-        z = self.projectors[modality](self.trunk(modality)(views))
-        return {"p": self.predictors[modality](z), "target": self.momentum_embed(modality, views)}
+        embed, predict = self.embedder(modality), self.predictors[modality]
+        p = self.each_view(lambda v: predict(embed(v)), views)
+        return {"p": p, "target": self.momentum_embed(modality, views)}
 
     def intra_loss(self, modality: str, out: Outputs) -> Tensor:
         (p1, p2), (t1, t2) = halves(out["p"]), halves(out["target"])

@@ -63,7 +63,7 @@ class DeepClusterV2(Pretraining):
         self.register_buffer("assignments", torch.empty(0, 0, dtype=torch.long), persistent=False)
 
     def embed(self, modality: str, images: Tensor) -> Tensor:
-        return F.normalize(self.projectors[modality](self.trunk(modality)(images)), dim=1)
+        return F.normalize(self.embedder(modality)(images), dim=1)
 
     # ---------------------------------------------------------- clustering protocol
     def cluster_sizes(self) -> dict[str, int]:
@@ -90,7 +90,8 @@ class DeepClusterV2(Pretraining):
         targets = self.assignments[batch["index"]]
         terms = {}
         for i, m in enumerate(self.modalities):
-            scores = self.embed(m, self.two_views(batch, m)) @ self.centroids[i].T
+            embed = self.each_view(lambda v, m=m: self.embed(m, v), self.two_views(batch, m))
+            scores = embed @ self.centroids[i].T
             terms[f"intra_{m}"] = prototype_cross_entropy(
                 scores, targets[:, i].repeat(2), self.hparams.temperature
             )

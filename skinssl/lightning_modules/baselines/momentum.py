@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from lightly.models.utils import update_momentum
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from skinssl.lightning_modules.baselines.base import Pretraining
@@ -51,14 +52,34 @@ class MomentumPretraining(Pretraining):
 
     @torch.no_grad()
     def momentum_embed(self, modality: str, views: Tensor) -> Tensor:
-        """The momentum trunk and projector's output for ``views``."""
+        """The momentum trunk and projector's output for both views stacked [2N, ...]."""
         trunk = getattr(self.momentum_encoder, modality)
-        return self.momentum_projectors[modality](trunk(views))
+        projector = self.momentum_projectors[modality]
+        return self.each_view(lambda v: projector(trunk(v)), views)
 
     def on_train_start(self) -> None:
         """The fit's optimiser steps, counted once for the momentum schedule (as the learning
-        rate schedule counts them)."""
+        rate schedule counts them); a warning when a resumed fit changes the schedule's course
+        (e.g. more epochs: the momentum at the step drops back)."""
         self._momentum_total = schedule_steps(self.trainer, 0)[1]
+        saved, hp = getattr(self, "_saved_momentum_total", None), self.hparams
+        if saved in (None, self._momentum_total) or hp.momentum == hp.momentum_end:
+            return
+        step = self.trainer.global_step
+        was, now = (momentum_at(step, t, hp.momentum, hp.momentum_end)
+                    for t in (saved, self._momentum_total))  # fmt: skip
+        rank_zero_warn(
+            f"resumed at step {step}: the momentum schedule now ends at step "
+            f"{self._momentum_total}, the checkpoint's at {saved}, so the momentum goes on "
+            f"from {now:.6f} (the checkpoint's course: {was:.6f})"
+        )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The momentum schedule's length, to compare on a resume."""
+        checkpoint["momentum_total_steps"] = getattr(self, "_momentum_total", None)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._saved_momentum_total = checkpoint.get("momentum_total_steps")
 
     def current_momentum(self) -> float:
         hp = self.hparams

@@ -45,7 +45,7 @@ class SimCLR(Pretraining):
         )
 
     def encode(self, modality: str, views: Tensor) -> Outputs:
-        return {"z": self.projectors[modality](self.trunk(modality)(views))}
+        return {"z": self.each_view(self.embedder(modality), views)}
 
     def _nt_xent(self, a: Tensor, b: Tensor, valid: Tensor | None = None) -> Tensor:
         hp = self.hparams

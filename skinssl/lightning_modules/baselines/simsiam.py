@@ -45,8 +45,8 @@ class SimSiam(Pretraining):
         )
 
     def encode(self, modality: str, views: Tensor) -> Outputs:
-        z = self.projectors[modality](self.trunk(modality)(views))
-        return {"z": z, "p": self.predictors[modality](z)}
+        z = self.each_view(self.embedder(modality), views)
+        return {"z": z, "p": self.each_view(self.predictors[modality], z)}
 
     def intra_loss(self, modality: str, out: Outputs) -> Tensor:
         (p1, p2), (z1, z2) = halves(out["p"]), halves(out["z"])

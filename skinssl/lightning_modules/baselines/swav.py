@@ -66,7 +66,7 @@ class SwAV(Pretraining):
             self.prototypes.weight.grad = None
 
     def encode(self, modality: str, views: Tensor) -> Outputs:
-        z = F.normalize(self.projectors[modality](self.trunk(modality)(views)), dim=1)
+        z = F.normalize(self.each_view(self.embedder(modality), views), dim=1)
         scores = self.prototypes(z)
         hp = self.hparams
         codes = torch.cat(
