@@ -147,11 +147,14 @@ class SkinSSLCLI(LightningCLI):
         config = self.config.get(subcommand) if subcommand else None
         path = config.get("ckpt_path") if config else None
         self._ckpt_data: dict[str, Any] = {}
+        self._ckpt_step: int | None = None
         lightnings = path in ("best", "last", "hpc") or str(path).startswith("registry")
         if path and not (lightnings or "://" in str(path) or Path(path).exists()):
             raise ValueError(f"ckpt_path {path}: no such file")
         if path and Path(path).is_file():  # (a folder: a sharded checkpoint, Lightning's)
-            self._ckpt_data = check_ckpt(path, subcommand, config.get("model"))
+            ckpt = check_ckpt(path, subcommand, config.get("model"))
+            self._ckpt_data = dict(ckpt.get("datamodule_hyper_parameters", {}))
+            self._ckpt_step = trained_steps(ckpt)
         super()._parse_ckpt_path()
 
     def _warn_preprocessing(self) -> None:
@@ -192,6 +195,8 @@ class SkinSSLCLI(LightningCLI):
                 "built (init_from / weights), not a trained run's. To use a fit's, pass e.g. "
                 "--ckpt_path <run directory>/checkpoints/best.ckpt (or last.ckpt)"
             )
+        if self._ckpt_step is not None:  # TensorBoard: the results at the checkpoint's step
+            self.trainer.fit_loop.epoch_loop._batches_that_stepped = self._ckpt_step
         # the fit's run gets its hyper-parameters again: without hp_metric's placeholder -1,
         # which TensorBoard's HParams tab would show as the run's last value
         for logger in self.trainer.loggers:
@@ -307,13 +312,19 @@ they were saved with. (Learning rates and their schedule follow the run's config
 
 def check_ckpt(path: str, subcommand: str, model: Any) -> dict[str, Any]:
     """The checks of a checkpoint to start ``subcommand`` from (``model``: the config's
-    class_path and init_args); returns its datamodule's hyper-parameters."""
+    class_path and init_args); returns the checkpoint (its tensors mapped, not read)."""
     ckpt = open_checkpoint(path, mmap=True)  # tensors stay on disk
     check_ckpt_model(ckpt, path, subcommand, model.get("class_path") if model else None)
     init_args = model.get("init_args") if model else None
     if subcommand == "fit" and init_args is not None:
         warn_resumed_settings(ckpt, path, vars(init_args))
-    return dict(ckpt.get("datamodule_hyper_parameters", {}))
+    return ckpt
+
+
+def trained_steps(ckpt: dict[str, Any]) -> int:
+    """The training step a checkpoint was saved at, as its fit's logger counted it."""
+    loop = ckpt.get("loops", {}).get("fit_loop", {}).get("epoch_loop.state_dict", {})
+    return int(loop.get("_batches_that_stepped", ckpt.get("global_step", 0)))
 
 
 def warn_resumed_settings(ckpt: dict[str, Any], path: str, init_args: dict[str, Any]) -> None:

@@ -155,6 +155,13 @@ def test_quickstart_chain_writes_the_report(quickstart_run: Path) -> None:
     ]
     assert any(t.startswith("lr-AdamW") for t in tags["scalars"])
     assert {"train/loss_DIAG", "train/loss_RS"} <= tags["scalars"]  # each head's term
+    # the test numbers and figures sit at the tested checkpoint's step of the fit's curves
+    step = torch.load(quickstart_run / BEST, weights_only=True)["global_step"]
+    assert step > 0 and scalar_steps(run_dir, "test/auc_mean") == [step]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    images = EventAccumulator(str(run_dir), size_guidance={"images": 0}).Reload()
+    assert [e.step for e in images.Images("test/roc/DIAG")] == [step]
     assert {"views/derm", "views/clinic", "test/roc/DIAG", "test/confusion/RS"} <= tags["images"]
     assert {"test/attention", "test/attention_by_diagnosis", "test/gradcam/DIAG_MEL"} <= tags[
         "images"

@@ -23,6 +23,12 @@ def log_dir(trainer: L.Trainer) -> Path:
     return Path(path or trainer.default_root_dir)
 
 
+def logged_step(trainer: L.Trainer) -> int:
+    """The step the trainer's loggers write at: in a fit its step; in validate, test or
+    predict with a checkpoint, the checkpoint's (the skinssl CLI sets it)."""
+    return trainer.fit_loop.epoch_loop._batches_that_stepped
+
+
 def tensorboard(trainer: L.Trainer):  # noqa: ANN201 (torch.utils.tensorboard.SummaryWriter)
     """The run's TensorBoard ``SummaryWriter``, or None without a TensorBoard logger."""
     for logger in trainer.loggers:
@@ -36,7 +42,7 @@ def publish(trainer: L.Trainer, fig: Figure, name: str, tag: str) -> Path:
     path = save(fig, log_dir(trainer) / "figures" / f"{name}.png")
     writer = tensorboard(trainer)
     if writer is not None:
-        writer.add_image(tag, to_rgb(fig), trainer.global_step, dataformats="HWC")
+        writer.add_image(tag, to_rgb(fig), logged_step(trainer), dataformats="HWC")
         writer.flush()
     return path
 
@@ -45,5 +51,5 @@ def log_image(trainer: L.Trainer, tag: str, image: np.ndarray) -> None:
     """An RGB uint8 image [H, W, 3] to TensorBoard (nothing without a TensorBoard logger)."""
     writer = tensorboard(trainer)
     if writer is not None:
-        writer.add_image(tag, image, trainer.global_step, dataformats="HWC")
+        writer.add_image(tag, image, logged_step(trainer), dataformats="HWC")
         writer.flush()

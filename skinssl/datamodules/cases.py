@@ -170,10 +170,7 @@ def encode_labels(table: CsvTable, columns: dict[str, str]) -> np.ndarray:
         in_order = [text for _, text in sorted(unknown, key=lambda u: u[0])]
         raise DataError(
             f"{table.path}: {len(unknown)} unknown label(s):{listing(in_order, 20)}\nvalid values: "
-            + "; ".join(
-                f"head {name} (column {columns[name]!r}): {values}"
-                for name, values in valid.items()
-            )  # fmt: skip
+            + "; ".join(f"head {h} (column {columns[h]!r}): {v}" for h, v in valid.items())
         )
     return labels
 
