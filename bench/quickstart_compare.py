@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import time
@@ -41,6 +42,7 @@ def finetune_and_test(version: str, seed: int, setting: str, init_from: str | No
     if init_from is None:
         extra.append("--model.init_args.init_from=null")
     config = str(CONFIGS / "finetune.yaml")
+    shutil.rmtree(RUNS / version, ignore_errors=True)  # measured afresh (fit refuses old runs)
     fit_s = skinssl("fit", "-c", config, *extra)
     ckpt = RUNS / version / "checkpoints" / "best.ckpt"
     skinssl("test", "-c", config, *extra, f"--ckpt_path={ckpt}")
