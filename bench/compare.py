@@ -134,6 +134,16 @@ def single_modality_views(config: Path, modality: str) -> list[str]:
     return []
 
 
+def cli_env() -> dict[str, str]:
+    """The CLI runs' environment. Inside a SLURM allocation (this script as its one task),
+    Lightning would train with the allocation's tasks (one process, not the config's devices);
+    with the job name ``interactive`` it launches the config's processes itself."""
+    env = dict(os.environ)
+    if "SLURM_NTASKS" in env:
+        env["SLURM_JOB_NAME"] = "interactive"
+    return env
+
+
 class Bench:
     """One results folder: runs, ``results.json``, ``table.md``."""
 
@@ -172,7 +182,9 @@ class Bench:
         with log.open("w") as f:
             f.write(" ".join(command) + "\n")
             f.flush()
-            done = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, cwd=self.out)
+            done = subprocess.run(
+                command, stdout=f, stderr=subprocess.STDOUT, cwd=self.out, env=cli_env()
+            )
         if done.returncode:
             raise SystemExit(f"failed ({done.returncode}): {' '.join(command)}\nlog: {log}")
         return time.perf_counter() - start

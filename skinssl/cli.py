@@ -301,6 +301,12 @@ DESCRIPTIONS = {
 
 
 WORKER_DATA_ERROR = f"{DataError.__module__}.{DataError.__qualname__}: "
+ONE_VALUE_PER_CHANNEL = "Expected more than 1 value per channel when training"  # torch's
+BATCH_OF_ONE = (
+    "a training batch of one case reached a BatchNorm layer in training mode, which cannot "
+    "normalise one value per channel (an epoch's last batch: the run warned at its start). Set "
+    "--data.init_args.drop_last=true or another --data.init_args.batch_size"
+)
 """Where a worker's traceback, in the message of the error torch raises again, ends."""
 
 
@@ -358,7 +364,8 @@ def own_error(error: BaseException) -> ValueError | None:
     """The innermost ValueError raised by skinssl's own code in ``error``'s chain (jsonargparse
     wraps a class's error in its report of every type it tried), or None. A ``DataError`` a
     loader worker raised (torch raises it again with the worker's traceback in its message)
-    comes back with its own message alone."""
+    comes back with its own message alone; torch's BatchNorm error for a batch of one, with
+    what to change."""
     package, found, seen = Path(__file__).parent, None, set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
@@ -373,7 +380,10 @@ def own_error(error: BaseException) -> ValueError | None:
             found = current
         elif isinstance(current, DataError) and WORKER_DATA_ERROR in str(current):
             found = DataError(str(current).rsplit(WORKER_DATA_ERROR, 1)[1].rstrip())
-        current = current.__cause__ or current.__context__
+        elif isinstance(current, ValueError) and str(current).startswith(ONE_VALUE_PER_CHANNEL):
+            found = ValueError(BATCH_OF_ONE)
+        context = None if current.__suppress_context__ else current.__context__  # from None
+        current = current.__cause__ or context
     return found
 
 

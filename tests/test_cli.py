@@ -283,6 +283,12 @@ def test_resuming_with_other_settings_warns(monkeypatch) -> None:
     assert warned == []  # nothing newer, nothing changed
 
 
+def test_a_batch_of_one_in_training_names_the_settings_to_change() -> None:
+    with pytest.raises(ValueError) as error:
+        torch.nn.BatchNorm1d(3).train()(torch.randn(1, 3))
+    assert "--data.init_args.drop_last=true" in str(own_error(error.value))
+
+
 def test_a_loader_workers_data_error_is_reported_as_its_message() -> None:
     """torch raises a worker's error again with the worker's traceback in its message."""
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -97,3 +98,17 @@ def test_single_modality_runs_make_no_unused_views(modality: str, tmp_path: Path
     unused = "clinic" if modality == "derm" else "derm"
     assert views[unused].n == 0
     assert views[modality] == Views.simclr()  # the config's stage-1 views
+
+
+def test_fits_inside_a_slurm_allocation_launch_their_own_processes(monkeypatch) -> None:
+    """Run as one SLURM task, the bench's fits must not take SLURM's task count (1) as their
+    processes: Lightning then launches the config's devices itself."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    monkeypatch.delenv("SLURM_NTASKS", raising=False)
+    assert compare.cli_env() == dict(os.environ)
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    monkeypatch.setenv("SLURM_JOB_NAME", "python")
+    assert SLURMEnvironment.detect()  # as the CLI would see it without the bench's change
+    monkeypatch.setattr(os, "environ", compare.cli_env())
+    assert not SLURMEnvironment.detect()

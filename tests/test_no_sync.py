@@ -6,8 +6,7 @@ tensor values on the host (``.item()``, ``bool(t)``, mask indexing, ``nonzero``,
 ``bincount``) raises there, as it would make a GPU step wait. A tensor literal
 (``torch.tensor`` of host numbers) raises too: on a GPU it is a blocking copy to the device.
 (``bench/step.py --sync-check`` on a GPU counts the synchronisations of real steps.) Not
-covered: Barlow Twins (its cross-modal term selects the valid rows) and the momentum methods
-(BYOL, MoCo: lightly's memory bank reads its pointer back).
+covered: Barlow Twins (its cross-modal term selects the valid rows).
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from skinssl.datamodules.device_views import device_views
 from skinssl.datamodules.views import Views
 from skinssl.labels import CRITERIA
 from skinssl.lightning_modules import MultiLabelClassifier, SM3Contrastive, SM3PseudoLabels
-from skinssl.lightning_modules.baselines import DeepClusterV2, SimCLR, SimSiam, SwAV
+from skinssl.lightning_modules.baselines import BYOL, DeepClusterV2, MoCo, SimCLR, SimSiam, SwAV
 
 SMALL = {"backbone": "resnet18", "weights": None}
 
@@ -66,6 +65,12 @@ def deepcluster() -> DeepClusterV2:
     return module
 
 
+def momentum(cls: type) -> LightningModule:
+    module = cls(proj_hidden=16, proj_dim=8, **SMALL)
+    module.current_momentum = lambda: 0.99  # the schedule reads the trainer's step (host)
+    return module
+
+
 MODULES = {
     "sm3 stage 1": (lambda: SM3Contrastive(proj_hidden=16, proj_dim=8, **SMALL), 2),
     "sm3 stage 2": (stage2, 1),
@@ -74,6 +79,8 @@ MODULES = {
     "simsiam": (lambda: SimSiam(proj_hidden=16, proj_dim=8, pred_hidden=8, **SMALL), 2),
     "swav": (lambda: SwAV(proj_hidden=16, proj_dim=8, num_prototypes=8, **SMALL), 2),
     "deepcluster-v2": (deepcluster, 2),
+    "byol": (lambda: momentum(BYOL), 2),
+    "moco": (lambda: momentum(MoCo), 2),
 }
 
 

@@ -15,6 +15,7 @@ import torch
 from helpers import write_jpeg
 from torch.utils.data import DataLoader, Dataset
 
+from skinssl.cli import own_error
 from skinssl.datamodules import DataError, PairedCSVDataModule, Views
 from skinssl.datamodules.csv_pairs import read_pair_csv
 from skinssl.datamodules.dataset import batch_tensor, whole_batch
@@ -88,9 +89,11 @@ def test_csv_without_its_split_column(tmp_path: Path) -> None:
         read_pair_csv(path)
     dm = dm_for(path, split_column=None)
     dm.setup("predict")
-    with pytest.raises(DataError, match=r"no cases in split 'test'; available: \['train', 'all'\] "
-                       r"\(predict's split: --data.init_args.predict_split\)"):  # fmt: skip
+    hint = r" \(predict's split: --data.init_args.predict_split\)"
+    with pytest.raises(DataError, match=r"no cases in split 'test'; available: \['train', 'all'\]"
+                       + hint) as error:  # fmt: skip
         dm.predict_dataloader()
+    assert str(own_error(error.value)) == str(error.value)  # the command prints it with its hint
 
 
 def test_csv_errors(tmp_path: Path) -> None:

@@ -56,3 +56,6 @@ def test_imagenet_weights_offline(monkeypatch) -> None:
     pattern = r"weights 'imagenet': .* resnet18 IMAGENET1K_V1 \(URLError.*hub cache .*checkpoints"
     with pytest.raises(ValueError, match=pattern):
         build_trunk("resnet18", "imagenet")
+    # weights torchvision does not have for this backbone: named before any download
+    with pytest.raises(ValueError, match=r"no IMAGENET1K_V2 for resnet18 \(it has IMAGENET1K_V1\)"):
+        build_trunk("resnet18", "imagenet_v2")

@@ -186,6 +186,9 @@ class MultiLabelClassifier(L.LightningModule):
                     clf.bias.zero_()
                     loaded.append(f"{h} head from prototypes")
                     from_centroids = True
+                elif proto is not None:  # clustered into another number of clusters
+                    loaded.append(f"not the {h} head ({len(proto)} prototypes for its "
+                                  f"{clf.out_features} classes: it starts at random)")  # fmt: skip
         scaled = {
             "l2_norm": hparams.get("l2_norm", False),
             "temperature": hparams.get("temperature", 1.0),

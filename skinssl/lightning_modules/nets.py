@@ -29,6 +29,12 @@ def build_trunk(arch: Arch, weights: str | None = None) -> nn.Module:
         raise ValueError(f"unknown backbone {arch!r}; valid: {', '.join(FEATURE_DIM)}")
     if weights in TORCHVISION_WEIGHTS:
         name = TORCHVISION_WEIGHTS[weights]
+        offered = [w.name for w in models.get_model_weights(arch)]
+        if name not in offered:
+            raise ValueError(
+                f"weights {weights!r}: torchvision has no {name} for {arch} (it has "
+                f"{', '.join(offered)}); use weights: imagenet, or backbone: resnet50"
+            )
         try:
             net = getattr(models, arch)(weights=name)
         except (OSError, RuntimeError) as e:  # offline (URLError), or a corrupt download
