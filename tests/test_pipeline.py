@@ -99,54 +99,42 @@ def test_csv_without_its_split_column(tmp_path: Path) -> None:
 def test_csv_errors(tmp_path: Path) -> None:
     path = make_csv(tmp_path)
     text = path.read_text()
-    path.write_text(text.replace("derm,", "dermoscopic,", 1))
-    with pytest.raises(DataError, match=r"missing required column\(s\) \['derm'\]"):
-        read_pair_csv(path)
-    path.write_text(text.replace(",train", ",training", 1))
-    with pytest.raises(DataError, match="line 2 .*unknown split 'training'"):
-        read_pair_csv(path)
-    path.write_text(text.replace("MEL", "melanomaa", 1))
-    with pytest.raises(DataError, match=r"line 3 .*'melanomaa'\nvalid values: head DIAG .*: 'BCC'"):
-        read_pair_csv(path)
-    path.write_text(text)
-    with pytest.raises(DataError, match="label column 'STR'"):
-        read_pair_csv(path, label_columns={"STR": "STR"})
     lines = text.splitlines()
-    for line, fields in ((lines[2] + ",extra", 6), (lines[2].rsplit(",", 2)[0], 3)):
-        path.write_text("\n".join([*lines[:2], line, *lines[3:]]) + "\n")
-        with pytest.raises(DataError, match=f"line 3: {fields} fields, but the header has 5 "
-                           r"\(derm,clinic,diagnosis,PN,split\)"):  # fmt: skip
-            read_pair_csv(path)
-    path.write_text(text.replace("PN,split", "PN,PN", 1))  # the rows keep 5 fields
-    with pytest.raises(DataError, match=r"column\(s\) \['PN'\] appear more than once"):
-        read_pair_csv(path)
-    path.write_text(text.replace("diagnosis,PN", "pigment_network,PN", 1))
-    with pytest.raises(DataError, match=r"columns \['PN', 'pigment_network'\] both name head PN"):
-        read_pair_csv(path)
-    path.write_text(text.replace("derm,clinic", "derm, clinic", 1))
-    with pytest.raises(DataError, match=r"\['clinic'\].*\[' clinic'\] have spaces around the name"):
-        read_pair_csv(path)
+
+    def rejected(content: str | bytes, pattern: str, **kwargs: object) -> None:
+        """The CSV ``content`` is one error matching ``pattern``."""
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        with pytest.raises(DataError, match=pattern):
+            read_pair_csv(path, **kwargs)
+
+    rejected(text.replace("derm,", "dermoscopic,", 1), r"missing required column\(s\) \['derm'\]")
+    rejected(text.replace(",train", ",training", 1), "line 2 .*unknown split 'training'")
+    rejected(text.replace("MEL", "melanomaa", 1),
+             r"line 3 .*'melanomaa'\nvalid values: head DIAG .*: 'BCC'")  # fmt: skip
+    rejected(text, "label column 'STR'", label_columns={"STR": "STR"})
+    header = r"\(derm,clinic,diagnosis,PN,split\)"
+    rejected("\n".join([*lines[:2], lines[2] + ",extra", *lines[3:]]),
+             f"line 3: 6 fields, but the header has 5 {header}")  # fmt: skip
+    rejected("\n".join([*lines[:2], lines[2].rsplit(",", 2)[0], *lines[3:]]),
+             f"line 3: 3 fields, but the header has 5 {header}")  # fmt: skip
+    rejected(text.replace("PN,split", "PN,PN", 1),  # the rows keep 5 fields
+             r"column\(s\) \['PN'\] appear more than once")  # fmt: skip
+    rejected(text.replace("diagnosis,PN", "pigment_network,PN", 1),
+             r"columns \['PN', 'pigment_network'\] both name head PN")  # fmt: skip
+    rejected(text.replace("derm,clinic", "derm, clinic", 1),
+             r"\['clinic'\].*\[' clinic'\] have spaces around the name")  # fmt: skip
+    rejected(text.replace("derm,", "Derm,", 1), r"\['Derm'\] differ in upper/lower case")
     # a blank line is skipped, and the lines after it keep their numbers in the file
-    path.write_text("\n".join([*lines[:2], "", *lines[2:]]).replace("MEL", "melanomaa", 1))
-    with pytest.raises(DataError, match=r"line 4 \(row 1\), column 'diagnosis'"):
-        read_pair_csv(path)
-    # every unknown label in one error, with the valid values of each head concerned
-    path.write_text(text.replace("MEL", "melanomaa").replace("ATP", "atypicall"))
+    rejected("\n".join([*lines[:2], "", *lines[2:]]).replace("MEL", "melanomaa", 1),
+             r"line 4 \(row 1\), column 'diagnosis'")  # fmt: skip
+    # every unknown label in one error, in file order, with the valid values of each head
     listed = r"pairs.csv: 8 unknown label\(s\):\n  line 3 \(row 1\), column 'diagnosis': "
     listed += r"'melanomaa'\n  line 3 \(row 1\), column 'PN': 'atypicall'\n  line 6 \(row 4\)"
-    with pytest.raises(DataError, match=listed + r"(.|\n)*head DIAG \(column 'diagnosis'\): 'BCC'"):
-        read_pair_csv(path)
-    path.write_bytes(text.replace("clark nevus", "nævus").encode("cp1252"))  # Excel's "CSV"
-    with pytest.raises(
-        DataError, match=r"pairs.csv: not UTF-8 text .*save the table as 'CSV UTF-8'"
-    ):
-        read_pair_csv(path)
-    path.write_text(text.replace(",", ";"))
-    with pytest.raises(DataError, match="one column: fields must be separated by commas"):
-        read_pair_csv(path)
-    path.write_text(text.replace("derm,", "Derm,", 1))
-    with pytest.raises(DataError, match=r"\['Derm'\] differ in upper/lower case"):
-        read_pair_csv(path)
+    rejected(text.replace("MEL", "melanomaa").replace("ATP", "atypicall"),
+             listed + r"(.|\n)*head DIAG \(column 'diagnosis'\): 'BCC'")  # fmt: skip
+    rejected(text.replace("clark nevus", "nævus").encode("cp1252"),  # Excel's "CSV"
+             r"pairs.csv: not UTF-8 text .*save the table as 'CSV UTF-8'")  # fmt: skip
+    rejected(text.replace(",", ";"), "one column: fields must be separated by commas")
     path.write_text(text.replace("diagnosis", "Diagnosis", 1))
     with pytest.warns(UserWarning, match=r"\['Diagnosis'\] not read as head DIAG's labels"):
         read_pair_csv(path)
