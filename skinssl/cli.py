@@ -27,8 +27,8 @@ from skinssl.callbacks import (
     StepSeed,
     TestReport,
 )
-from skinssl.callbacks.preemption import last_checkpoint
-from skinssl.callbacks.run_dir import log_dir
+from skinssl.callbacks.preemption import checkpoint_dir, last_checkpoint
+from skinssl.callbacks.run_dir import log_at, log_dir
 from skinssl.datamodules.cases import DataError
 from skinssl.lightning_modules.checkpoints import open_checkpoint
 
@@ -147,14 +147,14 @@ class SkinSSLCLI(LightningCLI):
         config = self.config.get(subcommand) if subcommand else None
         path = config.get("ckpt_path") if config else None
         self._ckpt_data: dict[str, Any] = {}
-        self._ckpt_step: int | None = None
+        self._ckpt_position: tuple[int, int] | None = None
         lightnings = path in ("best", "last", "hpc") or str(path).startswith("registry")
         if path and not (lightnings or "://" in str(path) or Path(path).exists()):
             raise ValueError(f"ckpt_path {path}: no such file")
         if path and Path(path).is_file():  # (a folder: a sharded checkpoint, Lightning's)
             ckpt = check_ckpt(path, subcommand, config.get("model"))
             self._ckpt_data = dict(ckpt.get("datamodule_hyper_parameters", {}))
-            self._ckpt_step = trained_steps(ckpt)
+            self._ckpt_position = (trained_steps(ckpt), int(ckpt.get("epoch", 0)))
         super()._parse_ckpt_path()
 
     def _warn_preprocessing(self) -> None:
@@ -195,8 +195,8 @@ class SkinSSLCLI(LightningCLI):
                 "built (init_from / weights), not a trained run's. To use a fit's, pass e.g. "
                 "--ckpt_path <run directory>/checkpoints/best.ckpt (or last.ckpt)"
             )
-        if self._ckpt_step is not None:  # TensorBoard: the results at the checkpoint's step
-            self.trainer.fit_loop.epoch_loop._batches_that_stepped = self._ckpt_step
+        if self._ckpt_position is not None:  # TensorBoard: the results at the checkpoint's step
+            log_at(self.trainer, *self._ckpt_position)
         # the fit's run gets its hyper-parameters again: without hp_metric's placeholder -1,
         # which TensorBoard's HParams tab would show as the run's last value
         for logger in self.trainer.loggers:
@@ -232,35 +232,39 @@ class SkinSSLCLI(LightningCLI):
 
     def before_fit(self) -> None:
         config = self.config_init[self.subcommand]
-        if not config.get("resume"):
-            check_new_run(self.trainer, config.get("ckpt_path"))
-            return
-        if config.get("ckpt_path"):
+        if config.get("resume") and config.get("ckpt_path"):
             rank_zero_info(f"resume: continuing from --ckpt_path {config['ckpt_path']}")
-            return
-        last = last_checkpoint(self.trainer)
-        if last.is_file():
-            check_ckpt(str(last), "fit", self.config[self.subcommand].get("model"))
-            rank_zero_info(f"resume: continuing from {last}")
-            config["ckpt_path"] = str(last)
-        else:
-            rank_zero_info(f"resume: no {last} yet, so the run starts from the beginning")
+        elif config.get("resume"):
+            last = last_checkpoint(self.trainer)
+            if last.is_file():
+                check_ckpt(str(last), "fit", self.config[self.subcommand].get("model"))
+                rank_zero_info(f"resume: continuing from {last}")
+                config["ckpt_path"] = str(last)
+            else:
+                rank_zero_info(f"resume: no {last} yet, so the run starts from the beginning")
+        check_new_run(self.trainer, config.get("ckpt_path"))
 
 
 def check_new_run(trainer: L.Trainer, ckpt_path: str | None) -> None:
     """A clear error when a fit would start over in a run directory that holds another fit's
-    checkpoints: it would overwrite them, and TensorBoard would mix both runs' curves. Continuing
-    one of its own checkpoints (``--ckpt_path`` in that folder) is a resume, so allowed."""
-    folder = last_checkpoint(trainer).parent
+    checkpoints (or go on there from another run's): it would overwrite them, and TensorBoard
+    would mix the runs' curves. Continuing from one of its own checkpoints (``--resume``, a
+    ``--ckpt_path`` in that folder, or Lightning's ``last``/``hpc``) is allowed; from an
+    earlier one, the curves are drawn again from its step."""
+    folder = checkpoint_dir(trainer)
     found = sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
-    if not found or (ckpt_path and Path(ckpt_path).resolve().parent == folder.resolve()):
+    own = ckpt_path in ("last", "hpc") or (
+        ckpt_path is not None and Path(ckpt_path).resolve().parent == folder.resolve()
+    )
+    if not found or own:
         return
     run = log_dir(trainer)
     listed = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
     raise ValueError(
         f"fit: the run directory {run} already holds a fit ({folder}: {listed}). To continue "
-        f"it, add --resume true; to start it again, delete it first (rm -r {run}); to keep both "
-        "runs, give this one another --trainer.logger.init_args.version"
+        f"it, add --resume true (it needs last.ckpt there) or --ckpt_path one of those; to start "
+        f"it again, delete it first (rm -r {run}); to keep both runs, give this one another "
+        "--trainer.logger.init_args.version"
     )
 
 
@@ -301,13 +305,13 @@ DESCRIPTIONS = {
 
 
 WORKER_DATA_ERROR = f"{DataError.__module__}.{DataError.__qualname__}: "
+"""Where a worker's traceback, in the message of the error torch raises again, ends."""
 ONE_VALUE_PER_CHANNEL = "Expected more than 1 value per channel when training"  # torch's
 BATCH_OF_ONE = (
     "a training batch of one case reached a BatchNorm layer in training mode, which cannot "
     "normalise one value per channel (an epoch's last batch: the run warned at its start). Set "
     "--data.init_args.drop_last=true or another --data.init_args.batch_size"
 )
-"""Where a worker's traceback, in the message of the error torch raises again, ends."""
 
 
 OPTIMIZER_SETTINGS = ("weight_decay", "adam_eps")

@@ -20,7 +20,15 @@ from test_cli import ON_CPU, REPO, TINY_SYNTHETIC
 from skinssl.cli import build_cli
 from skinssl.datamodules import SyntheticDerm7ptDataModule, Views
 from skinssl.lightning_modules import MultiLabelClassifier
-from skinssl.lightning_modules.baselines import BYOL, DeepClusterV2, MoCo, SimCLR
+from skinssl.lightning_modules.baselines import (
+    BYOL,
+    BarlowTwins,
+    DeepClusterV2,
+    MoCo,
+    SimCLR,
+    SimSiam,
+    SwAV,
+)
 from skinssl.lightning_modules.baselines.losses import info_nce
 from skinssl.lightning_modules.losses import nt_xent
 
@@ -282,6 +290,36 @@ def test_moco_queue_is_first_in_first_out_across_its_end() -> None:
     # 96 keys into 40 rows: the last 40 of them, in ring order from row 96 % 40 = 16
     torch.testing.assert_close(queue.bank.roll(-16, dims=0), keys.reshape(96, 4)[-40:])
     assert int(queue.bank_ptr) == 16
+    more = torch.randn(100, 4)  # more keys in one step than the queue holds: its last 40
+    queue(more, update=True)
+    assert int(queue.bank_ptr) == (16 + 100) % 40
+    torch.testing.assert_close(queue.bank.roll(-36, dims=0), more[-40:])
+
+
+SMALL_METHODS = {
+    SimCLR: {}, BYOL: {}, MoCo: {"queue_size": 8}, SimSiam: {"pred_hidden": 8}, BarlowTwins: {},
+    SwAV: {"num_prototypes": 8}, DeepClusterV2: {"num_clusters": 3},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("per_view", [True, False, None])
+@pytest.mark.parametrize("cls", SMALL_METHODS, ids=lambda c: c.__name__)
+def test_each_network_sees_the_views_as_configured(cls: type, per_view: bool | None) -> None:
+    """Every BatchNorm layer a training step runs (trunks, projectors, predictors, momentum
+    copies) gets one view at a time or both together: as set, or as the method's reference."""
+    m = cls(modality="derm", backbone="resnet18", proj_hidden=16, proj_dim=8,
+            per_view_batchnorm=per_view, **SMALL_METHODS[cls]).train()  # fmt: skip
+    if cls is DeepClusterV2:
+        m.set_clusters({"derm": torch.randn(3, 8)}, torch.zeros(4, 1, dtype=torch.long))
+    sizes = []  # the batch of every BatchNorm layer run
+    for layer in m.modules():
+        if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
+            layer.register_forward_hook(lambda _, inputs, out: sizes.append(len(inputs[0])))
+    views = [torch.randn(4, 3, 32, 32) for _ in range(2)]
+    m.loss_terms({"derm": views, "index": torch.arange(4), "pair_valid": torch.ones(4).bool()})
+    one = cls.per_view_reference if per_view is None else per_view
+    assert set(sizes) == {4 if one else 8}
+    assert cls.per_view_reference == (cls not in (SimCLR, SwAV, DeepClusterV2))
 
 
 @pytest.mark.parametrize("per_view", [True, False])

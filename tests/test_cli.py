@@ -8,6 +8,7 @@ import warnings
 from fractions import Fraction
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 import yaml
@@ -113,6 +114,8 @@ def last_scalar(run_dir: Path, tag: str) -> float:
 
 
 def test_quickstart_chain_writes_the_report(quickstart_run: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     runs = quickstart_run / "runs" / "quickstart"
     for stage in ("stage1", "stage2", "finetune"):
         assert (runs / stage / "checkpoints" / "last.ckpt").is_file()
@@ -158,8 +161,6 @@ def test_quickstart_chain_writes_the_report(quickstart_run: Path) -> None:
     # the test numbers and figures sit at the tested checkpoint's step of the fit's curves
     step = torch.load(quickstart_run / BEST, weights_only=True)["global_step"]
     assert step > 0 and scalar_steps(run_dir, "test/auc_mean") == [step]
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     images = EventAccumulator(str(run_dir), size_guidance={"images": 0}).Reload()
     assert [e.step for e in images.Images("test/roc/DIAG")] == [step]
     assert {"views/derm", "views/clinic", "test/roc/DIAG", "test/confusion/RS"} <= tags["images"]
@@ -169,6 +170,15 @@ def test_quickstart_chain_writes_the_report(quickstart_run: Path) -> None:
     stage1 = tensorboard_tags(runs / "stage1")["scalars"]
     assert {"train/loss_intra_derm", "train/loss_intra_clinic", "train/loss_cross"} <= stage1
     assert any(t.startswith("kmeans/") for t in tensorboard_tags(runs / "stage2")["scalars"])
+
+
+def test_evaluations_log_at_the_checkpoints_step_and_epoch() -> None:
+    """What Lightning reads the logged step and epoch from, outside a fit."""
+    from skinssl.callbacks.run_dir import log_at, logged_step
+
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    log_at(trainer, 12, 3)
+    assert (logged_step(trainer), trainer.current_epoch) == (12, 3)
 
 
 def test_ckpt_path_must_hold_the_configs_model(quickstart_run: Path, monkeypatch) -> None:
@@ -450,6 +460,17 @@ def test_fit_resume_continues_from_last_checkpoint(
     assert torch.load(last, weights_only=True)["global_step"] == 4
     run("fit", "configs/quickstart/stage1.yaml", *again, f"--ckpt_path={last}")  # Lightning's way
     assert torch.load(last, weights_only=True)["global_step"] == 6
+    run("fit", "configs/quickstart/stage1.yaml", *again[:-1], "--trainer.max_epochs=4",
+        "--ckpt_path=last")  # fmt: skip
+    assert torch.load(last, weights_only=True)["global_step"] == 8
+    # going on there from another run's checkpoint, or resuming without last.ckpt: refused
+    other = tmp_path / "other.ckpt"
+    other.write_bytes(last.read_bytes())
+    last.rename(last.with_name("stage1.ckpt"))
+    for extra in (f"--ckpt_path={other}", "--resume=true"):
+        with pytest.raises(ValueError, match=r"already holds a fit \(.*stage1.ckpt\)"):
+            run("fit", "configs/quickstart/stage1.yaml", *again, extra)
+    last.with_name("stage1.ckpt").rename(last)
     stage2_in_stage1s_run = [f"--model.init_args.pretrained={last}", "--trainer.max_epochs=1"]
     stage2_in_stage1s_run.append("--trainer.logger.init_args.version=stage1")
     with pytest.raises(ValueError, match="is a checkpoint of SM3Contrastive"):

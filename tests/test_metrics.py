@@ -179,6 +179,10 @@ def test_report_files(tmp_path) -> None:
     assert describe("mean_balanced_accuracy_criteria", ["DIAG", "PN"]) == (
         "balanced accuracy, mean over the 1 criterion"
     )
+    assert describe("auc_all_classes", ["DIAG"]) == "mean AUC over the 5 classes of the 1 head"
+    full = fake_outputs(40, seed=1)
+    diag_only = build_report(CaseOutputs(full.index, {"DIAG": full.probs["DIAG"]}, full.labels), 0)
+    assert not [k for k in diag_only["summary"] if "criteria" in k]  # no numbers over nothing
     assert set(data["melanoma"]) == {"expected_score", "hard_score", "annotated_score",
                                      "mel_probability"}  # fmt: skip
     rows = (tmp_path / "per_class.csv").read_text().splitlines()

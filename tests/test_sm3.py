@@ -262,7 +262,7 @@ def test_linear_probe_of_stage1_and_mismatch_errors(pretrained, tmp_path: Path) 
         MultiLabelClassifier(init_from=str(tmp_path / "missing.ckpt"), **SMALL)
 
 
-def test_diagnosis_as_eighth_clustered_head(pretrained, tmp_path: Path, caplog) -> None:
+def test_diagnosis_as_eighth_clustered_head(pretrained, tmp_path: Path) -> None:
     root, stage1, _ = pretrained
     module = SM3PseudoLabels(
         pretrained=str(stage1), heads=HEAD_NAMES, num_clusters={"PN": 4}, embed_dim=32, **SMALL
@@ -280,11 +280,10 @@ def test_diagnosis_as_eighth_clustered_head(pretrained, tmp_path: Path, caplog) 
     path = fit(module, data(root, Views.cluster()), tmp_path, "eight",
                callbacks=[KMeansPseudoLabels()])  # fmt: skip
     assert module.pseudo_labels.shape == (40, 8)
-    with caplog.at_level("INFO"):  # the over-clustered head cannot start from its prototypes
+    # the over-clustered head cannot start from its prototypes
+    with pytest.warns(UserWarning, match=r"the PN head starts at random, not from stage 2's "
+                      r"prototypes: they are \(4, 32\), the head \(3, 32\)"):  # fmt: skip
         MultiLabelClassifier(head_input="tokens", embed_dim=32, init_from=str(path), **SMALL)
-    assert "DIAG head from prototypes, not the PN head (4 prototypes for its 3 classes" in (
-        caplog.text
-    )
     with pytest.raises(ValueError, match=r"heads \['BWV', 'PN'\] need K >= 2"):
         SM3PseudoLabels(num_clusters={"PN": 1, "BWV": 0}, **SMALL)
 

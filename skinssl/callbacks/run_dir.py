@@ -25,8 +25,15 @@ def log_dir(trainer: L.Trainer) -> Path:
 
 def logged_step(trainer: L.Trainer) -> int:
     """The step the trainer's loggers write at: in a fit its step; in validate, test or
-    predict with a checkpoint, the checkpoint's (the skinssl CLI sets it)."""
+    predict with a checkpoint, the checkpoint's (the skinssl CLI sets it with ``log_at``)."""
     return trainer.fit_loop.epoch_loop._batches_that_stepped
+
+
+def log_at(trainer: L.Trainer, step: int, epoch: int) -> None:
+    """Make an evaluation log at a checkpoint's training step and epoch (Lightning restores
+    neither outside a fit, so it would log step 0, epoch 0)."""
+    trainer.fit_loop.epoch_loop._batches_that_stepped = step
+    trainer.fit_loop.epoch_progress.current.completed = epoch
 
 
 def tensorboard(trainer: L.Trainer):  # noqa: ANN201 (torch.utils.tensorboard.SummaryWriter)

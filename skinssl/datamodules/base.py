@@ -212,8 +212,8 @@ class PairedDataModule(L.LightningDataModule):
         if stage == "fit" and len(train) and not cases.pair_valid[train].any():
             rank_zero_warn(
                 f"{cases.source}: no training case has a clinical image, so each dermoscopic "
-                "image stands in for its own: the clinical branch sees dermoscopic images, and "
-                "cross-modal contrastive terms have no positive pairs"
+                "image stands in for its own: a model of both modalities sees dermoscopic "
+                "images twice, and cross-modal terms have no pairs to learn from"
             )
 
     def split_rows(self, split: str) -> np.ndarray:
@@ -350,10 +350,10 @@ class PairedDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         try:
-            data = self.dataset(self.predict_split, train=False)
+            self.split_rows(self.predict_split)
         except DataError as error:
             raise DataError(f"{error} (predict's split: --data.init_args.predict_split)") from None
-        return self.loader(data, train=False)
+        return self.loader(self.dataset(self.predict_split, train=False), train=False)
 
     def on_before_batch_transfer(
         self, batch: dict[str, Any], dataloader_idx: int

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from skinssl.labels import HEAD_NAMES, HEADS, UNKNOWN
 
 SPLITS = ("train", "valid", "test")
+NEWLINE = b"\n"
 
 
 class DataError(ValueError):
@@ -42,8 +44,9 @@ class Cases:
 
     def __post_init__(self) -> None:
         n = len(self.derm)
-        sizes = (len(self.clinic), len(self.pair_valid), self.labels.shape)
-        if sizes != (n, n, (n, len(HEADS))):
+        ids = n if self.ids is None else len(self.ids)
+        sizes = (len(self.clinic), len(self.pair_valid), ids, self.labels.shape)
+        if sizes != (n, n, n, (n, len(HEADS))):
             raise ValueError(f"{self.source}: inconsistent case table sizes")
         if n == 0:
             raise DataError(f"{self.source}: no cases")
@@ -79,13 +82,14 @@ class Cases:
             )
 
     def check_images_exist(self) -> None:
-        """One error listing every missing image file (not just the first), with its row."""
-        missing = [
-            f"row {r}, {kind}: {path}"
-            for r, pair in enumerate(zip(self.derm, self.clinic, strict=True))
-            for kind, path in zip(("derm", "clinic"), pair, strict=True)
-            if (kind == "derm" or pair[1] != pair[0]) and not path.is_file()
-        ]
+        """One error listing every missing image file (not just the first), with its rows."""
+        uses: dict[Path, list[str]] = {}
+        for r, (derm, clinic) in enumerate(zip(self.derm, self.clinic, strict=True)):
+            uses.setdefault(derm, []).append(f"row {r} dermoscopic")
+            if clinic != derm:
+                uses.setdefault(clinic, []).append(f"row {r} clinical")
+        missing = [f"{path} ({', '.join(rows)})" for path, rows in uses.items()
+                   if not path.is_file()]  # fmt: skip
         if missing:
             raise DataError(
                 f"{self.source}: {len(missing)} image file(s) not found:{listing(missing, 50)}\n"
@@ -182,51 +186,49 @@ def listing(items: list[str], limit: int) -> str:
 
 
 def read_csv(path: Path, required: tuple[str, ...]) -> CsvTable:
-    """A CSV file's table; a clear error for a missing file, a missing required column, a
-    column name given twice, and a row with more or fewer fields than the header. Blank lines
-    are skipped (the lines of the rows after them stay the file's)."""
+    """A CSV file's table; a clear error for a missing file, text that is not UTF-8, a missing
+    required column, a column name given twice, and a row with more or fewer fields than the
+    header. Blank lines are skipped (the lines of the rows after them stay the file's)."""
     if not path.is_file():
         raise DataError(f"file not found: {path}")
+    data = path.read_bytes()
     try:
-        return _read_csv(path, required)
+        text = data.decode("utf-8-sig")  # with or without a BOM
     except UnicodeDecodeError as error:
+        line, byte = data[: error.start].count(NEWLINE) + 1, data[error.start :][:1]
         raise DataError(
-            f"{path}: not UTF-8 text (byte {error.start} is {error.object[error.start :][:1]!r}); "
-            "save the table as 'CSV UTF-8' (in Excel: Save As > CSV UTF-8)"
+            f"{path}, line {line}: not UTF-8 text (byte {byte!r}); save the table as 'CSV "
+            "UTF-8' (in Excel: Save As > CSV UTF-8)"
         ) from None
-
-
-def _read_csv(path: Path, required: tuple[str, ...]) -> CsvTable:
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        header = list(reader.fieldnames or [])
-        if len(header) == 1 and (";" in header[0] or "\t" in header[0]):
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = list(reader.fieldnames or [])
+    if len(header) == 1 and (";" in header[0] or "\t" in header[0]):
+        raise DataError(
+            f"{path}: the header {header[0]!r} is one column: fields must be separated by "
+            "commas (this file seems to use semicolons or tabs)"
+        )
+    twice = sorted({c for c in header if header.count(c) > 1})
+    if twice:
+        raise DataError(f"{path}: column(s) {twice} appear more than once in the header "
+                        f"{header}; give each column its own name")  # fmt: skip
+    missing = [c for c in required if c not in header]
+    if missing:
+        spaced = [c for c in header if c != c.strip() and c.strip() in missing]
+        cased = [c for c in header if c not in spaced and c.strip().lower() in
+                 {m.lower() for m in missing}]  # fmt: skip
+        hint = f"; {spaced} have spaces around the name" if spaced else ""
+        hint += f"; {cased} differ in upper/lower case (names are exact)" if cased else ""
+        raise DataError(
+            f"{path}: missing required column(s) {missing}; the header has {header}{hint}"
+        )
+    rows, lines = [], []
+    for row in reader:  # DictReader keys extra fields None and fills missing ones with None
+        extra, given = row.pop(None, []), [v for v in row.values() if v is not None]
+        if extra or len(given) < len(header):
             raise DataError(
-                f"{path}: the header {header[0]!r} is one column: fields must be separated by "
-                "commas (this file seems to use semicolons or tabs)"
+                f"{path}, line {reader.line_num}: {len(given) + len(extra)} fields, but the "
+                f"header has {len(header)} ({','.join(header)})"
             )
-        twice = sorted({c for c in header if header.count(c) > 1})
-        if twice:
-            raise DataError(f"{path}: column(s) {twice} appear more than once in the header "
-                            f"{header}; give each column its own name")  # fmt: skip
-        missing = [c for c in required if c not in header]
-        if missing:
-            spaced = [c for c in header if c != c.strip() and c.strip() in missing]
-            cased = [c for c in header if c not in spaced and c.strip().lower() in
-                     {m.lower() for m in missing}]  # fmt: skip
-            hint = f"; {spaced} have spaces around the name" if spaced else ""
-            hint += f"; {cased} differ in upper/lower case (names are exact)" if cased else ""
-            raise DataError(
-                f"{path}: missing required column(s) {missing}; the header has {header}{hint}"
-            )
-        rows, lines = [], []
-        for row in reader:  # DictReader keys extra fields None and fills missing ones with None
-            extra, given = row.pop(None, []), [v for v in row.values() if v is not None]
-            if extra or len(given) < len(header):
-                raise DataError(
-                    f"{path}, line {reader.line_num}: {len(given) + len(extra)} fields, but the "
-                    f"header has {len(header)} ({','.join(header)})"
-                )
-            rows.append(row)
-            lines.append(reader.line_num)
-        return CsvTable(path, header, rows, lines)
+        rows.append(row)
+        lines.append(reader.line_num)
+    return CsvTable(path, header, rows, lines)

@@ -122,10 +122,11 @@ def class_auc_summary(heads: dict[str, dict]) -> dict[str, float]:
     key = {h: rows[h][head(h).key_class]["auc"] for h in rows}
     summary = {
         "auc_all_classes": nanmean(c["auc"] for h in rows for c in rows[h]),
-        "auc_criteria_classes": nanmean(c["auc"] for h in criteria for c in rows[h]),
         "auc_key_classes": nanmean(key.values()),
-        "auc_key_criteria": nanmean(key[h] for h in criteria),
     }
+    if criteria:
+        summary["auc_criteria_classes"] = nanmean(c["auc"] for h in criteria for c in rows[h])
+        summary["auc_key_criteria"] = nanmean(key[h] for h in criteria)
     if "DIAG" in rows:
         nev = head("DIAG").classes.index("NEV")
         summary["auc_key_authors"] = nanmean(
@@ -135,9 +136,15 @@ def class_auc_summary(heads: dict[str, dict]) -> dict[str, float]:
     return summary
 
 
+def count(n: int, one: str, many: str = "criteria") -> str:
+    """``n`` things in words: ``1 criterion``, ``7 criteria``."""
+    return f"{n} {one if n == 1 else many}"
+
+
 def auc_summary_descriptions(heads: list[str]) -> dict[str, str]:
     """What each ``class_auc_summary`` number is over, in words, for the heads evaluated."""
     criteria = [h for h in heads if h in CRITERIA]
+    n_heads, n_criteria = count(len(heads), "head", "heads"), count(len(criteria), "criterion")
 
     def keys(names: list[str]) -> str:
         return ", ".join(head(h).classes[head(h).key_class] for h in names)
@@ -146,12 +153,12 @@ def auc_summary_descriptions(heads: list[str]) -> dict[str, str]:
         return sum(head(h).num_classes for h in names)
 
     return {
-        "auc_all_classes": f"mean AUC over the {classes(heads)} classes of the {len(heads)} heads",
+        "auc_all_classes": f"mean AUC over the {classes(heads)} classes of the {n_heads}",
         "auc_criteria_classes": f"mean AUC over the {classes(criteria)} classes of the "
-        f"{len(criteria)} criteria",
+        f"{n_criteria}",
         "auc_key_classes": f"mean AUC over each head's key class ({keys(heads)})",
         "auc_key_criteria": f"mean AUC over each criterion's key class ({keys(criteria)})",
-        "auc_key_authors": "as the SM3 code's '8 avg': the key classes of the "
-        f"{len(criteria)} criteria + NEV for the diagnosis",
+        "auc_key_authors": f"as the SM3 code's '8 avg': the key classes of the {n_criteria} + "
+        "NEV for the diagnosis",
         "auc_diag_macro": "diagnosis macro AUC (mean over its 5 classes)",
     }

@@ -14,6 +14,7 @@ from skinssl.evaluation.classification import (
     HEAD_MEANS,
     auc_summary_descriptions,
     class_auc_summary,
+    count,
     evaluate_heads,
     head_means,
 )
@@ -55,8 +56,8 @@ def describe(name: str, heads: list[str]) -> str:
     if name.startswith("mean_"):
         metric, group = name[5:].rsplit("_", 1)
         n = len(heads) if group == "heads" else len([h for h in heads if h in CRITERIA])
-        unit = {"heads": "head", "criteria": "criterion"}[group] if n == 1 else group
-        return f"{metric.replace('_', ' ')}, mean over the {n} {unit}"
+        over = count(n, "head", "heads") if group == "heads" else count(n, "criterion")
+        return f"{metric.replace('_', ' ')}, mean over the {over}"
     if name.startswith("melanoma/"):
         _, scorer, metric = name.split("/")
         return f"MEL vs rest, {SCORERS[scorer]}: {metric.replace('_ge', ' at score >= ')}"

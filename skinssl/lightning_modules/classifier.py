@@ -44,7 +44,8 @@ def label_gaps(heads: list[str], train: np.ndarray, valid: np.ndarray) -> list[s
         return [classes[k] for k in np.unique(labels[:, HEAD_NAMES.index(h)]) if k >= 0]
 
     gaps = []
-    absent = {h: [c for c in head(h).classes if c not in present(train, h)] for h in heads}
+    trained = {h: present(train, h) for h in heads}
+    absent = {h: [c for c in head(h).classes if c not in trained[h]] for h in heads}
     if any(absent.values()):
         listed = "; ".join(f"{h}: {c}" for h, c in absent.items() if c)
         gaps.append(f"no training case of class(es) {listed}. The model cannot learn them; "
@@ -186,9 +187,12 @@ class MultiLabelClassifier(L.LightningModule):
                     clf.bias.zero_()
                     loaded.append(f"{h} head from prototypes")
                     from_centroids = True
-                elif proto is not None:  # clustered into another number of clusters
-                    loaded.append(f"not the {h} head ({len(proto)} prototypes for its "
-                                  f"{clf.out_features} classes: it starts at random)")  # fmt: skip
+                elif proto is not None:  # e.g. over-clustered: more prototypes than classes
+                    rank_zero_warn(
+                        f"init_from {path}: the {h} head starts at random, not from stage 2's "
+                        f"prototypes: they are {tuple(proto.shape)}, the head "
+                        f"{tuple(clf.weight.shape)}"
+                    )
         scaled = {
             "l2_norm": hparams.get("l2_norm", False),
             "temperature": hparams.get("temperature", 1.0),
@@ -247,12 +251,12 @@ class MultiLabelClassifier(L.LightningModule):
         if unlabelled:
             labelled = [h for h in self.heads if h not in unlabelled]
             only = f"--model.init_args.heads=[{','.join(labelled)}]"
-            fix = f", or train only the labelled heads: {only}"
+            fix = f", or train only the labelled heads: {only}" if labelled else ""
             raise ValueError(
                 f"{dm.cases.source}: no training case has a label for head(s) {unlabelled}, "
                 "which would stay untrained. Give their label columns (named after a head, e.g. "
                 "PN, or as in Derm7pt's meta.csv, e.g. pigment_network; a CSV's label_columns "
-                f"replaces that choice, so list every head in it){fix if labelled else ''}"
+                f"replaces that choice, so list every head in it){fix}"
             )
         valid = dm.cases.labels[dm.cases.splits.get("valid", rows[:0])]
         for message in label_gaps(self.heads, labels[rows], valid):

@@ -50,12 +50,16 @@ class Pretraining(L.LightningModule):
         warmup_epochs: epochs of linear warm-up.
         lr_reference_batch: if set, learning rates are multiplied by global batch size / this.
         per_view_batchnorm: each view goes through the networks on its own, so BatchNorm
-            statistics are per view (as SM3's stage 1 and the methods' reference code);
-            false: both views in one pass.
+            statistics are per view (as SM3's stage 1); false: both views in one pass; None:
+            as the method's reference code (``per_view_reference``).
     """
 
     has_cross: ClassVar[bool] = True
     """Whether the method defines a cross-modal term (``cross_loss``)."""
+    per_view_reference: ClassVar[bool] = True
+    """Whether the method's reference code passes each view through the networks on its own
+    (BYOL, SimSiam, MoCo, Barlow Twins) rather than both in one batch (SimCLR, SwAV,
+    DeepCluster-v2)."""
 
     def __init__(
         self,
@@ -69,7 +73,7 @@ class Pretraining(L.LightningModule):
         schedule: Schedule = "constant",
         warmup_epochs: float = 0,
         lr_reference_batch: int | None = None,
-        per_view_batchnorm: bool = True,
+        per_view_batchnorm: bool | None = None,
     ) -> None:
         super().__init__()
         if modality not in MODALITIES:
@@ -79,6 +83,9 @@ class Pretraining(L.LightningModule):
         # a method without a cross-modal term has no cross_weight argument to record
         self.save_hyperparameters(ignore=None if self.has_cross else ["cross_weight"])
         self.cross_weight = cross_weight
+        self.per_view = (
+            self.per_view_reference if per_view_batchnorm is None else per_view_batchnorm
+        )
         self.modalities = ("derm", "clinic") if modality == "both" else (modality,)
         self.encoder = PairEncoder(backbone, weights, share_trunk=modality != "both")
         self.feature_dim = self.encoder.feature_dim
@@ -132,7 +139,7 @@ class Pretraining(L.LightningModule):
     def each_view(self, network: Callable[[Tensor], Tensor], views: Tensor) -> Tensor:
         """``network`` of both views stacked [2N, ...]: a view at a time with
         ``per_view_batchnorm`` (BatchNorm statistics per view), else in one pass."""
-        if not self.hparams.per_view_batchnorm:
+        if not self.per_view:
             return network(views)
         return torch.cat([network(v) for v in halves(views)])
 

@@ -42,6 +42,7 @@ class DeepClusterV2(Pretraining):
     """
 
     has_cross: ClassVar[bool] = False
+    per_view_reference: ClassVar[bool] = False  # its reference code: both views in one batch
 
     def __init__(
         self,
@@ -90,8 +91,8 @@ class DeepClusterV2(Pretraining):
         targets = self.assignments[batch["index"]]
         terms = {}
         for i, m in enumerate(self.modalities):
-            embed = self.each_view(lambda v, m=m: self.embed(m, v), self.two_views(batch, m))
-            scores = embed @ self.centroids[i].T
+            embedded = self.each_view(lambda v, m=m: self.embed(m, v), self.two_views(batch, m))
+            scores = embedded @ self.centroids[i].T
             terms[f"intra_{m}"] = prototype_cross_entropy(
                 scores, targets[:, i].repeat(2), self.hparams.temperature
             )

@@ -79,6 +79,7 @@ class MomentumPretraining(Pretraining):
         checkpoint["momentum_total_steps"] = getattr(self, "_momentum_total", None)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The saved schedule's length, for ``on_train_start`` to compare."""
         self._saved_momentum_total = checkpoint.get("momentum_total_steps")
 
     def current_momentum(self) -> float:

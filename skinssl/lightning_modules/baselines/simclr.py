@@ -9,7 +9,7 @@ negatives with correct DDP gradients).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import Tensor
 
@@ -29,6 +29,8 @@ class SimCLR(Pretraining):
         gather_negatives: use the other devices' samples as negatives too.
         **kwargs: the shared arguments of :class:`Pretraining` (modality, trunks, optimiser).
     """
+
+    per_view_reference: ClassVar[bool] = False  # its reference code: both views in one batch
 
     def __init__(
         self,

@@ -13,7 +13,7 @@ averaged), over cases with a real clinical image.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,8 @@ class SwAV(Pretraining):
         freeze_prototypes_epochs: epochs during which the prototypes are not updated.
         **kwargs: the shared arguments of :class:`Pretraining` (modality, trunks, optimiser).
     """
+
+    per_view_reference: ClassVar[bool] = False  # its reference code: both views in one batch
 
     def __init__(
         self,
