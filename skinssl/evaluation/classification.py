@@ -136,7 +136,7 @@ def class_auc_summary(heads: dict[str, dict]) -> dict[str, float]:
     return summary
 
 
-def count(n: int, one: str, many: str = "criteria") -> str:
+def count(n: int, one: str, many: str) -> str:
     """``n`` things in words: ``1 criterion``, ``7 criteria``."""
     return f"{n} {one if n == 1 else many}"
 
@@ -144,7 +144,10 @@ def count(n: int, one: str, many: str = "criteria") -> str:
 def auc_summary_descriptions(heads: list[str]) -> dict[str, str]:
     """What each ``class_auc_summary`` number is over, in words, for the heads evaluated."""
     criteria = [h for h in heads if h in CRITERIA]
-    n_heads, n_criteria = count(len(heads), "head", "heads"), count(len(criteria), "criterion")
+    n_heads, n_criteria = (
+        count(len(heads), "head", "heads"),
+        count(len(criteria), "criterion", "criteria"),
+    )
 
     def keys(names: list[str]) -> str:
         return ", ".join(head(h).classes[head(h).key_class] for h in names)

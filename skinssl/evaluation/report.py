@@ -56,7 +56,7 @@ def describe(name: str, heads: list[str]) -> str:
     if name.startswith("mean_"):
         metric, group = name[5:].rsplit("_", 1)
         n = len(heads) if group == "heads" else len([h for h in heads if h in CRITERIA])
-        over = count(n, "head", "heads") if group == "heads" else count(n, "criterion")
+        over = count(n, "head", "heads") if group == "heads" else count(n, "criterion", group)
         return f"{metric.replace('_', ' ')}, mean over the {over}"
     if name.startswith("melanoma/"):
         _, scorer, metric = name.split("/")
