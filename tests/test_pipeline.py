@@ -225,7 +225,10 @@ def test_eval_view_same_with_and_without_cache(tmp_path: Path) -> None:
 def test_disk_cache_reused(tmp_path: Path) -> None:
     path = make_csv(tmp_path)
     cache_dir = tmp_path / "cache"
-    dm_for(path, cache="disk", cache_dir=str(cache_dir)).setup("fit")
+    first = dm_for(path, cache="disk", cache_dir=str(cache_dir))
+    first.setup("fit")  # a fit decodes the training and validation images only: 10 cases
+    assert len(list(cache_dir.glob("*.npy"))) == 20
+    first.setup("test")  # and a later stage its own
     files = sorted(cache_dir.glob("*.npy"))
     assert len(files) == 24
     stamps = [f.stat().st_mtime_ns for f in files]
@@ -233,6 +236,8 @@ def test_disk_cache_reused(tmp_path: Path) -> None:
     dm.setup("fit")
     assert [f.stat().st_mtime_ns for f in files] == stamps
     assert dm.dataset("train", train=True)[0]["derm"].shape == (3, 24, 24)
+    # an image outside the stage's splits is decoded when first read
+    assert dm.dataset("test", train=False)[0]["derm"].shape == (3, 24, 24)
 
 
 class _SharedFlag(Dataset):

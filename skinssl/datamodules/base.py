@@ -181,12 +181,32 @@ class PairedDataModule(L.LightningDataModule):
 
     # ----------------------------------------------------------------- setup
     def setup(self, stage: str | None = None) -> None:
+        """Read the cases once; decode the images of the stage's splits into the cache (fit:
+        train and valid; validate, test, predict: theirs; None: all)."""
         if stage is not None:  # called by Lightning on every rank
             self._seed = shared_seed(self.trainer)
-        if self.cases is not None:
-            return
+        if self.cases is None:
+            self._read(stage)
+        assert self.cases is not None and self._store is not None and self._ids is not None
+        rows = self._stage_rows(stage)
+        self._store.load(np.concatenate([self._ids[0][rows], self._ids[1][rows]]).tolist())
+
+    def _stage_rows(self, stage: str | None) -> np.ndarray:
+        """The rows whose images ``stage`` reads."""
+        assert self.cases is not None
+        name = getattr(stage, "value", stage)  # Lightning passes a TrainerFn enum
+        splits = {"fit": ["train", "valid"], "validate": ["valid"], "test": ["test"]}.get(
+            name, [self.predict_split] if name == "predict" else []
+        )
+        if not splits or "all" in splits:
+            return np.arange(len(self.cases))
+        none = np.zeros(0, dtype=np.int64)
+        return np.concatenate([self.cases.splits.get(s, none) for s in splits])
+
+    def _read(self, stage: str | None) -> None:
+        """The case table, its image ids and the (empty) image cache."""
         # Forked loader workers hang on their first parallel OpenCV call if this process has
-        # started OpenCV's thread pool; the decode below is parallel through our own threads.
+        # started OpenCV's thread pool; the cache decodes in parallel through our own threads.
         cv2.setNumThreads(1)
         cases = self.load_cases()
         self._tolerant = stage == "predict"  # report unreadable images per case, go on

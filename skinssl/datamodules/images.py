@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
@@ -62,10 +63,11 @@ def _truncated_jpeg(data: np.ndarray) -> bool:
 class ImageStore:
     """Decoded images of a list of files, looked up by position.
 
-    ``memory``: all images decoded once (in threads) and kept as uint8 arrays; ``disk``: the same,
-    also saved as ``.npy`` under ``cache_dir`` and memory-mapped on later runs; ``none``: decoded
-    on every access (the per-sample reference behaviour). A missing or unreadable image is an
-    error at construction, or with ``strict=False`` on access (prediction reports it per case).
+    ``memory``: each image decoded once and kept as a uint8 array, the positions a stage needs
+    together in threads (``load``), any other when first read; ``disk``: the same, also saved as
+    ``.npy`` under ``cache_dir`` and memory-mapped on later runs; ``none``: decoded on every
+    access (the per-sample reference behaviour). A missing or unreadable image is an error when
+    loaded, or with ``strict=False`` on access (prediction reports it per case).
     """
 
     def __init__(
@@ -86,16 +88,27 @@ class ImageStore:
         self.mode = mode
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.strict = strict
-        self._arrays: list[np.ndarray | DataError] | None = None
+        self.threads = max(1, threads)
+        self._arrays: list[np.ndarray | DataError | None] | None = None
         if mode != "none":
-            with ThreadPoolExecutor(max(1, threads)) as pool:
-                self._arrays = list(pool.map(self._load_or_error, paths))
-            errors = [a for a in self._arrays if isinstance(a, DataError)]
-            if strict and len(errors) == 1:
-                raise errors[0]
-            if strict and errors:  # every bad image at once, not one per run
-                listed = listing([str(e) for e in errors], 20)
-                raise DataError(f"{len(errors)} images cannot be read:{listed}")
+            self._arrays = [None] * len(paths)
+
+    def load(self, positions: Iterable[int]) -> None:
+        """Decode the images at ``positions`` not yet held, in threads (nothing without a
+        cache); with ``strict``, one error naming every one that cannot be read."""
+        if self._arrays is None:
+            return
+        todo = [i for i in dict.fromkeys(positions) if self._arrays[i] is None]
+        with ThreadPoolExecutor(self.threads) as pool:
+            loaded = pool.map(self._load_or_error, [self.paths[i] for i in todo])
+            for i, item in zip(todo, loaded, strict=True):
+                self._arrays[i] = item
+        errors = [self._arrays[i] for i in todo if isinstance(self._arrays[i], DataError)]
+        if self.strict and len(errors) == 1:
+            raise errors[0]
+        if self.strict and errors:  # every bad image at once, not one per run
+            listed = listing([str(e) for e in errors], 20)
+            raise DataError(f"{len(errors)} images cannot be read:{listed}")
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -104,6 +117,8 @@ class ImageStore:
         """The decoded image; DataError if it cannot be read."""
         if self._arrays is None:
             return decode(self.paths[i], self.border, self.size)
+        if self._arrays[i] is None:  # not among the positions loaded for the stage
+            self._arrays[i] = self._load_or_error(self.paths[i])
         item = self._arrays[i]
         if isinstance(item, DataError):
             raise item
