@@ -22,15 +22,14 @@ unpinned. Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
 from datetime import date
-from pathlib import Path
 
 import cv2
 import torch
+from json_out import write_json  # bench/json_out.py (the script's folder is on sys.path)
 from lightning.pytorch.utilities import move_data_to_device
 from lightning_utilities.core.apply_func import apply_to_collection
 from PIL import Image
@@ -216,8 +215,6 @@ def main() -> None:
             f"| {r['views_per_pair'] * r['pairs_per_s']:.0f} "
             f"| {r['speedup_vs_reference']:.2f}x | {setup} |"
         )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "date": date.today().isoformat(),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
@@ -228,8 +225,7 @@ def main() -> None:
         "batch_size": args.batch_size,
         "pinned": torch.cuda.is_available(),
     }
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    print(f"\nwrote {out}")
+    write_json(args.out, {"meta": meta, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ them and with scikit-learn's functions. Prints a Markdown table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -34,6 +33,7 @@ import faiss
 import numpy as np
 import sklearn
 import torch
+from json_out import write_json  # bench/json_out.py (the script's folder is on sys.path)
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from threadpoolctl import threadpool_limits
@@ -251,10 +251,7 @@ def main() -> None:
         "niter": args.niter,
         "versions": {"faiss": faiss.__version__, "sklearn": sklearn.__version__},
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    print(f"\nwrote {out}")
+    write_json(args.out, {"meta": meta, "rows": rows})
 
 
 if __name__ == "__main__":

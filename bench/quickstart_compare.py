@@ -22,6 +22,8 @@ import time
 from datetime import date
 from pathlib import Path
 
+from json_out import write_json  # bench/json_out.py (the script's folder is on sys.path)
+
 CONFIGS = Path("configs/quickstart")
 RUNS = Path("runs/quickstart")
 
@@ -90,15 +92,12 @@ def main() -> None:
             + " | ".join(f"{100 * v:.1f}" for v in per_head)
             + " |"
         )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "date": date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "seeds": args.seeds,
     }
-    out.write_text(json.dumps({"meta": meta, "summary": summary, "runs": results}, indent=2))
-    print(f"\nwrote {out}")
+    write_json(args.out, {"meta": meta, "summary": summary, "runs": results})
 
 
 if __name__ == "__main__":

@@ -12,13 +12,13 @@ Markdown table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import time
 from datetime import date
-from pathlib import Path
+
+from json_out import write_json  # bench/json_out.py (the script's folder is on sys.path)
 
 from skinssl.datamodules import SyntheticDerm7ptDataModule
 
@@ -61,10 +61,7 @@ def main() -> None:
                      "all_seconds": [s for s, _ in results], "ratio": base / seconds})  # fmt: skip
         print(f"| {name} | {results[0][1]} | {seconds:.2f} | {base / seconds:.2f}x |")
     meta = {"date": str(date.today()), "machine": platform.platform(), **vars(args)}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    print(f"wrote {out}")
+    write_json(args.out, {"meta": meta, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -24,16 +24,15 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import platform
 import time
 import warnings
 from collections.abc import Callable, Iterable
 from datetime import date
-from pathlib import Path
 
 import torch
+from json_out import write_json  # bench/json_out.py (the script's folder is on sys.path)
 from lightning.pytorch.utilities import move_data_to_device
 
 from skinssl.callbacks.speed import speed_up
@@ -242,8 +241,6 @@ def main() -> None:
             f"{k} {v:.1f}" for k, v in views.items()))  # fmt: skip
     if profiled is not None:
         print("one batch's views: " + ", ".join(f"{v} {k}" for k, v in profiled.items()))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "date": date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
@@ -259,8 +256,7 @@ def main() -> None:
         "views_ms": views,
         "views_profile": profiled,
     }
-    out.write_text(json.dumps(result, indent=2))
-    print(f"\nwrote {out}")
+    write_json(args.out, result)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import platform
 import tempfile
 import time
@@ -28,6 +27,7 @@ import cv2
 import numpy as np
 import torch
 from dataloader import reference_transform  # bench/dataloader.py
+from json_out import write_json  # bench/json_out.py (the script's folder is on sys.path)
 from PIL import Image
 from torchvision import transforms as T
 
@@ -142,16 +142,14 @@ def main() -> None:
         print(f"| {name} | **a whole view, timed** | | | **{whole[name]:.3f}** |")
     print(f"reference / ours per whole view: {whole['reference'] / whole['ours']:.2f}x "
           f"(one thread; cache {args.cache_size} px, views {args.image_size} px)")  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     machine = {
         "date": str(date.today()), "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "opencv": cv2.__version__, "albumentations": A.__version__,
     }  # fmt: skip
-    args.out.write_text(json.dumps({"machine": machine, "args": vars(args) | {"out": str(args.out)},
-                                    "rows": rows, "ms_per_view_summed": total,
-                                    "ms_per_whole_view": whole}, indent=1))  # fmt: skip
-    print(f"wrote {args.out}")
+    write_json(args.out, {"machine": machine, "args": vars(args) | {"out": str(args.out)},
+                          "rows": rows, "ms_per_view_summed": total,
+                          "ms_per_whole_view": whole})  # fmt: skip
 
 
 if __name__ == "__main__":
