@@ -12,6 +12,7 @@ from typing import Any, Union
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -148,6 +149,9 @@ class SkinSSLCLI(LightningCLI):
         path = config.get("ckpt_path") if config else None
         self._ckpt_data: dict[str, Any] = {}
         self._ckpt_position: tuple[int, int] | None = None
+        if path in ("best", "last") and subcommand != "fit":  # Lightning's: within a fit only
+            path = config["ckpt_path"] = run_checkpoint(config.get("trainer"), path)
+            rank_zero_info(f"{subcommand}: --ckpt_path is {path}")
         lightnings = path in ("best", "last", "hpc") or str(path).startswith("registry")
         if path and not (lightnings or "://" in str(path) or Path(path).exists()):
             raise ValueError(f"ckpt_path {path}: no such file")
@@ -329,6 +333,50 @@ def check_ckpt(path: str, subcommand: str, model: Any) -> dict[str, Any]:
     if subcommand == "fit" and init_args is not None:
         warn_resumed_settings(ckpt, path, vars(init_args))
     return ckpt
+
+
+def configured_checkpoint_dir(trainer: Any) -> Path:
+    """The checkpoint folder of the run that a config's ``trainer`` section describes, found
+    before the trainer is built (``checkpoint_dir`` of the built trainer): the first
+    ModelCheckpoint's ``dirpath``, else ``checkpoints`` in the first logger's directory."""
+    trainer = trainer or {}
+    for callback in trainer.get("callbacks") or []:
+        kind = import_class(getattr(callback, "class_path", ""))
+        if isinstance(kind, type) and issubclass(kind, ModelCheckpoint):
+            if callback.init_args.get("dirpath"):
+                return Path(callback.init_args.dirpath)
+            break
+    root = trainer.get("default_root_dir") or os.getcwd()
+    logger = trainer.get("logger")
+    if isinstance(logger, list):
+        logger = logger[0] if logger else False
+    if logger is False:
+        return Path(root) / "checkpoints"
+    if logger in (None, True):  # Lightning's default logger
+        built = TensorBoardLogger(save_dir=root)
+    else:
+        built = import_class(logger.class_path)(**logger.init_args.as_dict())
+    return Path(built.log_dir or built.save_dir or root) / "checkpoints"
+
+
+def run_checkpoint(trainer: Any, which: str) -> str:
+    """``--ckpt_path best|last`` outside a fit: ``best.ckpt`` or ``last.ckpt`` in the checkpoint
+    folder of the config's run (for ``best``, else the best model that ``last.ckpt`` records),
+    with a clear error when there is none."""
+    folder = configured_checkpoint_dir(trainer)
+    path = folder / f"{which}.ckpt"
+    if which == "best" and not path.is_file() and (folder / "last.ckpt").is_file():
+        states = open_checkpoint(folder / "last.ckpt", mmap=True).get("callbacks", {})
+        recorded = [s.get("best_model_path") for s in states.values() if s.get("monitor")]
+        path = Path(next((p for p in recorded if p and Path(p).is_file()), path))
+    if not path.is_file():
+        found = sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
+        raise ValueError(
+            f"--ckpt_path {which}: no {which} checkpoint in this config's run, {folder} "
+            f"({'holds ' + ', '.join(found) if found else 'no checkpoints there'}). Pass the "
+            "checkpoint's path, or the config of the run that saved it (its config.yaml)"
+        )
+    return str(path)
 
 
 def trained_steps(ckpt: dict[str, Any]) -> int:

@@ -12,11 +12,19 @@ import lightning as L
 import pytest
 import torch
 import yaml
+from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch._utils import ExceptionWrapper
 
 import skinssl.cli as cli_module
-from skinssl.cli import SkinSSLCLI, build_cli, main, own_error, warn_resumed_settings
+from skinssl.cli import (
+    SkinSSLCLI,
+    build_cli,
+    main,
+    own_error,
+    run_checkpoint,
+    warn_resumed_settings,
+)
 from skinssl.datamodules.cases import DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -205,6 +213,31 @@ def test_ckpt_path_must_hold_the_configs_model(quickstart_run: Path, monkeypatch
         run("test", config, f"--ckpt_path={unsafe}")
     with pytest.raises(ValueError, match="ckpt_path .*missing.ckpt: no such file"):
         run("test", config, f"--ckpt_path={quickstart_run / 'missing.ckpt'}")
+
+
+def test_ckpt_path_best_and_last_are_the_config_runs_files(
+    quickstart_run: Path, monkeypatch, tmp_path: Path
+) -> None:
+    """Outside a fit, Lightning knows ``best``/``last`` only within the fit that saved them."""
+    monkeypatch.chdir(quickstart_run)
+    other = [*TINY_SYNTHETIC, "--trainer.limit_val_batches=1"]
+    folder = quickstart_run / "runs" / "quickstart" / "finetune" / "checkpoints"
+    for which in ("best", "last"):
+        cli = run("validate", "configs/quickstart/finetune.yaml", f"--ckpt_path={which}", *other)
+        path = Path(cli.config_init["validate"]["ckpt_path"])
+        assert path.resolve() == folder / f"{which}.ckpt"
+        step = torch.load(path, weights_only=True)["global_step"]
+        assert cli.trainer.fit_loop.epoch_loop._batches_that_stepped == step  # its numbers' step
+    with pytest.raises(ValueError, match=r"--ckpt_path best: no best checkpoint in this config's "
+                       r"run, runs/quickstart/stage1/checkpoints \(holds last.ckpt\)"):  # fmt: skip
+        run("test", "configs/quickstart/stage1.yaml", "--ckpt_path=best")
+    # a best model saved under another name: the one that last.ckpt records
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes((folder / "last.ckpt").read_bytes())
+    trainer = Namespace(default_root_dir=str(tmp_path), logger=False, callbacks=[])
+    assert Path(run_checkpoint(trainer, "best")).resolve() == folder / "best.ckpt"
+    with pytest.raises(ValueError, match=r"no last checkpoint .* \(no checkpoints there\)"):
+        run_checkpoint(Namespace(default_root_dir=str(quickstart_run), logger=False), "last")
 
 
 def test_the_command_prints_bad_input_as_its_message(monkeypatch, capsys) -> None:
