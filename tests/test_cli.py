@@ -144,6 +144,10 @@ def test_quickstart_chain_writes_the_report(quickstart_run: Path) -> None:
     report_md = (run_dir / "report.md").read_text()
     assert "## Melanoma detection" in report_md
     assert f"Weights: checkpoint {BEST}." in report_md  # which weights were tested
+    # hparams.yaml records the data settings as used, as the checkpoint does
+    saved = torch.load(quickstart_run / BEST, weights_only=True)["datamodule_hyper_parameters"]
+    hparams = yaml.safe_load((run_dir / "hparams.yaml").read_text())
+    assert isinstance(saved["border_crop"], int) and hparams["border_crop"] == saved["border_crop"]
     for name in (
         "roc_DIAG",
         "confusion_RS",

@@ -148,7 +148,8 @@ class PairedDataModule(L.LightningDataModule):
         self.derm_views = replace(derm_views)
         self.clinic_views = replace(clinic_views or derm_views)
         self.border_crop = self.default_border_crop() if border_crop is None else border_crop
-        self.hparams["border_crop"] = self.border_crop  # as used, also when the source chose it
+        # as used, also when the source chose it: in checkpoints and in hparams.yaml (the initial)
+        self.hparams["border_crop"] = self._hparams_initial["border_crop"] = self.border_crop
         self.cache = cache
         self.cache_size = cache_size
         self.cache_dir = cache_dir
