@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import lightning as L
 import numpy as np
+import torch
 
 from skinssl.callbacks.gloo_exit import let_gloo_workers_finish
 from skinssl.datamodules import SyntheticDerm7ptDataModule, Views
@@ -34,6 +35,12 @@ def _gloo_entry(rank: int, fn, world: int, out_dir: str) -> None:
     finally:
         let_gloo_workers_finish()  # see skinssl/callbacks/gloo_exit.py
         dist.destroy_process_group()
+
+
+def group_means(x: torch.Tensor) -> torch.Tensor:
+    """Each row and its (BatchNorm) batch's mean side by side: a stand-in network that shows
+    which rows were normalised together."""
+    return torch.cat([x, x.mean(0, keepdim=True).expand_as(x)], dim=1)
 
 
 def run_gloo(fn, world: int, out_dir: Path) -> list:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.distributed as dist
-from helpers import run_gloo
+from helpers import group_means, run_gloo
 
 from skinssl.lightning_modules.baselines.losses import barlow_twins, negative_cosine, swav_codes
+from skinssl.lightning_modules.baselines.moco import shuffled_batchnorm
 
 WORLD, B, D = 2, 4, 6
 MASK = torch.tensor([True, False, True, False] + [True] * B)  # 2 valid on rank 0, 4 on rank 1
@@ -57,6 +58,9 @@ def worker(rank: int) -> dict:
             r[k] /= WORLD
         out[name] = r
     out["codes"] = swav_codes(cosine_scores(x_a[rows], x_b[:3]), gather=True)
+    torch.manual_seed(rank)  # rank 0's shuffle is every rank's
+    draws = [shuffled_batchnorm(group_means, x_a[rows], 2) for _ in range(3)]
+    out["shuffled"] = torch.stack(draws)
     return out
 
 
@@ -79,3 +83,21 @@ def test_sinkhorn_codes_equipartition_over_all_ranks(ranks: list[dict]) -> None:
     x_a, x_b = make_batch()
     want = swav_codes(cosine_scores(x_a, x_b[:3]), gather=False)
     torch.testing.assert_close(torch.cat([r["codes"] for r in ranks]), want, atol=1e-5, rtol=1e-4)
+
+
+def test_shuffled_batchnorm_groups_draw_from_every_rank(ranks: list[dict]) -> None:
+    """MoCo's shuffled BatchNorm over two ranks: each rank gets its own rows back, each
+    normalised with one of 2 random groups of B of all 2B rows, both ranks' rows in a group."""
+    x_a, _ = make_batch()
+    both = torch.cat([r["shuffled"] for r in ranks], dim=1)  # [draw, 2B, 2D]
+    mixed = False
+    for out in both:
+        torch.testing.assert_close(out[:, :D], x_a)
+        means = out[:, D:].unique(dim=0)
+        assert len(means) == 2
+        for mean in means:
+            rows = (out[:, D:] == mean).all(1)
+            assert int(rows.sum()) == B
+            torch.testing.assert_close(x_a[rows].mean(0), mean)
+            mixed |= bool(rows[:B].any() and rows[B:].any())
+    assert mixed

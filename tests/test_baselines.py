@@ -10,11 +10,12 @@ import math
 import warnings
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
-from helpers import tiny_synthetic
+from helpers import group_means, tiny_synthetic
 from test_cli import ON_CPU, REPO, TINY_SYNTHETIC
 
 from skinssl.cli import build_cli
@@ -30,6 +31,7 @@ from skinssl.lightning_modules.baselines import (
     SwAV,
 )
 from skinssl.lightning_modules.baselines.losses import info_nce
+from skinssl.lightning_modules.baselines.moco import shuffled_batchnorm
 from skinssl.lightning_modules.losses import nt_xent
 
 SHRINK = [
@@ -204,6 +206,38 @@ def test_moco_terms_pair_each_query_with_the_other_views_key() -> None:
         want["cross"] = sum(cross) / len(cross)
     for k, v in want.items():
         assert float(terms[k]) == pytest.approx(float(v), rel=1e-5), k
+
+
+def test_shuffled_batchnorm_normalises_random_groups_and_restores_the_order() -> None:
+    x = torch.arange(12.0)[:, None]
+    torch.manual_seed(0)
+    out = shuffled_batchnorm(group_means, x, 3)
+    torch.testing.assert_close(out[:, :1], x)  # each output row is its input row's
+    groups = [x[out[:, 1] == mean, 0] for mean in out[:, 1].unique()]
+    assert sorted(map(len, groups)) == [4, 4, 4]
+    for rows in groups:
+        assert float(rows.mean()) in out[:, 1].tolist()
+    assert any(rows.tolist() != list(range(int(rows[0]), int(rows[0]) + 4)) for rows in groups)
+
+
+def test_moco_shuffle_groups_are_the_key_encoders_batchnorm_batches() -> None:
+    m = MoCo(modality="derm", backbone="resnet18", proj_hidden=16, proj_dim=8, queue_size=8,
+             shuffle_groups=2).train()  # fmt: skip
+    sizes = {"online": [], "momentum": []}
+    for name, net in (("online", m.encoder), ("momentum", m.momentum_encoder)):
+        for layer in net.modules():
+            if isinstance(layer, torch.nn.BatchNorm2d):
+                layer.register_forward_hook(lambda *a, k=name: sizes[k].append(len(a[1][0])))
+    views = [torch.randn(8, 3, 32, 32) for _ in range(2)]
+    m.loss_terms({"derm": views, "index": torch.arange(8), "pair_valid": torch.ones(8).bool()})
+    assert set(sizes["online"]) == {8} and set(sizes["momentum"]) == {4}  # per view, 2 groups
+    m.trainer = SimpleNamespace(world_size=2, datamodule=None)
+    m.momentum_encoder = torch.nn.SyncBatchNorm.convert_sync_batchnorm(m.momentum_encoder)
+    with pytest.raises(ValueError, match="needs trainer.sync_batchnorm: false"):
+        m.on_fit_start()
+    m.hparams.shuffle_groups = 3
+    with pytest.raises(ValueError, match="shuffle_groups 3 must be a multiple of the number of "):
+        m.on_fit_start()
 
 
 @pytest.mark.parametrize("cls", [BYOL, MoCo])

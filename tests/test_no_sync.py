@@ -65,8 +65,8 @@ def deepcluster() -> DeepClusterV2:
     return module
 
 
-def momentum(cls: type) -> LightningModule:
-    module = cls(proj_hidden=16, proj_dim=8, **SMALL)
+def momentum(cls: type, **kwargs: Any) -> LightningModule:
+    module = cls(proj_hidden=16, proj_dim=8, **SMALL, **kwargs)
     module.current_momentum = lambda: 0.99  # the schedule reads the trainer's step (host)
     return module
 
@@ -81,6 +81,7 @@ MODULES = {
     "deepcluster-v2": (deepcluster, 2),
     "byol": (lambda: momentum(BYOL), 2),
     "moco": (lambda: momentum(MoCo), 2),
+    "moco shuffled batchnorm": (lambda: momentum(MoCo, shuffle_groups=2), 2),
 }
 
 

@@ -6,9 +6,10 @@ InfoNCE of each view's query against the other view's key, the negatives being t
 queue of earlier keys (lightly's memory bank, filled with the keys of all ranks, as a true
 first-in-first-out ring: :class:`KeyQueue`). The saved ``encoder.*`` is the query trunk.
 
-There is no shuffled BatchNorm (MoCo's guard against a query and its key sharing batch
-statistics that the queued negatives lack); each view is its own BatchNorm batch
-(``per_view_batchnorm``), and the published configs synchronise BatchNorm across GPUs.
+Shuffled BatchNorm (``shuffle_groups``, MoCo's guard against a query and its key sharing
+BatchNorm statistics, which the queued negatives lack): the key encoder sees the views of every
+rank shuffled and split into groups, each its own BatchNorm batch (MoCo v2: one per GPU). With
+one group, keys and queries have the same BatchNorm batches.
 
 Cross-modal term: each modality's query against the other modality's key of the same case and
 view index, with the other modality's queue as negatives (both directions and views averaged),
@@ -17,6 +18,7 @@ over cases with a real clinical image.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -46,6 +48,22 @@ class KeyQueue(MemoryBankModule):
         self.bank_ptr.copy_((self.bank_ptr + n) % size)  # on the device: no sync
 
 
+@torch.no_grad()
+def shuffled_batchnorm(network: Callable[[Tensor], Tensor], x: Tensor, groups: int) -> Tensor:
+    """``network(x)`` with MoCo's shuffled BatchNorm: the rows of every rank's ``x`` shuffled
+    and split into ``groups`` batches (``groups`` / world size on each rank), each its own
+    BatchNorm batch; the outputs come back in ``x``'s rows. No host synchronisation."""
+    world = dist.world_size()
+    every = concat_all_gather(x) if world > 1 else x
+    order = torch.randperm(len(every), device=x.device)
+    if world > 1:
+        torch.distributed.broadcast(order, src=0)  # one shuffle for all ranks
+    mine = order.view(world, -1)[dist.rank()]
+    out = torch.cat([network(part) for part in every[mine].chunk(groups // world)])
+    out = concat_all_gather(out) if world > 1 else out
+    return out[torch.argsort(order)].view(world, len(x), *out.shape[1:])[dist.rank()]
+
+
 class MoCo(MomentumPretraining):
     """MoCo v2, single- or multi-modal (see the module docstring); head and queue are lightly's.
 
@@ -57,6 +75,9 @@ class MoCo(MomentumPretraining):
             below the number of training views so that a case rarely meets its own old key).
         momentum: EMA rate of the key encoder at the first step (paper: 0.999).
         momentum_end: EMA rate at the last step (equal to ``momentum``: constant).
+        shuffle_groups: BatchNorm batches of the key encoder, drawn at random from the views
+            of all ranks (a multiple of the number of processes, which needs
+            ``trainer.sync_batchnorm: false``); 1: none (keys normalised as the queries).
         **kwargs: the shared arguments of :class:`Pretraining` (modality, trunks, optimiser).
     """
 
@@ -68,11 +89,14 @@ class MoCo(MomentumPretraining):
         queue_size: int = 256,
         momentum: float = 0.99,
         momentum_end: float = 0.99,
+        shuffle_groups: int = 1,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
+        if shuffle_groups < 1:
+            raise ValueError(f"shuffle_groups must be >= 1, got {shuffle_groups}")
         self.projectors = self.per_modality(
             lambda: MoCoProjectionHead(self.feature_dim, proj_hidden, proj_dim)
         )
@@ -84,6 +108,32 @@ class MoCo(MomentumPretraining):
             }
         )  # fmt: skip
         self.init_momentum()
+
+    def on_fit_start(self) -> None:
+        """A clear error when the key groups cannot be split evenly over the ranks, or when
+        BatchNorm is synchronised across them (every group would get the global batch's)."""
+        super().on_fit_start()
+        groups, world = self.hparams.shuffle_groups, self.trainer.world_size
+        if groups == 1:
+            return
+        if groups % world:
+            raise ValueError(
+                f"shuffle_groups {groups} must be a multiple of the number of processes "
+                f"({world}): each process normalises the same number of groups"
+            )
+        if any(isinstance(m, nn.SyncBatchNorm) for m in self.momentum_encoder.modules()):
+            raise ValueError(
+                f"shuffle_groups {groups} needs trainer.sync_batchnorm: false (synchronised "
+                "BatchNorm normalises every group with the statistics of all of them)"
+            )
+
+    @torch.no_grad()
+    def momentum_embed(self, modality: str, views: Tensor) -> Tensor:
+        """The keys, with shuffled BatchNorm when ``shuffle_groups`` > 1."""
+        network, groups = self.momentum_embedder(modality), self.hparams.shuffle_groups
+        if groups == 1:
+            return self.each_view(network, views)
+        return self.each_view(lambda v: shuffled_batchnorm(network, v, groups), views)
 
     def encode(self, modality: str, views: Tensor) -> Outputs:
         q = self.each_view(self.embedder(modality), views)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -50,12 +51,16 @@ class MomentumPretraining(Pretraining):
         self.momentum_encoder = frozen_copy(self.encoder)
         self.momentum_projectors = frozen_copy(self.projectors)
 
+    def momentum_embedder(self, modality: str) -> Callable[[Tensor], Tensor]:
+        """The modality's momentum trunk, then its momentum projector."""
+        trunk = getattr(self.momentum_encoder, modality)
+        projector = self.momentum_projectors[modality]
+        return lambda views: projector(trunk(views))
+
     @torch.no_grad()
     def momentum_embed(self, modality: str, views: Tensor) -> Tensor:
         """The momentum trunk and projector's output for both views stacked [2N, ...]."""
-        trunk = getattr(self.momentum_encoder, modality)
-        projector = self.momentum_projectors[modality]
-        return self.each_view(lambda v: projector(trunk(v)), views)
+        return self.each_view(self.momentum_embedder(modality), views)
 
     def on_train_start(self) -> None:
         """The fit's optimiser steps, counted once for the momentum schedule (as the learning
