@@ -208,6 +208,25 @@ def test_moco_terms_pair_each_query_with_the_other_views_key() -> None:
         assert float(terms[k]) == pytest.approx(float(v), rel=1e-5), k
 
 
+@pytest.mark.parametrize("fixed", [True, False])
+def test_simsiam_predictor_rate_is_fixed_as_the_paper(fixed: bool) -> None:
+    m = SimSiam(modality="derm", backbone="resnet18", proj_hidden=16, proj_dim=8, pred_hidden=8,
+                lr=0.1, warmup_epochs=1, schedule="cosine", fix_predictor_lr=fixed)  # fmt: skip
+    loader = SimpleNamespace(train_dataloader=lambda: range(4))  # 4 batches an epoch
+    m.trainer = SimpleNamespace(max_epochs=2, max_steps=-1, limit_train_batches=1.0,
+                                accumulate_grad_batches=1, datamodule=loader)  # fmt: skip
+    scheduler = m.configure_optimizers()["lr_scheduler"]["scheduler"]
+    groups = scheduler.optimizer.param_groups
+    predictor = {id(p) for p in m.predictors.parameters()}
+    assert [len(g["params"]) for g in groups] == (
+        [sum(1 for _ in m.parameters()) - len(predictor), len(predictor)] if fixed else
+        [sum(1 for _ in m.parameters())]
+    )  # fmt: skip
+    if fixed:
+        assert {id(p) for p in groups[1]["params"]} == predictor
+        assert scheduler.get_last_lr() == pytest.approx([0.025, 0.1])  # warm-up 1/4, fixed
+
+
 def test_shuffled_batchnorm_normalises_random_groups_and_restores_the_order() -> None:
     x = torch.arange(12.0)[:, None]
     torch.manual_seed(0)

@@ -153,15 +153,19 @@ def test_stage2_loss_uses_each_cases_pseudo_labels() -> None:
 
 
 def test_warmup_then_cosine_multipliers() -> None:
-    p = torch.nn.Parameter(torch.zeros(1))
-    sched = adamw([{"params": [p], "lr": 1.0}], 0.0, "cosine", 2, 10)["lr_scheduler"]["scheduler"]
+    """A group's rate over warm-up and cosine; a ``fixed_lr`` group's stays (SimSiam's)."""
+    p, q = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    groups = [{"params": [p], "lr": 1.0}, {"params": [q], "lr": 0.5, "fixed_lr": True}]
+    sched = adamw(groups, 0.0, "cosine", 2, 10)["lr_scheduler"]["scheduler"]
     got = []
     for _ in range(10):
-        got.append(sched.get_last_lr()[0])
+        got.append(sched.get_last_lr())
         sched.optimizer.step()
         sched.step()
     want = [0.5, 1.0] + [0.5 * (1 + math.cos(math.pi * k / 8)) for k in range(8)]
-    assert got == pytest.approx(want)
+    assert [g[0] for g in got] == pytest.approx(want)
+    assert [g[1] for g in got] == [0.5] * 10
+    assert "fixed_lr" not in sched.optimizer.param_groups[1]
 
 
 def test_stage1_needs_two_views(pretrained, tmp_path: Path) -> None:

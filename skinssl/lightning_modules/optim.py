@@ -25,21 +25,25 @@ def adamw(
     """Lightning's ``configure_optimizers`` answer: AdamW and a per-step LR multiplier.
 
     ``groups`` are parameter groups with their own ``lr``; groups without trainable parameters
-    are dropped. ``constant`` keeps the rate (after warm-up), as the SM3 authors did. ``eps``
-    is AdamW's term added to the root of the second moment.
+    are dropped, and a group with ``"fixed_lr": True`` keeps its rate from the first step (no
+    warm-up, no schedule: SimSiam's predictor). ``constant`` keeps the rate (after warm-up), as
+    the SM3 authors did. ``eps`` is AdamW's term added to the root of the second moment.
     """
-    groups = [g for g in groups if any(p.requires_grad for p in g["params"])]
+    groups = [dict(g) for g in groups if any(p.requires_grad for p in g["params"])]
+    fixed = [bool(g.pop("fixed_lr", False)) for g in groups]
     for g in groups:
         g["params"] = [p for p in g["params"] if p.requires_grad]
     optimizer = torch.optim.AdamW(groups, weight_decay=weight_decay, eps=eps)
     if total_steps <= 0 and schedule != "constant":
         raise ValueError("a cosine schedule needs a finite number of epochs (trainer.max_epochs)")
-    # a partial, not a closure: its settings can be read (and checked on resume), and LambdaLR
-    # saves and restores nothing of it (its __dict__ is empty)
+    # partials, not closures: their settings can be read (and checked on resume), and LambdaLR
+    # saves and restores nothing of them (their __dict__ is empty)
     factor = functools.partial(
         lr_factor, schedule=schedule, warmup_steps=warmup_steps, total_steps=max(1, total_steps)
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    constant = functools.partial(lr_factor, schedule="constant", warmup_steps=0, total_steps=1)
+    factors = [constant if f else factor for f in fixed]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from skinssl.lightning_modules.baselines.base import Outputs, Pretraining, halves
 from skinssl.lightning_modules.baselines.losses import negative_cosine
+from skinssl.lightning_modules.optim import configure_adamw
 
 
 class SimSiam(Pretraining):
@@ -26,6 +27,8 @@ class SimSiam(Pretraining):
         proj_hidden: hidden width of the projector (paper: 2048).
         proj_dim: output size of projector and predictor (paper: 2048).
         pred_hidden: hidden width of the predictor bottleneck (paper: 512).
+        fix_predictor_lr: the predictors train at ``lr`` throughout, outside the warm-up and
+            cosine schedule of the rest (the paper's choice; the same under a constant rate).
         **kwargs: the shared arguments of :class:`Pretraining` (modality, trunks, optimiser).
     """
 
@@ -34,6 +37,7 @@ class SimSiam(Pretraining):
         proj_hidden: int = 2048,
         proj_dim: int = 2048,
         pred_hidden: int = 512,
+        fix_predictor_lr: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -47,6 +51,17 @@ class SimSiam(Pretraining):
     def encode(self, modality: str, views: Tensor) -> Outputs:
         z = self.each_view(self.embedder(modality), views)
         return {"z": z, "p": self.each_view(self.predictors[modality], z)}
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        if not self.hparams.fix_predictor_lr:
+            return super().configure_optimizers()
+        predictors = {id(p) for p in self.predictors.parameters()}
+        rest = [p for p in self.parameters() if id(p) not in predictors]
+        groups = [
+            {"params": rest, "lr": self.hparams.lr},
+            {"params": list(self.predictors.parameters()), "lr": self.hparams.lr, "fixed_lr": True},
+        ]
+        return configure_adamw(self, groups)
 
     def intra_loss(self, modality: str, out: Outputs) -> Tensor:
         (p1, p2), (z1, z2) = halves(out["p"]), halves(out["z"])
