@@ -158,7 +158,7 @@ class SkinSSLCLI(LightningCLI):
         if path and Path(path).is_file():  # (a folder: a sharded checkpoint, Lightning's)
             ckpt = check_ckpt(path, subcommand, config.get("model"))
             self._ckpt_data = dict(ckpt.get("datamodule_hyper_parameters", {}))
-            self._ckpt_position = (trained_steps(ckpt), int(ckpt.get("epoch", 0)))
+            self._ckpt_position = (logged_at(ckpt), int(ckpt.get("epoch", 0)))
         super()._parse_ckpt_path()
 
     def _warn_preprocessing(self) -> None:
@@ -379,10 +379,11 @@ def run_checkpoint(trainer: Any, which: str) -> str:
     return str(path)
 
 
-def trained_steps(ckpt: dict[str, Any]) -> int:
-    """The training step a checkpoint was saved at, as its fit's logger counted it."""
+def logged_at(ckpt: dict[str, Any]) -> int:
+    """The logger's step of a checkpoint's last batch (and of the validation after it): one
+    below the steps it had trained, which Lightning counts on at the epoch's end."""
     loop = ckpt.get("loops", {}).get("fit_loop", {}).get("epoch_loop.state_dict", {})
-    return int(loop.get("_batches_that_stepped", ckpt.get("global_step", 0)))
+    return max(0, int(loop.get("_batches_that_stepped", ckpt.get("global_step", 0))) - 1)
 
 
 def warn_resumed_settings(ckpt: dict[str, Any], path: str, init_args: dict[str, Any]) -> None:

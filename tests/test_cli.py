@@ -171,7 +171,8 @@ def test_quickstart_chain_writes_the_report(quickstart_run: Path) -> None:
     assert any(t.startswith("lr-AdamW") for t in tags["scalars"])
     assert {"train/loss_DIAG", "train/loss_RS"} <= tags["scalars"]  # each head's term
     # the test numbers and figures sit at the tested checkpoint's step of the fit's curves
-    step = torch.load(quickstart_run / BEST, weights_only=True)["global_step"]
+    # (the fit's validation of the tested checkpoint's epoch: here its only one)
+    (step,) = scalar_steps(run_dir, "val/auc_mean")
     assert step > 0 and scalar_steps(run_dir, "test/auc_mean") == [step]
     images = EventAccumulator(str(run_dir), size_guidance={"images": 0}).Reload()
     assert [e.step for e in images.Images("test/roc/DIAG")] == [step]
@@ -230,7 +231,7 @@ def test_ckpt_path_best_and_last_are_the_config_runs_files(
         cli = run("validate", "configs/quickstart/finetune.yaml", f"--ckpt_path={which}", *other)
         path = Path(cli.config_init["validate"]["ckpt_path"])
         assert path.resolve() == folder / f"{which}.ckpt"
-        step = torch.load(path, weights_only=True)["global_step"]
+        step = torch.load(path, weights_only=True)["global_step"] - 1  # of its last batch
         assert cli.trainer.fit_loop.epoch_loop._batches_that_stepped == step  # its numbers' step
     with pytest.raises(ValueError, match=r"--ckpt_path best: no best checkpoint in this config's "
                        r"run, runs/quickstart/stage1/checkpoints \(holds last.ckpt\)"):  # fmt: skip
