@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from skinssl.callbacks import (
     Explanations,
@@ -48,6 +49,8 @@ def cli_value(values: list) -> str:
     text = ",".join(map(str, values))
     return text if len(values) == 1 else f"[{text}]"
 
+
+EVALUATION_STEPS = {"validate": "validation_step", "test": "test_step", "predict": "predict_step"}
 
 # data settings that change what the model sees at evaluation
 PREPROCESSING = ("image_size", "cache_size", "border_crop", "mean", "std")
@@ -190,7 +193,20 @@ class SkinSSLCLI(LightningCLI):
                 f"(-c {source / 'config.yaml'}) to keep them together"
             )
 
+    def _check_evaluable(self) -> None:
+        """A clear error when the model has no step for this subcommand (a pretraining stage)."""
+        step = EVALUATION_STEPS[self.subcommand]
+        if not is_overridden(step, self.model):
+            raise ValueError(
+                f"{self.subcommand}: {type(self.model).__name__} has no {step} (a pretraining "
+                "stage). What it learnt is evaluated downstream: fine-tune a classifier from its "
+                "checkpoint (--model.init_args.init_from; configs/sm3/finetune.yaml after SM3's "
+                f"stage 2, configs/baselines/finetune.yaml after a baseline), then "
+                f"{self.subcommand} that run"
+            )
+
     def before_validate(self) -> None:
+        self._check_evaluable()
         self._warn_preprocessing()
         self._warn_other_run()
         if not self.config_init[self.subcommand].get("ckpt_path"):

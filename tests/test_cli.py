@@ -245,6 +245,18 @@ def test_ckpt_path_best_and_last_are_the_config_runs_files(
         run_checkpoint(Namespace(default_root_dir=str(quickstart_run), logger=False), "last")
 
 
+@pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
+def test_evaluating_a_pretraining_stage_says_to_fine_tune(
+    subcommand: str, quickstart_run: Path, monkeypatch
+) -> None:
+    monkeypatch.chdir(quickstart_run)
+    ckpt = "--ckpt_path=runs/quickstart/stage2/checkpoints/last.ckpt"
+    step = {"validate": "validation_step", "test": "test_step", "predict": "predict_step"}
+    with pytest.raises(ValueError, match=rf"{subcommand}: SM3PseudoLabels has no "
+                       rf"{step[subcommand]} \(a pretraining stage\).*init_from"):  # fmt: skip
+        run(subcommand, "configs/quickstart/stage2.yaml", ckpt, *TINY_SYNTHETIC)
+
+
 def test_the_command_prints_bad_input_as_its_message(monkeypatch, capsys) -> None:
     """jsonargparse would wrap the model's error in a report of every type it tried."""
     args = ["fit", "-c", str(REPO / "configs/quickstart/finetune.yaml")]
