@@ -245,6 +245,14 @@ def test_ckpt_path_best_and_last_are_the_config_runs_files(
         run_checkpoint(Namespace(default_root_dir=str(quickstart_run), logger=False), "last")
 
 
+def test_fine_tuning_tokens_from_stage1_warns(quickstart_run: Path, monkeypatch) -> None:
+    monkeypatch.chdir(quickstart_run)
+    stage1 = "runs/quickstart/stage1/checkpoints/last.ckpt"
+    with pytest.warns(UserWarning, match=r"\(SM3Contrastive\) has no label-relation module: "):
+        config = str(REPO / "configs/quickstart/finetune.yaml")
+        build_cli(["-c", config, f"--model.init_args.init_from={stage1}", *TINY_SYNTHETIC], False)
+
+
 @pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
 def test_evaluating_a_pretraining_stage_says_to_fine_tune(
     subcommand: str, quickstart_run: Path, monkeypatch

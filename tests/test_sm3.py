@@ -250,8 +250,12 @@ def test_linear_probe_of_stage1_and_mismatch_errors(pretrained, tmp_path: Path) 
         MultiLabelClassifier(
             head_input="tokens", embed_dim=32, relation_ffn=16, init_from=str(stage2), **SMALL
         )
-    with pytest.raises(ValueError, match="no label-relation module to freeze"):
+    with pytest.raises(ValueError, match=r"stage1.ckpt has no label-relation module to "
+                       "freeze .*pass a stage-2 checkpoint"):  # fmt: skip
         MultiLabelClassifier(head_input="tokens", init_from=str(stage1), setting="linear", **SMALL)
+    with pytest.warns(UserWarning, match=r"stage1.ckpt has no label-relation module: the "
+                      "label projectors, relation module and heads start at random"):  # fmt: skip
+        MultiLabelClassifier(head_input="tokens", init_from=str(stage1), **SMALL)
     with pytest.raises(ValueError, match=r"no label projector for \['DIAG'\]; setting 'linear'"):
         MultiLabelClassifier(
             head_input="tokens",
@@ -262,8 +266,10 @@ def test_linear_probe_of_stage1_and_mismatch_errors(pretrained, tmp_path: Path) 
             setting="linear",
             **SMALL,
         )
-    with pytest.raises(ValueError, match="checkpoint not found"):
+    with pytest.raises(ValueError, match="init_from checkpoint not found: .*missing.ckpt$"):
         MultiLabelClassifier(init_from=str(tmp_path / "missing.ckpt"), **SMALL)
+    with pytest.raises(ValueError, match=r"not found: missing.ckpt \(relative to the working "):
+        MultiLabelClassifier(init_from="missing.ckpt", **SMALL)
 
 
 def test_diagnosis_as_eighth_clustered_head(pretrained, tmp_path: Path) -> None:

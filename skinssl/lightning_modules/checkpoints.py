@@ -18,7 +18,8 @@ def load_tensors(path: str | Path, what: str, mmap: bool = False) -> Any:
     "checkpoint") for a missing, unreadable or foreign file."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{what} not found: {path}")
+        where = "" if path.is_absolute() else f" (relative to the working directory {Path.cwd()})"
+        raise ValueError(f"{what} not found: {path}{where}")
     zipped = zipfile.is_zipfile(path)  # torch.save's format since 1.6
     with path.open("rb") as f:
         legacy = f.read(1) == b"\x80"  # the pickle stream of older torch.save files
@@ -39,10 +40,13 @@ def load_tensors(path: str | Path, what: str, mmap: bool = False) -> Any:
         raise ValueError(f"cannot read {what} {path}: {error}") from None
 
 
-def open_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+def open_checkpoint(
+    path: str | Path, mmap: bool = False, what: str = "checkpoint"
+) -> dict[str, Any]:
     """A Lightning checkpoint's contents, loaded with weights_only (``mmap``: tensors stay on
-    disk until read), with one clear error for a missing, unreadable or foreign file."""
-    ckpt = load_tensors(path, "checkpoint", mmap)
+    disk until read), with one clear error for a missing, unreadable or foreign file (naming
+    ``what`` it is, e.g. the option that gave it)."""
+    ckpt = load_tensors(path, what, mmap)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ValueError(
             f"{path} is not a Lightning checkpoint of skinssl (no 'state_dict'); a ResNet "
@@ -51,9 +55,11 @@ def open_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     return ckpt
 
 
-def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+def read_checkpoint(
+    path: str | Path, what: str = "checkpoint"
+) -> tuple[dict[str, torch.Tensor], dict]:
     """(state_dict, hyper_parameters) of a Lightning checkpoint, loaded with weights_only."""
-    ckpt = open_checkpoint(path)
+    ckpt = open_checkpoint(path, what=what)
     return ckpt["state_dict"], dict(ckpt.get("hyper_parameters", {}))
 
 
@@ -103,16 +109,17 @@ def load_part(
 
 
 def load_trunks(
-    encoder: nn.Module, path: str | Path, backbone: str, share_trunk: bool
+    encoder: nn.Module, path: str | Path, backbone: str, share_trunk: bool, what: str
 ) -> tuple[dict[str, torch.Tensor], dict]:
     """Load a checkpoint's ``encoder.*`` trunks after checking backbone and trunk sharing.
 
     A single-modality pretraining checkpoint (``modality: derm|clinic``) holds its one trunk
     under both names and initialises both trunks, whatever ``share_trunk``; a checkpoint
     without ``share_trunk`` (a multi-modal baseline) has two trunks.
-    Returns the checkpoint's (state_dict, hyper_parameters) for the caller's other parts.
+    Returns the checkpoint's (state_dict, hyper_parameters) for the caller's other parts;
+    ``what`` names the checkpoint in errors (the argument that gave it).
     """
-    state, hparams = read_checkpoint(path)
+    state, hparams = read_checkpoint(path, what)
     expected: dict[str, object] = {"backbone": backbone}
     if hparams.get("modality") not in ("derm", "clinic"):
         hparams = {"share_trunk": False, **hparams}

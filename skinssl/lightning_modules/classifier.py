@@ -156,13 +156,28 @@ class MultiLabelClassifier(L.LightningModule):
     # ---------------------------------------------------------------- set-up
     def _init_from(self, path: str) -> None:
         hp = self.hparams
-        state, hparams = load_trunks(self.encoder, path, hp.backbone, hp.share_trunk)
+        state, hparams = load_trunks(
+            self.encoder, path, hp.backbone, hp.share_trunk, "init_from checkpoint"
+        )
         loaded = ["trunks"]
         has_relation = any(k.startswith("relation.") for k in state)
-        if self.relation is not None and not has_relation and hp.setting == "linear":
-            raise ValueError(
-                f"{path} has no label-relation module to freeze for setting 'linear' with "
-                "head_input 'tokens'; use setting 'projector' or head_input 'fused'"
+        if self.relation is not None and not has_relation:
+            kind = str(hparams.get("_class_path", "")).rpartition(".")[2]  # (saved by the CLI)
+            kind = f" ({kind})" if kind else ""
+            ways = (
+                "pass a stage-2 checkpoint (SM3PseudoLabels), or head_input 'fused' (heads on the "
+                "trunks, the baselines' downstream model)"
+            )
+            if hp.setting == "linear":
+                raise ValueError(
+                    f"init_from {path}{kind} has no label-relation module to freeze for "
+                    f"setting 'linear' with head_input 'tokens': {ways}, or setting 'projector' "
+                    "(the relation module trained from random)"
+                )
+            rank_zero_warn(
+                f"init_from {path}{kind} has no label-relation module: the label "
+                "projectors, relation module and heads start at random, only the trunks are "
+                f"pretrained (SM3 fine-tunes from stage 2's checkpoint). To change it, {ways}"
             )
         if self.relation is not None and has_relation:
             structure = [k for k in RELATION_HPARAMS if k != "relation_dropout"]

@@ -97,7 +97,9 @@ class SM3PseudoLabels(L.LightningModule):
         self.sizes = sizes
         self.encoder = PairEncoder(backbone, None if pretrained else weights, share_trunk)
         if pretrained:
-            _, saved = load_trunks(self.encoder, pretrained, backbone, share_trunk)
+            _, saved = load_trunks(
+                self.encoder, pretrained, backbone, share_trunk, "pretrained checkpoint"
+            )
             kind = str(saved.get("_class_path", "")).rpartition(".")[2]
             rank_zero_info(f"pretrained={pretrained!r}: trunks loaded ({kind or 'a checkpoint'})")
         self.relation = LabelTokens.from_hparams(self.encoder.out_dim, self.heads, self.hparams)
