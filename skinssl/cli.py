@@ -164,9 +164,10 @@ class SkinSSLCLI(LightningCLI):
             self._ckpt_position = (logged_at(ckpt), int(ckpt.get("epoch", 0)))
         super()._parse_ckpt_path()
 
-    def _warn_preprocessing(self) -> None:
-        """Warn when validate/test/predict prepare images unlike the checkpoint's training."""
-        now, saved = dict(getattr(self.datamodule, "hparams", {})), self._ckpt_data
+    def _warn_preprocessing(self, saved: dict[str, Any], source: str) -> None:
+        """Warn when this run prepares images unlike the training run of the checkpoint
+        (``saved``: its data settings; ``source``: which checkpoint, in the message)."""
+        now = dict(getattr(self.datamodule, "hparams", {}))
         values = {k: (np.atleast_1d(saved[k]).tolist(), np.atleast_1d(now[k]).tolist())
                   for k in PREPROCESSING if saved.get(k) is not None and k in now}  # fmt: skip
         differ = [k for k, (a, b) in values.items() if a != b]
@@ -174,8 +175,8 @@ class SkinSSLCLI(LightningCLI):
             diffs = "; ".join(f"{k}: trained with {saved[k]!r}, now {now[k]!r}" for k in differ)
             fix = " ".join(f"--data.init_args.{k}={cli_value(values[k][0])}" for k in differ)
             rank_zero_warn(
-                f"{self.subcommand}: the data settings differ from the checkpoint's training "
-                f"({diffs}): the model sees images prepared unlike its training images. To "
+                f"{self.subcommand}: the data settings differ from those that trained {source} "
+                f"({diffs}): its weights see images prepared unlike their training images. To "
                 f"match, pass {fix}"
             )
 
@@ -207,7 +208,7 @@ class SkinSSLCLI(LightningCLI):
 
     def before_validate(self) -> None:
         self._check_evaluable()
-        self._warn_preprocessing()
+        self._warn_preprocessing(self._ckpt_data, "the checkpoint")
         self._warn_other_run()
         if not self.config_init[self.subcommand].get("ckpt_path"):
             rank_zero_warn(
@@ -263,6 +264,12 @@ class SkinSSLCLI(LightningCLI):
             else:
                 rank_zero_info(f"resume: no {last} yet, so the run starts from the beginning")
         check_new_run(self.trainer, config.get("ckpt_path"))
+        hparams = self.model.hparams
+        for name in ("init_from", "pretrained"):  # the pretraining checkpoint a fit starts from
+            if hparams.get(name) and Path(hparams[name]).is_file():
+                ckpt = open_checkpoint(hparams[name], mmap=True)
+                saved = dict(ckpt.get("datamodule_hyper_parameters", {}))
+                self._warn_preprocessing(saved, f"its {name} checkpoint")
 
 
 def check_new_run(trainer: L.Trainer, ckpt_path: str | None) -> None:

@@ -387,7 +387,7 @@ def test_testing_another_runs_checkpoint_warns(quickstart_run: Path, monkeypatch
         run("validate", config, *other)  # the heads as built: not the fit's
 
 
-def test_evaluating_with_other_data_settings_warns(quickstart_run: Path, monkeypatch) -> None:
+def test_data_settings_unlike_the_checkpoints_warn(quickstart_run: Path, monkeypatch) -> None:
     monkeypatch.chdir(quickstart_run)
     other = [a for a in TINY_SYNTHETIC if "size=" not in a]
     other += ["--data.init_args.synthetic_size=64", "--data.init_args.image_size=40"]
@@ -399,6 +399,10 @@ def test_evaluating_with_other_data_settings_warns(quickstart_run: Path, monkeyp
         r"trained with 36, now 44\).*image_size=32 --data.init_args.cache_size=36",
     ):
         run("validate", "configs/quickstart/finetune.yaml", ckpt, *other)
+    crop = ["--data.init_args.border_crop=0", "--trainer.fast_dev_run=true"]
+    unlike = r"fit: the data settings differ from those that trained its init_from checkpoint"
+    with pytest.warns(UserWarning, match=unlike + r" \(border_crop: trained with 3, now 0\)"):
+        run("fit", "configs/quickstart/finetune.yaml", *TINY_SYNTHETIC, *crop)
 
 
 def test_predict_with_a_run_config_and_checkpoint(quickstart_run: Path, monkeypatch) -> None:
