@@ -111,7 +111,8 @@ def test_empty_image_path_names_line_and_column(copy_release) -> None:
 @pytest.mark.parametrize(
     ("edit", "pattern"),
     [
-        (lambda lines: [*lines, "5000"], "row 5000 is out of range; valid rows are 0..1010"),
+        (lambda lines: [*lines, "5000"], "row 5000 is out of range; valid rows are 0..1010$"),
+        (lambda lines: [*lines, "1011"], r"0..1010 \(rows count from 0: is the file 1-based\?"),
         (lambda lines: [*lines, lines[1]], "is listed twice"),
         (lambda lines: [*lines, "abc"], "'abc' is not an integer"),
         (lambda lines: ["index", *lines[1:]], "header 'indexes'"),
@@ -131,6 +132,21 @@ def test_overlapping_splits(copy_release) -> None:
     lists = r"meta/\{train,valid,test\}_indexes.csv"  # the files to mend, not meta.csv
     with pytest.raises(DataError, match=f"{lists}: row {first_test_row} is in both the 'train'"):
         read_derm7pt(root)
+
+
+def test_swapped_split_files_warn(copy_release) -> None:
+    root = copy_release()
+    valid, test = root / "meta/valid_indexes.csv", root / "meta/test_indexes.csv"
+    text = valid.read_text()
+    valid.write_text(test.read_text())
+    test.write_text(text)
+    with pytest.warns(UserWarning, match=r"'valid': 395, 'test': 203\}.*Are two of them swapped"):
+        read_derm7pt(root)
+
+
+def test_a_root_without_meta_csv_says_what_the_root_is(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="must be the Derm7pt release folder, the one that holds "):
+        read_derm7pt(tmp_path)
 
 
 def test_index_file_saved_with_a_byte_order_mark(copy_release) -> None:

@@ -124,8 +124,10 @@ def read_index_file(path: Path, num_rows: int) -> np.ndarray:
             msg = f"{path}, line {line_no}: {text!r} is not an integer row index"
             raise DataError(msg) from None
         if not 0 <= r < num_rows:
+            hint = " (rows count from 0: is the file 1-based?)" if r == num_rows else ""
             raise DataError(
-                f"{path}, line {line_no}: row {r} is out of range; valid rows are 0..{num_rows - 1}"
+                f"{path}, line {line_no}: row {r} is out of range; valid rows are "
+                f"0..{num_rows - 1}{hint}"
             )
         if r in seen:
             raise DataError(f"{path}, line {line_no}: row {r} is listed twice")

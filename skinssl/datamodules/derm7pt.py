@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from lightning.pytorch.utilities import rank_zero_warn
 
 from skinssl.datamodules.cases import (
     SPLITS,
@@ -43,10 +44,19 @@ class _CaseInsensitiveResolver:
         return self._index.get(relative.lower(), path)
 
 
+# the official split sizes of the release (the authors' sanity check)
+OFFICIAL_SIZES = {"train": 413, "valid": 203, "test": 395}
+
+
 def read_derm7pt(root: str | Path) -> Cases:
     """All 1011 (or however many) cases of a Derm7pt-layout folder with its official splits."""
     root = Path(root)
     meta = root / "meta" / "meta.csv"
+    if not meta.is_file():
+        raise DataError(
+            f"{meta} not found: the data root ({root}) must be the Derm7pt release folder, the "
+            "one that holds meta/meta.csv, meta/*_indexes.csv and images/"
+        )
     table = read_csv(meta, REQUIRED_COLUMNS)
     rows = table.rows
     for i, r in enumerate(rows):
@@ -62,4 +72,10 @@ def read_derm7pt(root: str | Path) -> Cases:
         name: read_index_file(root / "meta" / f"{name}_indexes.csv", len(rows)) for name in SPLITS
     }
     lists = str(root / "meta" / f"{{{','.join(SPLITS)}}}_indexes.csv")
+    sizes = {name: len(rows) for name, rows in splits.items()}
+    if sorted(sizes.values()) == sorted(OFFICIAL_SIZES.values()) and sizes != OFFICIAL_SIZES:
+        rank_zero_warn(
+            f"{lists}: the splits have {sizes} cases; the official files have {OFFICIAL_SIZES}. "
+            "Are two of them swapped? (checkpoints are chosen on valid, and test is reported)"
+        )
     return Cases(derm, clinic, labels, pair_valid, splits, source=str(meta), split_source=lists)
