@@ -148,6 +148,8 @@ def test_quickstart_chain_writes_the_report(quickstart_run: Path) -> None:
     saved = torch.load(quickstart_run / BEST, weights_only=True)["datamodule_hyper_parameters"]
     hparams = yaml.safe_load((run_dir / "hparams.yaml").read_text())
     assert isinstance(saved["border_crop"], int) and hparams["border_crop"] == saved["border_crop"]
+    views = json.loads(json.dumps(saved["derm_views"]))  # (tuples as the lists YAML has)
+    assert hparams["derm_views"] == views and views["n"] == 1
     for name in (
         "roc_DIAG",
         "confusion_RS",

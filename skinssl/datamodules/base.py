@@ -130,7 +130,8 @@ class PairedDataModule(L.LightningDataModule):
         # logged with the run and kept in checkpoints as plain values (loadable with weights_only)
         self.save_hyperparameters(ignore=["derm_views", "clinic_views"])
         views = {"derm_views": derm_views, "clinic_views": clinic_views or derm_views}
-        self.hparams.update({k: asdict(v) for k, v in views.items()})
+        for store in (self.hparams, self._hparams_initial):  # (Lightning logs the initial)
+            store.update({k: asdict(v) for k, v in views.items()})
         if not 0 < label_fraction <= 1:
             raise ValueError(
                 f"label_fraction = {label_fraction} is outside (0, 1]; use e.g. 0.1 for 10 %"
@@ -148,7 +149,7 @@ class PairedDataModule(L.LightningDataModule):
         self.derm_views = replace(derm_views)
         self.clinic_views = replace(clinic_views or derm_views)
         self.border_crop = self.default_border_crop() if border_crop is None else border_crop
-        # as used, also when the source chose it: in checkpoints and in hparams.yaml (the initial)
+        # as used, also when the source chose it
         self.hparams["border_crop"] = self._hparams_initial["border_crop"] = self.border_crop
         self.cache = cache
         self.cache_size = cache_size
