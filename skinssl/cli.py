@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import signal
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Union
@@ -15,7 +17,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from skinssl.callbacks import (
@@ -218,8 +221,8 @@ class SkinSSLCLI(LightningCLI):
             )
         if self._ckpt_position is not None:  # TensorBoard: the results at the checkpoint's step
             log_at(self.trainer, *self._ckpt_position)
-        # the fit's run gets its hyper-parameters again: without hp_metric's placeholder -1,
-        # which TensorBoard's HParams tab would show as the run's last value
+        # no hp_metric placeholder -1, which TensorBoard's HParams tab would show as the run's
+        # last value
         for logger in self.trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger._default_hp_metric = False
@@ -239,7 +242,7 @@ class SkinSSLCLI(LightningCLI):
         init_args = config.get("model", {}).get("init_args") or {}
         for key in ("init_from", "weights"):
             if init_args.get(key):
-                rank_zero_info(f"{key}={init_args[key]!r} not loaded: weights come from ckpt_path")
+                rank_zero_info(f"{key} not loaded: every weight comes from ckpt_path")
                 init_args[key] = None
 
     def after_predict(self) -> None:
@@ -270,6 +273,20 @@ class SkinSSLCLI(LightningCLI):
                 ckpt = open_checkpoint(hparams[name], mmap=True)
                 saved = dict(ckpt.get("datamodule_hyper_parameters", {}))
                 self._warn_preprocessing(saved, f"its {name} checkpoint")
+        self._continue_tensorboard(config.get("ckpt_path"))
+        next(c for c in self.trainer.callbacks if isinstance(c, Preemption)).listen()
+
+    def _continue_tensorboard(self, ckpt_path: str | None) -> None:
+        """TensorBoard goes on from the checkpoint's step: what an interrupted run logged after
+        its checkpoint (a failed first attempt: everything) is purged, so that no curve steps
+        back; a resumed fit adds no hp_metric placeholder -1."""
+        if ckpt_path is not None and not Path(ckpt_path).is_file():
+            return  # Lightning's 'last'/'hpc': the step is unknown here
+        step = trained_steps(open_checkpoint(ckpt_path, mmap=True)) if ckpt_path else 0
+        for logger in self.trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger._kwargs["purge_step"] = step  # (its SummaryWriter's, made at set-up)
+                logger._default_hp_metric = ckpt_path is None
 
 
 def check_new_run(trainer: L.Trainer, ckpt_path: str | None) -> None:
@@ -402,11 +419,16 @@ def run_checkpoint(trainer: Any, which: str) -> str:
     return str(path)
 
 
+def trained_steps(ckpt: dict[str, Any]) -> int:
+    """The logger's step that a fit resumed from a checkpoint goes on at."""
+    loop = ckpt.get("loops", {}).get("fit_loop", {}).get("epoch_loop.state_dict", {})
+    return int(loop.get("_batches_that_stepped", ckpt.get("global_step", 0)))
+
+
 def logged_at(ckpt: dict[str, Any]) -> int:
     """The logger's step of a checkpoint's last batch (and of the validation after it): one
     below the steps it had trained, which Lightning counts on at the epoch's end."""
-    loop = ckpt.get("loops", {}).get("fit_loop", {}).get("epoch_loop.state_dict", {})
-    return max(0, int(loop.get("_batches_that_stepped", ckpt.get("global_step", 0))) - 1)
+    return max(0, trained_steps(ckpt) - 1)
 
 
 def warn_resumed_settings(ckpt: dict[str, Any], path: str, init_args: dict[str, Any]) -> None:
@@ -463,14 +485,37 @@ def own_error(error: BaseException) -> ValueError | None:
     return found
 
 
+SIGTERM_STOP = (
+    "skinssl: stopped by SIGTERM; nothing was saved at the signal. Run the same command with "
+    "--resume true to continue from the run's checkpoints/last.ckpt (the last epoch's end); "
+    "--preemption.signal_name SIGTERM saves a checkpoint at the signal instead"
+)
+# what gloo says in a process whose peer process stopped (e.g. on its data error)
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer")
+PEER_GONE_MESSAGE = (
+    "another process of this run stopped (its error is above), so this one cannot go on"
+)
+
+
 def main(args: list[str] | None = None) -> None:
     """The ``skinssl`` command: run the CLI on ``args`` (default: the command line).
 
     Bad input that skinssl names (data, config, checkpoint: a ValueError it raises) ends the
     command with that message alone; ``SKINSSL_TRACEBACK=1`` shows the traceback instead.
+    SIGTERM (Lightning stops at the next batch) exits with status 143 and how to continue; a
+    process whose peer stopped says so in one line.
     """
     try:
         build_cli(args)  # returns None: a console script's return value is its exit status
+    except SIGTERMException:  # Lightning's, a SystemExit without a status: 0 would say done
+        if rank_zero_only.rank == 0:
+            print(SIGTERM_STOP, file=sys.stderr)
+        raise SystemExit(128 + signal.SIGTERM) from None
+    except RuntimeError as error:
+        traceback = os.environ.get("SKINSSL_TRACEBACK") == "1"
+        if traceback or not any(text in str(error) for text in PEER_GONE):
+            raise
+        raise SystemExit(f"skinssl: error: {PEER_GONE_MESSAGE}") from None
     except ValueError as error:
         own = own_error(error)
         if own is None or os.environ.get("SKINSSL_TRACEBACK") == "1":

@@ -56,15 +56,17 @@ def run_gloo(fn, world: int, out_dir: Path) -> list:
 
 
 class SignalAt(L.Callback):
-    """Sends this process ``SIGUSR1`` before training step ``step``: a stand-in for SLURM's
-    warning before the time limit (usable from the CLI as ``helpers.SignalAt``)."""
+    """Sends this process ``signal_name`` before training step ``step``: a stand-in for
+    SLURM's warning before the time limit, or a ``kill`` (usable from the CLI as
+    ``helpers.SignalAt``)."""
 
-    def __init__(self, step: int) -> None:
+    def __init__(self, step: int, signal_name: str = "SIGUSR1") -> None:
         self.step = step
+        self.signal_name = signal_name
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGUSR1)
+            os.kill(os.getpid(), getattr(signal, self.signal_name))
 
 
 def tiny_synthetic(folder: Path, views: Views) -> SyntheticDerm7ptDataModule:

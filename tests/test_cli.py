@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import warnings
 from fractions import Fraction
 from pathlib import Path
@@ -677,6 +678,66 @@ def test_signal_mid_epoch_then_same_command_gives_same_weights(
         assert torch.equal(value, resumed["state_dict"][key]), key
     # TensorBoard has every step once, the one trained just before the signal too
     assert scalar_steps(Path(f"runs/quickstart/{stage}"), "train/loss") == list(range(6))
+
+
+def test_sigterm_exits_143_and_the_resume_continues_tensorboard(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """SIGTERM (docker stop, scancel) mid-epoch: Lightning stops without a checkpoint; the exit
+    status says so (not 0), and the resumed run's curves go on from its checkpoint's step with
+    what the stopped run logged after it purged (no step twice, no second hp_metric -1)."""
+    monkeypatch.chdir(tmp_path)
+    args = [*TINY_SYNTHETIC, "--trainer.max_epochs=2", "--trainer.log_every_n_steps=1"]
+    config = str(REPO / "configs/quickstart/stage1.yaml")
+    kill = ["--trainer.callbacks+=helpers.SignalAt", "--trainer.callbacks.step=4",
+            "--trainer.callbacks.signal_name=SIGTERM"]  # fmt: skip
+    with pytest.raises(SystemExit) as stopped:
+        main(["fit", "-c", config, *args, *kill])
+    assert stopped.value.code == 143
+    assert "stopped by SIGTERM; nothing was saved" in capsys.readouterr().err
+    run_dir = Path("runs/quickstart/stage1")
+    assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 3
+    assert scalar_steps(run_dir, "train/loss")[-1] == 4  # logged after the checkpoint
+    main(["fit", "-c", config, *args, "--resume=true"])
+    assert scalar_steps(run_dir, "train/loss") == list(range(6))
+    assert scalar_steps(run_dir, "hp_metric") == [0]
+
+
+def test_a_signal_during_set_up_is_honoured_when_training_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGUSR1 before the first batch (the data being read) waits for the first safe batch end
+    instead of ending the process."""
+    import signal
+
+    from skinssl.datamodules import SyntheticDerm7ptDataModule
+
+    monkeypatch.chdir(tmp_path)
+    setup = SyntheticDerm7ptDataModule.setup
+
+    def signalled_setup(self, stage: str) -> None:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        setup(self, stage)
+
+    monkeypatch.setattr(SyntheticDerm7ptDataModule, "setup", signalled_setup)
+    before = signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # unheard, the signal does nothing
+    try:
+        with pytest.raises(SystemExit, match="stopped by SIGUSR1 at step 1"):
+            run("fit", "configs/quickstart/stage1.yaml", *TINY_SYNTHETIC, "--trainer.max_epochs=2")
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+
+
+def test_a_process_whose_peer_stopped_says_so(monkeypatch) -> None:
+    def peer_gone(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("[../gloo/transport/tcp/pair.cc:534] Connection closed by peer")
+
+    monkeypatch.setattr(cli_module, "build_cli", peer_gone)
+    with pytest.raises(SystemExit, match="^skinssl: error: another process of this run stopped"):
+        main(["fit"])
+    monkeypatch.setenv("SKINSSL_TRACEBACK", "1")
+    with pytest.raises(RuntimeError, match="Connection closed by peer"):
+        main(["fit"])
 
 
 @pytest.mark.parametrize("augment_on", ["cpu", "device"])

@@ -75,13 +75,32 @@ class Preemption(L.Callback):
         self._stopping = False
         self._batches = 0
         self._previous: Any = None
+        self._listening = False
         self._exit: str | int | None = None
 
     def _note(self, signum: int, frame: Any) -> None:
         self.received = True
 
+    def listen(self) -> None:
+        """Note the signal from now on (the CLI calls it before the fit's set-up, so that a
+        signal while the data are read is honoured at the first safe batch end)."""
+        self.received, self._stopping, self._batches, self._exit = False, False, 0, None
+        self._listening = True
+        self._install()
+
+    def _install(self) -> None:
+        if self.signal_name == "none":
+            return
+        try:
+            previous = signal.signal(getattr(signal, self.signal_name), self._note)
+        except ValueError:  # not the main thread: leave signals alone
+            return
+        if previous != self._note and self._previous is None:
+            self._previous = previous
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Installed after Lightning's own handlers (its SLURM requeue handler is replaced)."""
+        """Installed again after Lightning's own handlers (its SLURM requeue handler is
+        replaced); a signal noted since ``listen`` stays noted."""
         if self.signal_name == "none":
             return
         batches = trainer.num_training_batches
@@ -91,16 +110,16 @@ class Preemption(L.Callback):
                 f"rank) is safe to stop at, so {self.signal_name} will not save a checkpoint; "
                 "use a smaller batch_size or fewer devices for several batches per epoch"
             )
-        self.received, self._stopping, self._batches, self._exit = False, False, 0, None
-        try:
-            self._previous = signal.signal(getattr(signal, self.signal_name), self._note)
-        except ValueError:  # not the main thread: leave signals alone
-            self._previous = None
+        if self._listening:
+            self._install()
+        else:  # a fit outside the CLI
+            self.listen()
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore()
 
     def _restore(self) -> None:
+        self._listening = False
         if self._previous is not None:
             if signal.getsignal(getattr(signal, self.signal_name)) == self._note:
                 signal.signal(getattr(signal, self.signal_name), self._previous)

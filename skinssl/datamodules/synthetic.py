@@ -263,7 +263,7 @@ def generate(
         raise ValueError(f"workers must be >= 1, got {workers}")
     root = Path(root)
     params = {
-        "generator": __name__,
+        "generator": "skinssl.datamodules.synthetic",  # (also when run as __main__)
         "version": FORMAT_VERSION,
         "num_cases": num_cases,
         "image_size": image_size,
