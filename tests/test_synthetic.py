@@ -158,10 +158,14 @@ def test_bad_arguments(tmp_path: Path, kwargs: dict[str, int], message: str) -> 
     assert not (tmp_path / "x").exists()
 
 
-def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    synthetic.main([str(tmp_path / "cli"), "--num-cases", "3", "--image-size", "32", "--seed", "2"])
-    assert "synthetic Derm7pt data in" in capsys.readouterr().out
-    assert len(_rows(tmp_path / "cli" / "meta" / "meta.csv")) == 3
+def test_command_line(tmp_path: Path) -> None:
+    root = tmp_path / "cli"
+    args = [str(root), "--num-cases", "3", "--image-size", "32", "--seed", "2", "--workers", "1"]
+    done = subprocess.run([sys.executable, "-m", "skinssl.datamodules.synthetic", *args],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    assert "synthetic Derm7pt data in" in done.stdout
+    assert len(_rows(root / "meta" / "meta.csv")) == 3
+    assert generate(root, 3, 32, seed=2) == root  # the folder is the data module's too
 
 
 def test_pool_does_not_hang_after_opencv_used_its_threads(tmp_path: Path) -> None:
