@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
+import logging
 import os
+import re
 import signal
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, NoReturn, Union
 
 import lightning as L
 import numpy as np
@@ -333,10 +336,39 @@ def check_accelerator(trainer: Any) -> None:
 
 
 class ConciseParser(LightningArgumentParser):
-    """Parse errors without the full usage (dozens of lines): the tip and the error only."""
+    """Parse errors without the full usage (dozens of lines): the tip and the error only; an
+    unknown argument of a model or data class in one line, with the nearest name."""
 
     def print_usage(self, file: Any = None) -> None:
         """Nothing: ``--help`` shows the options."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        super().error(unknown_argument(message) or message, ex)
+
+
+def named(kind: type) -> list[str]:
+    """The named arguments of a class's own ``__init__``."""
+    params = inspect.signature(kind.__init__).parameters.values()
+    return [
+        p.name
+        for p in params
+        if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+
+
+def unknown_argument(message: str) -> str | None:
+    """jsonargparse's report of an argument a class does not take (every type of the Union it
+    tried), as one line naming the class and the nearest of its arguments; None otherwise."""
+    key = re.search(r'Parser key "([^"]+)"', message)
+    given = re.search(r"given class_path '([^']+)':\s*Option '([^']+)' is not accepted", message)
+    kind = import_class(given.group(1)) if given else None
+    if key is None or kind is None:
+        return None
+    names = sorted({n for c in inspect.getmro(kind) if "__init__" in vars(c) for n in named(c)})
+    option = given.group(2)
+    near = difflib.get_close_matches(option, names, n=1)
+    hint = f"did you mean {near[0]!r}?" if near else f"its arguments: {', '.join(names)}"
+    return f"{key.group(1)}: {kind.__name__} takes no argument {option!r}; {hint}"
 
 
 DESCRIPTIONS = {
@@ -525,6 +557,11 @@ def main(args: list[str] | None = None) -> None:
         ) from None
 
 
+def no_tips(record: logging.LogRecord) -> bool:
+    """A log filter: Lightning's tips to install its cloud products are left out."""
+    return not record.getMessage().startswith("💡 Tip:")
+
+
 def build_cli(args: list[str] | None = None, run: bool = True) -> SkinSSLCLI:
     """The CLI on ``args``, run as a subcommand; ``run=False`` only builds it."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -540,6 +577,10 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> SkinSSLCLI:
     warnings.filterwarnings("ignore", message=r"Using `DistributedSampler` with the dataloaders\.")
     # a fit into a folder with checkpoints is a resume (check_new_run refuses anything else)
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    # Lightning's advertisements in the log ("💡 Tip: ... try installing ...")
+    rank_zero_logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if no_tips not in rank_zero_logger.filters:
+        rank_zero_logger.addFilter(no_tips)
     torch.set_float32_matmul_precision("high")
     return SkinSSLCLI(
         args=args,

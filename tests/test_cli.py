@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import warnings
 from fractions import Fraction
@@ -286,8 +287,19 @@ def test_parse_errors_and_help_are_short_and_skinssls(monkeypatch, capsys) -> No
         main(["fit", "-c", config, "--data.init_args.cache_siz=3"])
     assert done.value.code == 2
     error = capsys.readouterr().err
-    assert "Option 'cache_siz' is not accepted" in error and "usage:" not in error
+    assert (
+        "data: SyntheticDerm7ptDataModule takes no argument 'cache_siz'; did you mean "
+        "'cache_size'?\n"
+        in error
+        and "usage:" not in error
+        and "Union" not in error
+    )
     assert "fit --help" in error  # where the options are
+    with pytest.raises(SystemExit):
+        main(["fit", "-c", config, "--model.init_args.zzz=3"])
+    assert "model: SM3Contrastive takes no argument 'zzz'; its arguments: adam_eps, backbone" in (
+        capsys.readouterr().err
+    )
     with pytest.raises(SystemExit):
         main(["--help"])
     listing = capsys.readouterr().out
@@ -327,6 +339,11 @@ def test_lightning_warnings_that_do_not_apply_are_filtered(capsys) -> None:
             warnings.warn(message, UserWarning, stacklevel=1)
     assert not [w for w in caught if str(w.message).startswith(("Found 137", "Using `Dist"))]
     assert [str(w.message) for w in caught if str(w.message).startswith("It is")] == [kept]
+    # and Lightning's tips to install its cloud products are left out of the log
+    log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    tip, info = (log.makeRecord(log.name, logging.INFO, "x.py", 1, text, (), None)
+                 for text in ("💡 Tip: try installing ...", "GPU available: False"))  # fmt: skip
+    assert not log.filter(tip) and log.filter(info)
 
 
 def test_resuming_with_other_settings_warns(monkeypatch) -> None:
