@@ -25,6 +25,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from skinssl.callbacks import (
+    ContinuedCurves,
     Explanations,
     GlooExit,
     PredictionWriter,
@@ -117,7 +118,8 @@ class SkinSSLCLI(LightningCLI):
     exit on SIGUSR1), ``speed`` (channels-last, torch.compile). Always attached, without
     settings: ``StepSeed`` (dropout drawn from the step, for exact resumes), ``ResumedSchedule``
     (a resumed fit trains at this run's learning rates, with a warning when they are not the
-    checkpoint's) and ``GlooExit`` (a clean exit of CPU multi-process runs). ``fit --resume
+    checkpoint's), ``ContinuedCurves`` (TensorBoard curves of a resumed fit without steps twice)
+    and ``GlooExit`` (a clean exit of CPU multi-process runs). ``fit --resume
     true`` continues from the run directory's ``last.ckpt`` when there is one.
     ``validate``/``test``/``predict`` with a ``ckpt_path`` take every weight from it, so
     ``init_from`` and ``weights`` are not read."""
@@ -224,6 +226,12 @@ class SkinSSLCLI(LightningCLI):
             )
         if self._ckpt_position is not None:  # TensorBoard: the results at the checkpoint's step
             log_at(self.trainer, *self._ckpt_position)
+        if self.subcommand == "validate":
+            # no val/* points: the fit logged this validation, and TensorBoard's default loader
+            # drops a curve's later points when a point comes at an earlier step
+            for logger in self.trainer.loggers:
+                if isinstance(logger, TensorBoardLogger):
+                    logger.log_metrics = lambda metrics, step=None: None  # type: ignore[method-assign]
         # no hp_metric placeholder -1, which TensorBoard's HParams tab would show as the run's
         # last value
         for logger in self.trainer.loggers:
@@ -234,7 +242,9 @@ class SkinSSLCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
-        trainer.callbacks += [StepSeed(), ResumedSchedule(), GlooExit()]  # always wanted
+        # always wanted; ContinuedCurves first, its restart mark before anything is logged
+        trainer.callbacks.insert(0, ContinuedCurves())
+        trainer.callbacks += [StepSeed(), ResumedSchedule(), GlooExit()]
         return trainer
 
     def before_instantiate_classes(self) -> None:
@@ -276,20 +286,11 @@ class SkinSSLCLI(LightningCLI):
                 ckpt = open_checkpoint(hparams[name], mmap=True)
                 saved = dict(ckpt.get("datamodule_hyper_parameters", {}))
                 self._warn_preprocessing(saved, f"its {name} checkpoint")
-        self._continue_tensorboard(config.get("ckpt_path"))
+        if config.get("ckpt_path"):  # a resumed fit adds no hp_metric placeholder -1
+            for logger in self.trainer.loggers:
+                if isinstance(logger, TensorBoardLogger):
+                    logger._default_hp_metric = False
         next(c for c in self.trainer.callbacks if isinstance(c, Preemption)).listen()
-
-    def _continue_tensorboard(self, ckpt_path: str | None) -> None:
-        """TensorBoard goes on from the checkpoint's step: what an interrupted run logged after
-        its checkpoint (a failed first attempt: everything) is purged, so that no curve steps
-        back; a resumed fit adds no hp_metric placeholder -1."""
-        if ckpt_path is not None and not Path(ckpt_path).is_file():
-            return  # Lightning's 'last'/'hpc': the step is unknown here
-        step = trained_steps(open_checkpoint(ckpt_path, mmap=True)) if ckpt_path else 0
-        for logger in self.trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger._kwargs["purge_step"] = step  # (its SummaryWriter's, made at set-up)
-                logger._default_hp_metric = ckpt_path is None
 
 
 def check_new_run(trainer: L.Trainer, ckpt_path: str | None) -> None:
@@ -451,16 +452,10 @@ def run_checkpoint(trainer: Any, which: str) -> str:
     return str(path)
 
 
-def trained_steps(ckpt: dict[str, Any]) -> int:
-    """The logger's step that a fit resumed from a checkpoint goes on at."""
-    loop = ckpt.get("loops", {}).get("fit_loop", {}).get("epoch_loop.state_dict", {})
-    return int(loop.get("_batches_that_stepped", ckpt.get("global_step", 0)))
-
-
 def logged_at(ckpt: dict[str, Any]) -> int:
     """The logger's step of a checkpoint's last batch (and of the validation after it): one
-    below the steps it had trained, which Lightning counts on at the epoch's end."""
-    return max(0, trained_steps(ckpt) - 1)
+    below its optimizer steps, wherever in the epoch it was saved."""
+    return max(0, int(ckpt.get("global_step", 0)) - 1)
 
 
 def warn_resumed_settings(ckpt: dict[str, Any], path: str, init_args: dict[str, Any]) -> None:
@@ -518,9 +513,9 @@ def own_error(error: BaseException) -> ValueError | None:
 
 
 SIGTERM_STOP = (
-    "skinssl: stopped by SIGTERM; nothing was saved at the signal. Run the same command with "
-    "--resume true to continue from the run's checkpoints/last.ckpt (the last epoch's end); "
-    "--preemption.signal_name SIGTERM saves a checkpoint at the signal instead"
+    "skinssl: stopped by SIGTERM before training went on (during training, a fit saves a "
+    "checkpoint first). A fit continues with the same command and --resume true, from its run "
+    "directory's checkpoints/last.ckpt"
 )
 # what gloo says in a process whose peer process stopped (e.g. on its data error)
 PEER_GONE = ("Connection closed by peer", "Connection reset by peer")
@@ -534,8 +529,9 @@ def main(args: list[str] | None = None) -> None:
 
     Bad input that skinssl names (data, config, checkpoint: a ValueError it raises) ends the
     command with that message alone; ``SKINSSL_TRACEBACK=1`` shows the traceback instead.
-    SIGTERM (Lightning stops at the next batch) exits with status 143 and how to continue; a
-    process whose peer stopped says so in one line.
+    SIGTERM outside training (Lightning stops at the next batch; in training ``Preemption``
+    handles it) exits with status 143 and how to continue; a process whose peer stopped says
+    so in one line.
     """
     try:
         build_cli(args)  # returns None: a console script's return value is its exit status

@@ -225,6 +225,11 @@ def test_simsiam_predictor_rate_is_fixed_as_the_paper(fixed: bool) -> None:
     if fixed:
         assert {id(p) for p in groups[1]["params"]} == predictor
         assert scheduler.get_last_lr() == pytest.approx([0.025, 0.1])  # warm-up 1/4, fixed
+    # a resume of the other layout: our error, not torch's optimizer-state error
+    other = {"optimizer_states": [{"param_groups": [{}] * (1 if fixed else 2)}]}
+    with pytest.raises(ValueError, match=f"fix_predictor_lr={str(not fixed).lower()}$"):
+        m.on_load_checkpoint(other)
+    m.on_load_checkpoint({"optimizer_states": [scheduler.optimizer.state_dict()]})
 
 
 def test_shuffled_batchnorm_normalises_random_groups_and_restores_the_order() -> None:

@@ -237,6 +237,8 @@ def test_ckpt_path_best_and_last_are_the_config_runs_files(
         assert path.resolve() == folder / f"{which}.ckpt"
         step = torch.load(path, weights_only=True)["global_step"] - 1  # of its last batch
         assert cli.trainer.fit_loop.epoch_loop._batches_that_stepped == step  # its numbers' step
+    # validate adds no val/* points to the fit's curve (the fit's one validation stays alone)
+    assert len(scalar_steps(folder.parent, "val/auc_mean")) == 1
     with pytest.raises(ValueError, match=r"--ckpt_path best: no best checkpoint in this config's "
                        r"run, runs/quickstart/stage1/checkpoints \(holds last.ckpt\)"):  # fmt: skip
         run("test", "configs/quickstart/stage1.yaml", "--ckpt_path=best")
@@ -650,19 +652,22 @@ def test_same_seed_same_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 
 @pytest.mark.parametrize(
-    "stage, extra",
+    "stage, extra, signal_name",
     [
-        ("stage1", []),
+        ("stage1", [], "SIGUSR1"),
+        ("stage1", [], "SIGTERM"),  # scancel, the time limit: the same, without a requeue
         # dropout in the relation module; validation every epoch
-        ("finetune", ["--model.init_args.init_from=null"]),
+        ("finetune", ["--model.init_args.init_from=null"], "SIGUSR1"),
         # k-means pseudo-labels kept mid-epoch, trained prototypes, dropout
-        ("stage2", ["--model.init_args.pretrained=null", "--data.init_args.drop_last=true"]),
+        ("stage2", ["--model.init_args.pretrained=null", "--data.init_args.drop_last=true"],
+         "SIGUSR1"),
     ],
-)
+)  # fmt: skip
 def test_signal_mid_epoch_then_same_command_gives_same_weights(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: str, extra: list[str]
-) -> None:
-    """SIGUSR1 mid-epoch: checkpoint and exit; the same command with --resume true then ends
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: str, extra: list[str],
+    signal_name: str,
+) -> None:  # fmt: skip
+    """A signal mid-epoch: checkpoint and exit; the same command with --resume true then ends
     with the weights of an uninterrupted run (deterministic CPU; 0 vs 2 loader workers)."""
     args = [
         *TINY_SYNTHETIC,
@@ -683,8 +688,9 @@ def test_signal_mid_epoch_then_same_command_gives_same_weights(
     (tmp_path / "cut").mkdir()
     monkeypatch.chdir(tmp_path / "cut")
     cut = [*args, "--data.init_args.num_workers=2"]
-    signal_at = ["--trainer.callbacks+=helpers.SignalAt", "--trainer.callbacks.step=4"]
-    with pytest.raises(SystemExit, match="stopped by SIGUSR1 at step 5"):  # finishes the batch
+    signal_at = ["--trainer.callbacks+=helpers.SignalAt", "--trainer.callbacks.step=4",
+                 f"--trainer.callbacks.signal_name={signal_name}"]  # fmt: skip
+    with pytest.raises(SystemExit, match=f"stopped by {signal_name} at step 5"):  # ends the batch
         run("fit", config, *cut, *signal_at, "--trainer.log_every_n_steps=1")
     stopped = torch.load(last, weights_only=True)
     assert (stopped["epoch"], stopped["global_step"]) == (1, 5)  # mid-epoch: 2 of 3 batches
@@ -697,27 +703,40 @@ def test_signal_mid_epoch_then_same_command_gives_same_weights(
     assert scalar_steps(Path(f"runs/quickstart/{stage}"), "train/loss") == list(range(6))
 
 
-def test_sigterm_exits_143_and_the_resume_continues_tensorboard(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+def test_a_resume_after_a_kill_continues_the_tensorboard_curves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """SIGTERM (docker stop, scancel) mid-epoch: Lightning stops without a checkpoint; the exit
-    status says so (not 0), and the resumed run's curves go on from its checkpoint's step with
-    what the stopped run logged after it purged (no step twice, no second hp_metric -1)."""
+    """A fit stopped without a checkpoint at the stop (Ctrl-C here; kill -9, a crash) logged
+    steps after its last checkpoint: the resumed fit's curves go on from the checkpoint's step
+    with those dropped (no step twice or backwards), and no second hp_metric -1."""
     monkeypatch.chdir(tmp_path)
     args = [*TINY_SYNTHETIC, "--trainer.max_epochs=2", "--trainer.log_every_n_steps=1"]
     config = str(REPO / "configs/quickstart/stage1.yaml")
     kill = ["--trainer.callbacks+=helpers.SignalAt", "--trainer.callbacks.step=4",
-            "--trainer.callbacks.signal_name=SIGTERM"]  # fmt: skip
-    with pytest.raises(SystemExit) as stopped:
+            "--trainer.callbacks.signal_name=SIGINT"]  # fmt: skip
+    with pytest.raises(SystemExit):  # Lightning: "Detected KeyboardInterrupt", exit 1
         main(["fit", "-c", config, *args, *kill])
-    assert stopped.value.code == 143
-    assert "stopped by SIGTERM; nothing was saved" in capsys.readouterr().err
     run_dir = Path("runs/quickstart/stage1")
     assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 3
     assert scalar_steps(run_dir, "train/loss")[-1] == 4  # logged after the checkpoint
     main(["fit", "-c", config, *args, "--resume=true"])
     assert scalar_steps(run_dir, "train/loss") == list(range(6))
     assert scalar_steps(run_dir, "hp_metric") == [0]
+
+
+def test_sigterm_outside_training_exits_143_with_how_to_go_on(monkeypatch, capsys) -> None:
+    """Lightning's SIGTERM exit is a SystemExit without a status: 0, as if the command had
+    finished; in training, Preemption handles SIGTERM (a checkpoint, then exit status 1)."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        raise SIGTERMException
+
+    monkeypatch.setattr(cli_module, "build_cli", stopped)
+    with pytest.raises(SystemExit) as done:
+        main(["test"])
+    assert done.value.code == 143
+    assert "stopped by SIGTERM before training went on" in capsys.readouterr().err
 
 
 def test_a_signal_during_set_up_is_honoured_when_training_starts(

@@ -107,8 +107,7 @@ def make_dm(root: Path, n_train: int, batch_size: int = 2, **kw: Any) -> PairedC
         cache_size=28,
         batch_size=batch_size,
         num_workers=0,
-        keep_unlabelled=True,
-        **kw,
+        **{"keep_unlabelled": True, **kw},
     )
 
 
@@ -611,9 +610,9 @@ def test_memory_bank_labels_every_training_case(tmp_path: Path) -> None:
     passes = []
     real = dm.dataset
 
-    def counting(split: str, train: bool):
+    def counting(split: str, train: bool, **kwargs: bool):
         passes.append(train)
-        return real(split, train)
+        return real(split, train, **kwargs)
 
     dm.dataset = counting
     model = ToyModule(out_dir=str(tmp_path))
@@ -622,6 +621,20 @@ def test_memory_bank_labels_every_training_case(tmp_path: Path) -> None:
     assert passes.count(False) == 1  # only the first clustering needed a pass
     for call in (1, 2, 3):
         check_labels(torch.load(tmp_path / f"rank0_{call}.pt", weights_only=True), train_rows(dm))
+
+
+@pytest.mark.parametrize("fill", ["eval", "train"])
+def test_clustering_sees_the_cases_training_reads(tmp_path: Path, fill: str) -> None:
+    """With a label fraction and no keep_unlabelled, training reads the labelled cases only:
+    the memory bank and every clustering have those, in both fill modes."""
+    dm = make_dm(tmp_path, n_train=12, batch_size=3, label_fraction=0.5, keep_unlabelled=False)
+    model = ToyModule(out_dir=str(tmp_path))
+    bank = KMeansPseudoLabels(features="memory_bank", fill=fill)
+    trainer(tmp_path, [bank], max_epochs=2).fit(model, dm)
+    rows, _ = dm.train_labels()
+    assert len(rows) < len(train_rows(dm))
+    for call in (1, 2):
+        check_labels(torch.load(tmp_path / f"rank0_{call}.pt", weights_only=True), rows)
 
 
 @pytest.mark.parametrize(
@@ -637,9 +650,9 @@ def test_memory_bank_filled_as_the_authors_code(tmp_path: Path, fill: str, augme
     passes: list[bool] = []
     real = dm.dataset
 
-    def counting(split: str, train: bool):
+    def counting(split: str, train: bool, **kwargs: bool):
         passes.append(train)
-        return real(split, train)
+        return real(split, train, **kwargs)
 
     dm.dataset = counting
     model = ToyModule()

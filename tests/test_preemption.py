@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -57,7 +58,7 @@ def test_ranks_agree_every_n_batches_across_epochs(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr("skinssl.callbacks.preemption.checkpoint_dir", lambda t: Path("ckpts"))
     trainer.save_checkpoint = saved.append
     trainer.global_step, trainer.is_global_zero = 0, True
-    callback.received = True
+    callback.received = "SIGUSR1"
     for batch_idx in (0, 1, 2):  # epoch 1: no check yet
         callback.on_train_batch_end(trainer, None, None, None, batch_idx)
     assert decisions == [] and not saved
@@ -65,3 +66,28 @@ def test_ranks_agree_every_n_batches_across_epochs(monkeypatch: pytest.MonkeyPat
     assert decisions == [True] and len(saved) == 1  # and it is safe: saved, exit pending
     with pytest.raises(SystemExit, match="stopped by SIGUSR1"):  # after Lightning logged it
         callback.on_train_batch_start(trainer, None, None, 1)
+
+
+@pytest.mark.parametrize(("name", "requeued"), [("SIGUSR1", True), ("SIGTERM", False)])
+def test_sigterm_stops_as_the_requeue_signal_without_the_requeue(
+    monkeypatch: pytest.MonkeyPatch, name: str, requeued: bool
+) -> None:
+    """scancel or the time limit (SIGTERM) gets the checkpoint and exit, but no requeue."""
+    from skinssl.callbacks import preemption
+
+    requeues: list[int] = []
+    monkeypatch.setattr(preemption, "requeue_slurm_job", lambda: requeues.append(1))
+    monkeypatch.setattr(preemption, "checkpoint_dir", lambda t: Path("ckpts"))
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    callback = Preemption()
+    trainer, _ = fake_trainer()
+    saved: list[Path] = []
+    trainer.save_checkpoint = saved.append
+    trainer.global_step, trainer.is_global_zero = 3, True
+    callback._note(getattr(signal, name), None)
+    callback.on_train_batch_end(trainer, None, None, None, 0)
+    assert saved == [Path("ckpts/last.ckpt")] and requeues == ([1] if requeued else [])
+    with pytest.raises(SystemExit, match=f"stopped by {name} at step 3"):
+        callback.on_train_batch_start(trainer, None, None, 1)
+    assert Preemption(sigterm=False)._signals == [signal.SIGUSR1]
+    assert Preemption(signal_name="none")._signals == [signal.SIGTERM]

@@ -272,6 +272,18 @@ def test_linear_probe_of_stage1_and_mismatch_errors(pretrained, tmp_path: Path) 
         MultiLabelClassifier(init_from="missing.ckpt", **SMALL)
 
 
+def test_fused_heads_never_start_from_token_prototypes(pretrained, tmp_path: Path) -> None:
+    """Prototypes live in the label-token space: a fused head of the same shape is no match."""
+    _, _, stage2 = pretrained
+    ckpt = torch.load(stage2, weights_only=True)
+    fused = torch.ones(3, 1024)  # resnet18 x2: the fused feature has 1024 dimensions
+    ckpt["state_dict"]["prototypes.PN.weight"] = fused
+    torch.save(ckpt, tmp_path / "same_shape.ckpt")
+    model = MultiLabelClassifier(init_from=str(tmp_path / "same_shape.ckpt"), **SMALL)
+    assert model.classifiers["PN"].weight.shape == fused.shape
+    assert not torch.equal(model.classifiers["PN"].weight, fused)
+
+
 def test_diagnosis_as_eighth_clustered_head(pretrained, tmp_path: Path) -> None:
     root, stage1, _ = pretrained
     module = SM3PseudoLabels(

@@ -1,7 +1,8 @@
 """Callbacks: k-means pseudo-labels, the test report, explanations, prediction files, sample
-views, preemption, step-speed options, per-step seeding, the learning rates of a resumed fit
-and a clean exit of CPU multi-process runs."""
+views, preemption, step-speed options, per-step seeding, the learning rates and TensorBoard
+curves of a resumed fit and a clean exit of CPU multi-process runs."""
 
+from skinssl.callbacks.continued_curves import ContinuedCurves
 from skinssl.callbacks.explain import Explanations
 from skinssl.callbacks.gloo_exit import GlooExit
 from skinssl.callbacks.kmeans import KMeansPseudoLabels
@@ -14,6 +15,7 @@ from skinssl.callbacks.step_seed import StepSeed
 from skinssl.callbacks.views import SampleViews
 
 __all__ = [
+    "ContinuedCurves",
     "Explanations",
     "GlooExit",
     "KMeansPseudoLabels",

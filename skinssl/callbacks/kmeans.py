@@ -652,12 +652,14 @@ class KMeansPseudoLabels(L.Callback):
     def _pass(
         self, trainer: L.Trainer, pl_module: L.LightningModule, train: bool = False
     ) -> tuple[np.ndarray, dict[str, Tensor]]:
-        """No-grad embeddings of the training split, gathered and deduplicated: eval mode and
+        """No-grad embeddings of the training cases (those training reads: with a
+        ``label_fraction`` and no ``keep_unlabelled``, the labelled ones), gathered and
+        deduplicated: eval mode and
         the eval view, or (``train``, see ``fill``) training mode and views, batches of the
         training batch size in a seeded shuffled order (a last batch of one case, which
         BatchNorm cannot normalise in training mode, joins the one before)."""
         dm = trainer.datamodule
-        dataset = dm.dataset("train", train=train)
+        dataset = dm.dataset("train", train=train, training_cases=True)
         sampler: Any = None
         if trainer.world_size > 1 or train:
             sampler = DistributedSampler(

@@ -5,6 +5,10 @@ only notes it; at the end of the current training batch every rank agrees, ``las
 saved where ``fit --resume true`` looks for it, the SLURM job is requeued, and the process
 exits. The restarted job (or the same command run again) continues from that batch, with the
 same data order and views (see :mod:`skinssl.datamodules.resumable`).
+
+SIGTERM (``scancel``, the time limit, ``docker stop``) is handled the same way during training,
+without the requeue. Lightning's own SIGTERM handler is replaced then: it runs a collective
+inside the handler, which can hang when every rank gets the signal at once.
 """
 
 from __future__ import annotations
@@ -59,49 +63,54 @@ class Preemption(L.Callback):
     on the resumed run).
 
     Args:
-        signal_name: the signal to handle (``SIGUSR1``, as the SLURM templates send; ``none``
-            turns this off).
+        signal_name: the signal to handle with a requeue (``SIGUSR1``, as the SLURM templates
+            send; ``none`` turns this off).
         check_every_n_batches: with several processes, how often (in batches, across epochs)
             the ranks agree on whether the signal came (a one-element all-reduce); one process
             checks every batch.
+        sigterm: stop at the next safe batch end with a checkpoint on SIGTERM too (no requeue).
     """
 
-    def __init__(self, signal_name: str = "SIGUSR1", check_every_n_batches: int = 10) -> None:
+    def __init__(
+        self, signal_name: str = "SIGUSR1", check_every_n_batches: int = 10, sigterm: bool = True
+    ) -> None:
         if signal_name != "none" and not hasattr(signal, signal_name):
             raise ValueError(f"preemption: unknown signal {signal_name!r}; e.g. SIGUSR1, SIGTERM")
         self.signal_name = signal_name
         self.check_every_n_batches = max(1, check_every_n_batches)
-        self.received = False
+        names = [signal_name] if signal_name != "none" else []
+        names += ["SIGTERM"] if sigterm and signal_name != "SIGTERM" else []
+        self._signals = [getattr(signal, n) for n in names]
+        self.received: str | None = None  # the first signal's name
         self._stopping = False
         self._batches = 0
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
         self._listening = False
         self._exit: str | int | None = None
 
     def _note(self, signum: int, frame: Any) -> None:
-        self.received = True
+        self.received = self.received or signal.Signals(signum).name
 
     def listen(self) -> None:
         """Note the signal from now on (the CLI calls it before the fit's set-up, so that a
         signal while the data are read is honoured at the first safe batch end)."""
-        self.received, self._stopping, self._batches, self._exit = False, False, 0, None
+        self.received, self._stopping, self._batches, self._exit = None, False, 0, None
         self._listening = True
         self._install()
 
     def _install(self) -> None:
-        if self.signal_name == "none":
-            return
-        try:
-            previous = signal.signal(getattr(signal, self.signal_name), self._note)
-        except ValueError:  # not the main thread: leave signals alone
-            return
-        if previous != self._note and self._previous is None:
-            self._previous = previous
+        for signum in self._signals:
+            try:
+                previous = signal.signal(signum, self._note)
+            except ValueError:  # not the main thread: leave signals alone
+                return
+            if previous != self._note:
+                self._previous.setdefault(signum, previous)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Installed again after Lightning's own handlers (its SLURM requeue handler is
-        replaced); a signal noted since ``listen`` stays noted."""
-        if self.signal_name == "none":
+        """Installed again after Lightning's own handlers (its SLURM requeue and SIGTERM
+        handlers are replaced); a signal noted since ``listen`` stays noted."""
+        if not self._signals:
             return
         batches = trainer.num_training_batches
         if batches != float("inf") and not any(self._safe(trainer, i) for i in range(batches)):
@@ -120,10 +129,10 @@ class Preemption(L.Callback):
 
     def _restore(self) -> None:
         self._listening = False
-        if self._previous is not None:
-            if signal.getsignal(getattr(signal, self.signal_name)) == self._note:
-                signal.signal(getattr(signal, self.signal_name), self._previous)
-            self._previous = None
+        for signum, previous in self._previous.items():
+            if signal.getsignal(signum) == self._note:
+                signal.signal(signum, previous)
+        self._previous = {}
 
     def _safe(self, trainer: L.Trainer, batch_idx: int) -> bool:
         """After an optimizer step, not the epoch's last batch, no validation after it."""
@@ -137,25 +146,28 @@ class Preemption(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
         batch_idx: int,
     ) -> None:  # fmt: skip
-        if self.signal_name == "none":
+        if not self._signals:
             return
         self._batches += 1
         if not self._stopping:
+            noted = self.received is not None
             if trainer.world_size == 1:
-                self._stopping = self.received
+                self._stopping = noted
             elif self._batches % self.check_every_n_batches == 0:  # the same batch on all ranks
-                self._stopping = trainer.strategy.reduce_boolean_decision(self.received, all=False)
+                self._stopping = trainer.strategy.reduce_boolean_decision(noted, all=False)
         if not (self._stopping and self._safe(trainer, batch_idx)):
             return
         path = last_checkpoint(trainer)
         trainer.save_checkpoint(path)
-        rank_zero_info(f"preemption: {self.signal_name} received; saved {path}")
-        if "SLURM_JOB_ID" in os.environ and trainer.is_global_zero:
+        name = self.received or "another process's signal"
+        rank_zero_info(f"preemption: {name} received; saved {path}")
+        requeue = self.received == self.signal_name and "SLURM_JOB_ID" in os.environ
+        if requeue and trainer.is_global_zero:
             requeue_slurm_job()
         self._restore()
         # exit when the next batch starts: Lightning logs this step's metrics after this hook
         self._exit = (
-            f"stopped by {self.signal_name} at step {trainer.global_step}: checkpoint {path}. "
+            f"stopped by {name} at step {trainer.global_step}: checkpoint {path}. "
             "Run the same command with --resume true to continue."
             if trainer.is_global_zero
             else 1  # the other ranks exit without printing it again

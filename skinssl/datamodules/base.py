@@ -261,13 +261,17 @@ class PairedDataModule(L.LightningDataModule):
         return (rows if self.keep_unlabelled else labelled), labels
 
     # ---------------------------------------------------------------- loaders
-    def dataset(self, split: str, train: bool) -> PairDataset | PairKeys:
+    def dataset(
+        self, split: str, train: bool, training_cases: bool = False
+    ) -> PairDataset | PairKeys:
         """Dataset of a split with training views (``train``) or the deterministic eval view;
         with ``augment_on: device``, training items carry image ids and no images. It makes
-        whole batches: load it with ``collate_fn=whole_batch`` (as :meth:`loader` does)."""
+        whole batches: load it with ``collate_fn=whole_batch`` (as :meth:`loader` does). The
+        training split with training views, or with ``training_cases``, has the cases that
+        training reads (``label_fraction``, ``keep_unlabelled``)."""
         cases = self._cases()
         assert self._store is not None and self._ids is not None
-        if train and split == "train":
+        if split == "train" and (train or training_cases):
             rows, labels = self.train_labels()
         else:
             rows, labels = self.split_rows(split), cases.labels

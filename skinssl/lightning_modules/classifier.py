@@ -194,7 +194,7 @@ class MultiLabelClassifier(L.LightningModule):
             loaded.append(f"relation module (new: {new_heads})")
         from_centroids = False
         with torch.no_grad():
-            for h in self.heads:
+            for h in self.heads if self.relation is not None else ():  # heads on tokens only
                 proto = state.get(f"prototypes.{h}.weight")
                 clf = self.classifiers[h]
                 if proto is not None and proto.shape == clf.weight.shape:

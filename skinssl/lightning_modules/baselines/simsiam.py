@@ -63,6 +63,19 @@ class SimSiam(Pretraining):
         ]
         return configure_adamw(self, groups)
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A clear error when a resume would restore an optimizer of the other layout (one
+        parameter group without ``fix_predictor_lr``, two with it)."""
+        states = checkpoint.get("optimizer_states") or []
+        groups = len(states[0]["param_groups"]) if states else None
+        if groups is not None and groups != (2 if self.hparams.fix_predictor_lr else 1):
+            fixed = str(groups == 2).lower()
+            raise ValueError(
+                f"the checkpoint's optimizer has {groups} parameter group(s): its run trained "
+                f"with fix_predictor_lr {fixed} (checkpoints from before the argument: false). "
+                f"Resume it with --model.init_args.fix_predictor_lr={fixed}"
+            )
+
     def intra_loss(self, modality: str, out: Outputs) -> Tensor:
         (p1, p2), (z1, z2) = halves(out["p"]), halves(out["z"])
         return (negative_cosine(p1, z2) + negative_cosine(p2, z1)) / 2
