@@ -38,6 +38,7 @@ import time
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -161,13 +162,20 @@ class Bench:
             else {"pretrain": {}, "cells": {}}
         )
         before = self.results.get("meta", {})
-        now = {"budget": vars(self.budget), "data": args.data}
+        now = {"budget": vars(self.budget), "data": self.source()}
         differ = [k for k in now if k in before and before[k] != now[k]]
         if differ:  # its finished cells would be reused as if made with this run's settings
             raise SystemExit(
                 f"{self.results_path} holds runs with another {' and '.join(differ)} "
                 f"({', '.join(f'{k}: {before[k]}' for k in differ)}): use another --out"
             )
+
+    def source(self) -> dict[str, Any]:
+        """What the data are, for the check against the runs already in the folder."""
+        a = self.args
+        keys = {"synthetic": ("root", "num_cases", "synthetic_size"), "derm7pt": ("root",),
+                "csv": ("csv",)}[a.data]  # fmt: skip
+        return {"source": a.data, **{k: getattr(a, k) for k in keys}}
 
     # ------------------------------------------------------------------ running
     def skinssl(self, stage: str, config: str, *extra: str) -> float:
@@ -330,7 +338,7 @@ class Bench:
             "machine": f"{platform.machine()}, {os.cpu_count()} cores",
             "command": " ".join(sys.argv),
             "budget": vars(self.budget),
-            "data": a.data,
+            "data": self.source(),
         }
         for seed in a.seeds:
             for method in a.methods:

@@ -408,10 +408,11 @@ def check_ckpt(path: str, subcommand: str, model: Any) -> dict[str, Any]:
     return ckpt
 
 
-def configured_checkpoint_dir(trainer: Any) -> Path:
+def configured_checkpoint_dir(trainer: Any) -> Path | None:
     """The checkpoint folder of the run that a config's ``trainer`` section describes, found
     before the trainer is built (``checkpoint_dir`` of the built trainer): the first
-    ModelCheckpoint's ``dirpath``, else ``checkpoints`` in the first logger's directory."""
+    ModelCheckpoint's ``dirpath``, else ``checkpoints`` in the first logger's directory; None
+    when the logger has no fixed version (each run gets a new ``version_N``)."""
     trainer = trainer or {}
     for callback in trainer.get("callbacks") or []:
         kind = import_class(getattr(callback, "class_path", ""))
@@ -425,10 +426,9 @@ def configured_checkpoint_dir(trainer: Any) -> Path:
         logger = logger[0] if logger else False
     if logger is False:
         return Path(root) / "checkpoints"
-    if logger in (None, True):  # Lightning's default logger
-        built = TensorBoardLogger(save_dir=root)
-    else:
-        built = import_class(logger.class_path)(**logger.init_args.as_dict())
+    if logger in (None, True) or logger.init_args.get("version", "") is None:
+        return None  # (Lightning's default logger has no version either)
+    built = import_class(logger.class_path)(**logger.init_args.as_dict())
     return Path(built.log_dir or built.save_dir or root) / "checkpoints"
 
 
@@ -437,11 +437,17 @@ def run_checkpoint(trainer: Any, which: str) -> str:
     folder of the config's run (for ``best``, else the best model that ``last.ckpt`` records),
     with a clear error when there is none."""
     folder = configured_checkpoint_dir(trainer)
+    if folder is None:
+        raise ValueError(
+            f"--ckpt_path {which}: the config's logger has no version, so each run gets a new "
+            "version_N folder and this one is unknown: pass the checkpoint's path"
+        )
     path = folder / f"{which}.ckpt"
     if which == "best" and not path.is_file() and (folder / "last.ckpt").is_file():
         states = open_checkpoint(folder / "last.ckpt", mmap=True).get("callbacks", {})
-        recorded = [s.get("best_model_path") for s in states.values() if s.get("monitor")]
-        path = Path(next((p for p in recorded if p and Path(p).is_file()), path))
+        monitored = next((s for s in states.values() if s.get("monitor")), {})  # Lightning's
+        recorded = Path(monitored.get("best_model_path") or path)
+        path = recorded if recorded.is_file() else folder / recorded.name  # (a moved run)
     if not path.is_file():
         found = sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
         raise ValueError(

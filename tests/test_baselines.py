@@ -242,6 +242,10 @@ def test_shuffled_batchnorm_normalises_random_groups_and_restores_the_order() ->
     for rows in groups:
         assert float(rows.mean()) in out[:, 1].tolist()
     assert any(rows.tolist() != list(range(int(rows[0]), int(rows[0]) + 4)) for rows in groups)
+    # a batch too small for 3 groups of two or more (an epoch's last): fewer, none of one row
+    out = shuffled_batchnorm(group_means, x[:5], 3)
+    torch.testing.assert_close(out[:, :1], x[:5])
+    assert sorted(int((out[:, 1] == m).sum()) for m in out[:, 1].unique()) == [2, 3]
 
 
 def test_moco_shuffle_groups_are_the_key_encoders_batchnorm_batches() -> None:

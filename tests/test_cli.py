@@ -249,6 +249,9 @@ def test_ckpt_path_best_and_last_are_the_config_runs_files(
     assert Path(run_checkpoint(trainer, "best")).resolve() == folder / "best.ckpt"
     with pytest.raises(ValueError, match=r"no last checkpoint .* \(no checkpoints there\)"):
         run_checkpoint(Namespace(default_root_dir=str(quickstart_run), logger=False), "last")
+    with pytest.raises(ValueError, match="logger has no version, so each run gets a new"):
+        run("test", "configs/quickstart/finetune.yaml", "--ckpt_path=best",
+            "--trainer.logger.init_args.version=null")  # fmt: skip
 
 
 def test_fine_tuning_tokens_from_stage1_warns(quickstart_run: Path, monkeypatch) -> None:
@@ -425,6 +428,9 @@ def test_data_settings_unlike_the_checkpoints_warn(quickstart_run: Path, monkeyp
     unlike = r"fit: the data settings differ from those that trained its init_from checkpoint"
     with pytest.warns(UserWarning, match=unlike + r" \(border_crop: trained with 3, now 0\)"):
         run("fit", "configs/quickstart/finetune.yaml", *TINY_SYNTHETIC, *crop)
+    few = ["--data.init_args.label_fraction=0.3", "--data.init_args.keep_unlabelled=true"]
+    with pytest.warns(UserWarning, match="17 of the 25 training cases have no label for any "):
+        run("fit", "configs/quickstart/finetune.yaml", *TINY_SYNTHETIC, *few, crop[1])
 
 
 def test_predict_with_a_run_config_and_checkpoint(quickstart_run: Path, monkeypatch) -> None:

@@ -55,10 +55,14 @@ def test_finished_cells_are_not_rerun(tmp_path: Path, monkeypatch: pytest.Monkey
     bench.cell("simclr", "linear", 1.0, 0)
     assert bench.results["cells"] == done["cells"]  # kept as it was, not run again
     # cells of another budget are not reused as if they were this run's
-    done["meta"] = {"budget": {**vars(bench.budget), "epochs": 1}, "data": "synthetic"}
+    done["meta"] = {"budget": {**vars(bench.budget), "epochs": 1}, "data": bench.source()}
     (tmp_path / "results.json").write_text(json.dumps(done))
     with pytest.raises(SystemExit, match="holds runs with another budget"):
         compare.Bench(compare.parse(["--out", str(tmp_path), "--methods", "simclr"]))
+    done["meta"] = {"budget": vars(bench.budget), "data": bench.source()}  # nor of other data
+    (tmp_path / "results.json").write_text(json.dumps(done))
+    with pytest.raises(SystemExit, match="another data .*'num_cases': 300"):
+        compare.Bench(compare.parse(["--out", str(tmp_path), "--num-cases", "60"]))
 
 
 @pytest.mark.parametrize("method", ["dino", "sm3:derm", "simclr:dermoscopic"])

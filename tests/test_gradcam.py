@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import pytest
 import torch
 from torch import nn
 
+from skinssl.evaluation import CaseOutputs
 from skinssl.evaluation.gradcam import gradcam
 
 
@@ -47,3 +51,16 @@ def test_gradcam_peaks_on_the_evidence_of_each_modality() -> None:
     d0, _, _ = gradcam(model, (model.stage, model.stage), derm, clinic, "DIAG", 0)
     assert d0.max() == 0
     assert not any(hook for hook in model.stage._forward_hooks.values())  # hooks removed
+
+
+def test_no_gradcam_head_in_the_model_warns() -> None:
+    from test_metrics import fake_outputs
+
+    from skinssl.callbacks import Explanations
+
+    full = fake_outputs(6)
+    no_diag = CaseOutputs(full.index, {h: p for h, p in full.probs.items() if h != "DIAG"},
+                          full.labels)  # fmt: skip
+    model = SimpleNamespace(test_outputs=no_diag)
+    with pytest.warns(UserWarning, match="no Grad-CAM figure: the model has no DIAG head"):
+        Explanations(attention=False).on_test_end(None, model)

@@ -16,7 +16,7 @@ from helpers import write_jpeg
 from torch.utils.data import DataLoader, Dataset
 
 from skinssl.cli import own_error
-from skinssl.datamodules import DataError, PairedCSVDataModule, Views
+from skinssl.datamodules import DataError, PairedCSVDataModule, SyntheticDerm7ptDataModule, Views
 from skinssl.datamodules.csv_pairs import read_pair_csv
 from skinssl.datamodules.dataset import batch_tensor, whole_batch
 from skinssl.datamodules.views import write_chw
@@ -330,6 +330,14 @@ def test_views_validation() -> None:
         Views(crop_scale=(0.0, 1.0)).check()
     with pytest.raises(ValueError, match="p_blur"):
         Views(p_blur=2.0).check()
+    with pytest.raises(ValueError, match=r"color_jitter = \(-1, 0, 0, 0\): brightness"):
+        Views(color_jitter=(-1, 0, 0, 0)).check()
+    with pytest.raises(ValueError, match="hue in"):
+        Views(color_jitter=(0, 0, 0, 0.6)).check()
+    with pytest.raises(ValueError, match=r"blur_sigma = \(-1, 0\): need 0 < low <= high"):
+        Views(blur_sigma=(-1, 0)).check()
+    with pytest.raises(ValueError, match="set --data.init_args.cache_dir"):
+        SyntheticDerm7ptDataModule(cache="disk")
 
 
 @pytest.mark.parametrize("cache", ["memory", "none"])
@@ -438,3 +446,16 @@ def test_loader_workers_outlive_slurms_early_warning_signal(tmp_path: Path) -> N
     time.sleep(0.5)  # a worker that did not ignore it would be dead by now
     assert all(w.is_alive() for w in workers)
     assert len(next(batches)["index"]) == 2
+
+
+def test_a_label_fraction_says_which_cases_training_reads(tmp_path: Path, caplog) -> None:
+    dm = SyntheticDerm7ptDataModule(root=str(tmp_path / "s"), num_cases=60, synthetic_size=64,
+                                    image_size=32, cache_size=36, num_workers=0,
+                                    label_fraction=0.3)  # fmt: skip
+    dm.prepare_data()
+    with caplog.at_level("INFO"):
+        dm.setup("fit")
+    assert (
+        "label_fraction 0.3: the labels of 8 of the 25 training cases are used; training "
+        "reads 8 cases (the labelled ones; keep_unlabelled: true keeps" in caplog.text
+    )

@@ -91,3 +91,23 @@ def test_sigterm_stops_as_the_requeue_signal_without_the_requeue(
         callback.on_train_batch_start(trainer, None, None, 1)
     assert Preemption(sigterm=False)._signals == [signal.SIGUSR1]
     assert Preemption(signal_name="none")._signals == [signal.SIGTERM]
+
+
+def test_a_forked_child_ends_on_sigterm_as_before() -> None:
+    """A process forked after the handler was installed (multiprocessing.Pool, which ends its
+    processes with SIGTERM) dies on SIGTERM instead of noting it and living on."""
+    import multiprocessing
+
+    callback = Preemption()
+    before = signal.getsignal(signal.SIGTERM)
+    callback.listen()
+    try:
+        child = multiprocessing.get_context("fork").Process(target=signal.pause)
+        child.start()
+        child.terminate()
+        child.join(timeout=20)
+        assert child.exitcode == -signal.SIGTERM
+        assert callback.received is None
+    finally:
+        callback._restore()
+        assert signal.getsignal(signal.SIGTERM) == before

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from skinssl.callbacks.run_dir import publish
 from skinssl.evaluation import CaseOutputs
@@ -89,6 +89,12 @@ class Explanations(L.Callback):
             self.figures.append(publish(trainer, fig, tag, f"test/{tag}"))
         if self.gradcam_cases and self.gradcam_head in outputs.heads:
             self._gradcam(trainer, pl_module, outputs)
+        elif self.gradcam_cases:
+            rank_zero_warn(
+                f"explain: no Grad-CAM figure: the model has no {self.gradcam_head} head "
+                f"(its heads: {', '.join(outputs.heads)}); set --explain.gradcam_head and "
+                "--explain.gradcam_class, or --explain.gradcam_cases 0"
+            )
 
     def _chosen(self, outputs: CaseOutputs) -> np.ndarray:
         """Positions (in ``outputs``) of the cases to explain."""

@@ -86,16 +86,22 @@ class Preemption(L.Callback):
         self._batches = 0
         self._previous: dict[int, Any] = {}
         self._listening = False
+        self._pid = os.getpid()
         self._exit: str | int | None = None
 
     def _note(self, signum: int, frame: Any) -> None:
+        if os.getpid() != self._pid:  # a forked child inherited the handler (a pool process)
+            if signum == signal.SIGTERM:  # how a pool ends its processes: let it
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
+            return
         self.received = self.received or signal.Signals(signum).name
 
     def listen(self) -> None:
         """Note the signal from now on (the CLI calls it before the fit's set-up, so that a
         signal while the data are read is honoured at the first safe batch end)."""
         self.received, self._stopping, self._batches, self._exit = None, False, 0, None
-        self._listening = True
+        self._listening, self._pid = True, os.getpid()
         self._install()
 
     def _install(self) -> None:

@@ -15,7 +15,7 @@ import cv2
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
 from skinssl.datamodules.cases import Cases, DataError
@@ -140,6 +140,8 @@ class PairedDataModule(L.LightningDataModule):
             raise ValueError("augment_on: device needs the decoded-image cache (memory or disk)")
         if compile_views and augment_on != "device":
             raise ValueError("compile_views: true needs augment_on: device (views on the device)")
+        if cache == "disk" and not cache_dir:
+            raise ValueError("cache: disk needs a folder: set --data.init_args.cache_dir")
         if cache_size < image_size:
             raise ValueError(f"cache_size {cache_size} must be >= image_size {image_size}")
         self.batch_size = batch_size
@@ -192,6 +194,17 @@ class PairedDataModule(L.LightningDataModule):
         assert self.cases is not None and self._store is not None and self._ids is not None
         rows = self._stage_rows(stage)
         self._store.load(np.concatenate([self._ids[0][rows], self._ids[1][rows]]).tolist())
+        if getattr(stage, "value", stage) == "fit" and self.label_fraction < 1:
+            trained, labels = self.train_labels()
+            split = self.split_rows("train")
+            known = int((labels[split] != UNKNOWN).any(axis=1).sum())
+            rank_zero_info(
+                f"label_fraction {self.label_fraction:g}: the labels of {known} of the "
+                f"{len(split)} training cases are used; training reads {len(trained)} cases "
+                + ("(keep_unlabelled: the others with labels -1)" if self.keep_unlabelled else
+                   "(the labelled ones; keep_unlabelled: true keeps the others, e.g. for "
+                   "pretraining)")
+            )  # fmt: skip
 
     def _stage_rows(self, stage: str | None) -> np.ndarray:
         """The rows whose images ``stage`` reads."""

@@ -56,6 +56,14 @@ class Views:
         for name in ("p_color_jitter", "p_grayscale", "p_blur"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} = {getattr(self, name)} is not a probability in [0, 1]")
+        *strengths, hue = self.color_jitter
+        if min(strengths) < 0 or not 0 <= hue <= 0.5:
+            raise ValueError(
+                f"color_jitter = {self.color_jitter}: brightness, contrast and saturation must "
+                "be >= 0 and hue in [0, 0.5]"
+            )
+        if not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
+            raise ValueError(f"blur_sigma = {self.blur_sigma}: need 0 < low <= high")
 
 
 def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

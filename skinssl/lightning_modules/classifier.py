@@ -276,6 +276,13 @@ class MultiLabelClassifier(L.LightningModule):
         valid = dm.cases.labels[dm.cases.splits.get("valid", rows[:0])]
         for message in label_gaps(self.heads, labels[rows], valid):
             rank_zero_warn(f"{dm.cases.source}: {message}")
+        bare = int((np.stack(list(train.values()), axis=1) < 0).all(axis=1).sum())
+        if bare:
+            rank_zero_warn(
+                f"{bare} of the {len(rows)} training cases have no label for any head "
+                "(keep_unlabelled, or unknown labels): they train nothing here, and a batch of "
+                "them only logs a loss of 0. keep_unlabelled is meant for pretraining"
+            )
 
     def on_train_epoch_start(self) -> None:
         self.train()  # Lightning restores per-module modes; frozen parts must stay in eval

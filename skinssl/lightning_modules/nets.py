@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -9,6 +11,7 @@ import torch
 from torch import nn
 from torchvision import models
 
+from skinssl.datamodules.views import Views
 from skinssl.lightning_modules.checkpoints import load_tensors
 
 Arch = Literal["resnet18", "resnet34", "resnet50"]
@@ -111,10 +114,12 @@ def two_views(views: Any, modality: str, owner: str) -> list[torch.Tensor]:
     and the setting to change when the data makes another number."""
     if not isinstance(views, list) or len(views) != 2:
         got = len(views) if isinstance(views, list) else 1
+        simclr = json.dumps(asdict(Views.simclr()), separators=(",", ":"))
         raise ValueError(
-            f"{owner} needs 2 views of the {modality} image per case, got {got}; set "
-            f"data.init_args.{modality}_views.n: 2 (e.g. the simclr views; clinic_views "
-            "defaults to derm_views)"
+            f"{owner} needs 2 views of the {modality} image per case, got {got}; give "
+            f"data.init_args.{modality}_views two views, e.g. SM3's stage-1 views: "
+            f"--data.init_args.{modality}_views='{simclr}' (a partial setting such as "
+            f"{modality}_views.n: 2 keeps the other fields' defaults: the fine-tuning views)"
         )
     return views
 

@@ -51,15 +51,17 @@ class KeyQueue(MemoryBankModule):
 @torch.no_grad()
 def shuffled_batchnorm(network: Callable[[Tensor], Tensor], x: Tensor, groups: int) -> Tensor:
     """``network(x)`` with MoCo's shuffled BatchNorm: the rows of every rank's ``x`` shuffled
-    and split into ``groups`` batches (``groups`` / world size on each rank), each its own
-    BatchNorm batch; the outputs come back in ``x``'s rows. No host synchronisation."""
+    and split into ``groups`` batches (``groups`` / world size on each rank; fewer when a batch
+    is too small for two rows in each), each its own BatchNorm batch; the outputs come back in
+    ``x``'s rows. No host synchronisation."""
     world = dist.world_size()
     every = concat_all_gather(x) if world > 1 else x
     order = torch.randperm(len(every), device=x.device)
     if world > 1:
         torch.distributed.broadcast(order, src=0)  # one shuffle for all ranks
     mine = order.view(world, -1)[dist.rank()]
-    out = torch.cat([network(part) for part in every[mine].chunk(groups // world)])
+    parts = max(1, min(groups // world, len(x) // 2))  # (equal on every rank: len(x) is)
+    out = torch.cat([network(part) for part in every[mine].tensor_split(parts)])
     out = concat_all_gather(out) if world > 1 else out
     return out[torch.argsort(order)].view(world, len(x), *out.shape[1:])[dist.rank()]
 
