@@ -6,6 +6,7 @@ import csv
 import json
 import logging
 import os
+import signal
 import warnings
 from fractions import Fraction
 from pathlib import Path
@@ -718,10 +719,14 @@ def test_a_resume_after_a_kill_continues_the_tensorboard_curves(
     monkeypatch.chdir(tmp_path)
     args = [*TINY_SYNTHETIC, "--trainer.max_epochs=2", "--trainer.log_every_n_steps=1"]
     config = str(REPO / "configs/quickstart/stage1.yaml")
-    kill = ["--trainer.callbacks+=helpers.SignalAt", "--trainer.callbacks.step=4",
+    kill = ["--trainer.callbacks+=helpers.SignalAt", "--trainer.callbacks.step=5",
             "--trainer.callbacks.signal_name=SIGINT"]  # fmt: skip
-    with pytest.raises(SystemExit):  # Lightning: "Detected KeyboardInterrupt", exit 1
-        main(["fit", "-c", config, *args, *kill])
+    ctrl_c = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit):  # Lightning: "Detected KeyboardInterrupt", exit 1
+            main(["fit", "-c", config, *args, *kill])
+    finally:
+        signal.signal(signal.SIGINT, ctrl_c)  # (Lightning ignores Ctrl-C after one)
     run_dir = Path("runs/quickstart/stage1")
     assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 3
     assert scalar_steps(run_dir, "train/loss")[-1] == 4  # logged after the checkpoint
@@ -750,8 +755,6 @@ def test_a_signal_during_set_up_is_honoured_when_training_starts(
 ) -> None:
     """SIGUSR1 before the first batch (the data being read) waits for the first safe batch end
     instead of ending the process."""
-    import signal
-
     from skinssl.datamodules import SyntheticDerm7ptDataModule
 
     monkeypatch.chdir(tmp_path)

@@ -90,22 +90,25 @@ class Preemption(L.Callback):
         self._exit: str | int | None = None
 
     def _note(self, signum: int, frame: Any) -> None:
-        if os.getpid() != self._pid:  # a forked child inherited the handler (a pool process)
-            if signum == signal.SIGTERM:  # how a pool ends its processes: let it
+        if os.getpid() != self._pid or not self._listening:  # a forked child (a pool process)
+            if signum == signal.SIGTERM:  # or after the fit (Lightning restores handlers late)
                 signal.signal(signum, signal.SIG_DFL)
                 os.kill(os.getpid(), signum)
             return
         self.received = self.received or signal.Signals(signum).name
 
     def listen(self) -> None:
-        """Note the signal from now on (the CLI calls it before the fit's set-up, so that a
-        signal while the data are read is honoured at the first safe batch end)."""
+        """Note the requeue signal from now on (the CLI calls it before the fit's set-up, so
+        that it is honoured at the first safe batch end even when it comes while the data are
+        read). SIGTERM only from training's start: a process forked during set-up (a pool's)
+        would inherit the handler, and a SIGTERM that reaches it before Python runs handlers
+        is lost, so the pool's end would wait for it for ever."""
         self.received, self._stopping, self._batches, self._exit = None, False, 0, None
         self._listening, self._pid = True, os.getpid()
-        self._install()
+        self._install([s for s in self._signals if s != signal.SIGTERM])
 
-    def _install(self) -> None:
-        for signum in self._signals:
+    def _install(self, signals: list[int]) -> None:
+        for signum in signals:
             try:
                 previous = signal.signal(signum, self._note)
             except ValueError:  # not the main thread: leave signals alone
@@ -122,13 +125,13 @@ class Preemption(L.Callback):
         if batches != float("inf") and not any(self._safe(trainer, i) for i in range(batches)):
             rank_zero_warn(
                 f"preemption: no batch end of an epoch here ({batches} batch(es) per epoch and "
-                f"rank) is safe to stop at, so {self.signal_name} will not save a checkpoint; "
+                f"rank) is safe to stop at, so {'/'.join(s.name for s in self._signals)} will "
+                "not save a checkpoint; "
                 "use a smaller batch_size or fewer devices for several batches per epoch"
             )
-        if self._listening:
-            self._install()
-        else:  # a fit outside the CLI
+        if not self._listening:  # a fit outside the CLI
             self.listen()
+        self._install(self._signals)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore()
