@@ -519,9 +519,8 @@ def own_error(error: BaseException) -> ValueError | None:
 
 
 SIGTERM_STOP = (
-    "skinssl: stopped by SIGTERM before training went on (during training, a fit saves a "
-    "checkpoint first). A fit continues with the same command and --resume true, from its run "
-    "directory's checkpoints/last.ckpt"
+    "skinssl: stopped by SIGTERM outside training, where nothing is saved. A fit continues "
+    "with the same command and --resume true, from its run directory's checkpoints/last.ckpt"
 )
 # what gloo says in a process whose peer process stopped (e.g. on its data error)
 PEER_GONE = ("Connection closed by peer", "Connection reset by peer")

@@ -747,7 +747,7 @@ def test_sigterm_outside_training_exits_143_with_how_to_go_on(monkeypatch, capsy
     with pytest.raises(SystemExit) as done:
         main(["test"])
     assert done.value.code == 143
-    assert "stopped by SIGTERM before training went on" in capsys.readouterr().err
+    assert "stopped by SIGTERM outside training, where nothing is saved" in capsys.readouterr().err
 
 
 def test_a_signal_during_set_up_is_honoured_when_training_starts(

@@ -16,7 +16,8 @@ from skinssl.lightning_modules.optim import lr_factor
 
 def lambda_schedulers(trainer: L.Trainer) -> list[LambdaLR]:
     """The fit's per-step multiplier schedulers (as :func:`~skinssl.lightning_modules.optim.adamw`
-    makes: one partial of ``lr_factor`` for all parameter groups)."""
+    makes: a partial of ``lr_factor`` per parameter group, the first group's the schedule's
+    course; a ``fixed_lr`` group's is constant)."""
     return [c.scheduler for c in trainer.lr_scheduler_configs if isinstance(c.scheduler, LambdaLR)]
 
 
