@@ -467,6 +467,12 @@ def test_predict_with_a_run_config_and_checkpoint(quickstart_run: Path, monkeypa
             1, abs=1e-4
         )
         assert r["melanoma_checklist"] == str(int(int(r["seven_point_score"]) >= 3))
+    # the run's own data, under a relative root: the rows name images by absolute paths too
+    ours = quickstart_run / "valid_predictions.csv"
+    run("predict", "configs/quickstart/finetune.yaml", f"--ckpt_path={BEST}", *TINY_SYNTHETIC,
+        "--data.init_args.predict_split=valid", f"--predictions.output={ours}")  # fmt: skip
+    rows = list(csv.DictReader(ours.open()))
+    assert rows and all(Path(r["derm"]).is_file() and Path(r["derm"]).is_absolute() for r in rows)
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,7 @@ class PredictionWriter(L.Callback):
         columns = self._prediction_columns(probs)
         for i, case in enumerate(outputs["index"].tolist()):
             row = {"case": case, **({"id": cases.ids[case]} if cases.ids else {})}
-            row |= {"derm": str(cases.derm[case]), "clinic": str(cases.clinic[case])}
+            row |= {m: os.path.abspath(getattr(cases, m)[case]) for m in ("derm", "clinic")}
             row["status"] = f"error: {errors[i]}" if errors[i] else "ok"
             if not errors[i]:
                 row.update({k: v[i] for k, v in columns.items()})
