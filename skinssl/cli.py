@@ -226,17 +226,13 @@ class SkinSSLCLI(LightningCLI):
             )
         if self._ckpt_position is not None:  # TensorBoard: the results at the checkpoint's step
             log_at(self.trainer, *self._ckpt_position)
-        if self.subcommand == "validate":
-            # no val/* points: the fit logged this validation, and TensorBoard's default loader
-            # drops a curve's later points when a point comes at an earlier step
-            for logger in self.trainer.loggers:
-                if isinstance(logger, TensorBoardLogger):
-                    logger.log_metrics = lambda metrics, step=None: None  # type: ignore[method-assign]
-        # no hp_metric placeholder -1, which TensorBoard's HParams tab would show as the run's
-        # last value
-        for logger in self.trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger._default_hp_metric = False
+        for logger in tensorboard_loggers(self.trainer):
+            # no hp_metric placeholder -1, which the HParams tab would show as the run's value
+            logger._default_hp_metric = False
+            if self.subcommand == "validate":
+                # no val/* points: the fit logged this validation, and TensorBoard's default
+                # loader drops a curve's later points when a point comes at an earlier step
+                logger.log_metrics = lambda metrics, step=None: None  # type: ignore[method-assign]
 
     before_test = before_predict = before_validate
 
@@ -286,11 +282,14 @@ class SkinSSLCLI(LightningCLI):
                 ckpt = open_checkpoint(hparams[name], mmap=True)
                 saved = dict(ckpt.get("datamodule_hyper_parameters", {}))
                 self._warn_preprocessing(saved, f"its {name} checkpoint")
-        if config.get("ckpt_path"):  # a resumed fit adds no hp_metric placeholder -1
-            for logger in self.trainer.loggers:
-                if isinstance(logger, TensorBoardLogger):
-                    logger._default_hp_metric = False
+        for logger in tensorboard_loggers(self.trainer) if config.get("ckpt_path") else ():
+            logger._default_hp_metric = False  # a resumed fit adds no hp_metric placeholder -1
         next(c for c in self.trainer.callbacks if isinstance(c, Preemption)).listen()
+
+
+def tensorboard_loggers(trainer: L.Trainer) -> list[TensorBoardLogger]:
+    """The trainer's TensorBoard loggers."""
+    return [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
 
 
 def check_new_run(trainer: L.Trainer, ckpt_path: str | None) -> None:

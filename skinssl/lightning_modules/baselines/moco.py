@@ -132,9 +132,10 @@ class MoCo(MomentumPretraining):
     @torch.no_grad()
     def momentum_embed(self, modality: str, views: Tensor) -> Tensor:
         """The keys, with shuffled BatchNorm when ``shuffle_groups`` > 1."""
-        network, groups = self.momentum_embedder(modality), self.hparams.shuffle_groups
+        groups = self.hparams.shuffle_groups
         if groups == 1:
-            return self.each_view(network, views)
+            return super().momentum_embed(modality, views)
+        network = self.momentum_embedder(modality)
         return self.each_view(lambda v: shuffled_batchnorm(network, v, groups), views)
 
     def encode(self, modality: str, views: Tensor) -> Outputs:
