@@ -2,7 +2,8 @@
 
 Barlow Twins (rows gathered before the standardisation), a masked per-case loss whose ranks
 hold different numbers of valid cases (negative cosine; every loss built on ``global_mean``
-shares this path), and SwAV's Sinkhorn codes (equipartition over both ranks): each rank must
+shares this path), the classifiers' cross-entropy over partly unknown targets (a head known
+on one rank only), and SwAV's Sinkhorn codes (equipartition over both ranks): each rank must
 report the whole-batch value, and DDP-averaged gradients must equal the whole batch's.
 """
 
@@ -15,12 +16,19 @@ from helpers import group_means, run_gloo
 
 from skinssl.lightning_modules.baselines.losses import barlow_twins, negative_cosine, swav_codes
 from skinssl.lightning_modules.baselines.moco import shuffled_batchnorm
+from skinssl.lightning_modules.losses import mean_known_ce
 
 WORLD, B, D = 2, 4, 6
 MASK = torch.tensor([True, False, True, False] + [True] * B)  # 2 valid on rank 0, 4 on rank 1
+# two heads' targets (-1 unknown): the first known 2 times on rank 0 and 3 on rank 1, the
+# second on rank 1 only
+TARGETS = torch.tensor([[0, -1, 2, -1, 1, 3, -1, 5], [-1, -1, -1, -1, 0, 2, 1, -1]]).T
 LOSSES = {
-    "barlow_twins": lambda a, b, valid, gather: barlow_twins(a, b, 0.01, valid, gather),
-    "negative_cosine": lambda a, b, valid, gather: negative_cosine(a, b, valid),
+    "barlow_twins": lambda a, b, rows, gather: barlow_twins(a, b, 0.01, MASK[rows], gather),
+    "negative_cosine": lambda a, b, rows, gather: negative_cosine(a, b, MASK[rows]),
+    "known_ce": lambda a, b, rows, gather: mean_known_ce(
+        [(a, TARGETS[rows, 0]), (b[:, :3], TARGETS[rows, 1])], 0.5
+    )[0],
 }
 
 pytestmark = pytest.mark.skipif(
@@ -39,10 +47,12 @@ def make_batch() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(WORLD * B, D, generator=gen), torch.randn(WORLD * B, D, generator=gen)
 
 
-def loss_and_grads(name: str, x_a: torch.Tensor, x_b: torch.Tensor, valid, gather: bool) -> dict:
+def loss_and_grads(name: str, rows: slice, gather: bool) -> dict:
+    """The loss of ``rows`` of the batch and its gradients."""
+    x_a, x_b = make_batch()
     torch.manual_seed(1)
     proj = torch.nn.Linear(D, D)
-    loss = LOSSES[name](proj(x_a), proj(x_b), valid, gather)
+    loss = LOSSES[name](proj(x_a[rows]), proj(x_b[rows]), rows, gather)
     loss.backward()
     return {"loss": loss.detach(), "weight": proj.weight.grad, "bias": proj.bias.grad}
 
@@ -52,7 +62,7 @@ def worker(rank: int) -> dict:
     rows = slice(rank * B, (rank + 1) * B)
     out = {}
     for name in LOSSES:
-        r = loss_and_grads(name, x_a[rows], x_b[rows], MASK[rows], gather=True)
+        r = loss_and_grads(name, rows, gather=True)
         for k in ("weight", "bias"):  # what DDP does with parameter gradients
             dist.all_reduce(r[k])
             r[k] /= WORLD
@@ -71,8 +81,7 @@ def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
 
 @pytest.mark.parametrize("name", list(LOSSES))
 def test_loss_and_ddp_gradients_equal_the_whole_batch(ranks: list[dict], name: str) -> None:
-    x_a, x_b = make_batch()
-    want = loss_and_grads(name, x_a, x_b, MASK, gather=False)
+    want = loss_and_grads(name, slice(None), gather=False)
     for rank, r in enumerate(ranks):
         assert float(r[name]["loss"]) == pytest.approx(float(want["loss"]), abs=1e-5)
         for k in ("weight", "bias"):

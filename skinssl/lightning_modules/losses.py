@@ -13,23 +13,35 @@ from skinssl.labels import UNKNOWN
 
 
 def mean_known_ce(
-    pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], temperature: float
+    pairs: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    temperature: float,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """(mean, each) of CE(logits / T, target) over (logits, target) pairs (targets -1 = unknown).
 
-    A pair without a known target has CE 0 and is left out of the mean, yet its logits stay in
-    the graph (DDP expects every parameter to receive a gradient). No host-device sync.
+    Each pair's CE is the mean over its known targets of the whole batch, all ranks' together
+    (as :func:`global_mean`: DDP's gradient averaging gives the whole batch's gradient, and
+    every rank reports the whole-batch values). A pair without a known target on any rank has
+    CE 0 and is left out of the mean, yet its logits stay in the graph (DDP expects every
+    parameter to receive a gradient). No host-device sync.
     """
-    each, known = [], []
+    totals, counts = [], []
     for logits, target in pairs:
-        total = F.cross_entropy(
+        ce = F.cross_entropy(
             logits.float() / temperature, target, ignore_index=UNKNOWN, reduction="sum"
         )
-        count = (target != UNKNOWN).sum()
-        each.append(total / count.clamp(min=1))
-        known.append((count > 0).float())
-    has = torch.stack(known)
-    return (torch.stack(each) * has).sum() / has.sum().clamp(min=1), each
+        totals.append(ce)
+        counts.append((target != UNKNOWN).sum().float())
+    total, count = torch.stack(totals), torch.stack(counts)
+    world = _world()[1]
+    if world > 1:
+        torch.distributed.all_reduce(count)
+    each = total * world / count.clamp(min=1)
+    has = (count > 0).float()
+    if world > 1:  # the whole batch's values, with this rank's share of the gradient
+        value = each.detach().clone()
+        torch.distributed.all_reduce(value)
+        each = each + (value / world - each.detach())
+    return (each * has).sum() / has.sum().clamp(min=1), list(each.unbind())
 
 
 def _world() -> tuple[int, int]:
