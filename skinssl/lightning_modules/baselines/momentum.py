@@ -68,6 +68,12 @@ class MomentumPretraining(Pretraining):
         (e.g. more epochs: the momentum at the step drops back)."""
         self._momentum_total = schedule_steps(self.trainer, 0)[1]
         saved, hp = getattr(self, "_saved_momentum_total", None), self.hparams
+        if self._momentum_total == 0 and hp.momentum != hp.momentum_end:
+            raise ValueError(
+                f"the momentum schedule from momentum {hp.momentum} to momentum_end "
+                f"{hp.momentum_end} needs a run of known length: set trainer.max_epochs or "
+                f"trainer.max_steps, or momentum_end equal to momentum"
+            )
         if saved in (None, self._momentum_total) or hp.momentum == hp.momentum_end:
             return
         step = self.trainer.global_step
