@@ -246,13 +246,20 @@ class SkinSSLCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, {})
         check_accelerator(config.get("trainer", {}))
-        if self.subcommand == "fit" or not config.get("ckpt_path"):
-            return
         init_args = config.get("model", {}).get("init_args") or {}
-        for key in ("init_from", "weights"):
-            if init_args.get(key):
-                rank_zero_info(f"{key} not loaded: every weight comes from ckpt_path")
-                init_args[key] = None
+        if self.subcommand != "fit" and config.get("ckpt_path"):
+            for key in ("init_from", "pretrained", "weights"):
+                if init_args.get(key):
+                    rank_zero_info(f"{key} not loaded: every weight comes from ckpt_path")
+                    init_args[key] = None
+        elif self.subcommand == "fit" and resumes(config):
+            for key in ("init_from", "pretrained"):  # e.g. scratch space cleared before a requeue
+                if init_args.get(key) and not Path(init_args[key]).exists():
+                    rank_zero_info(
+                        f"{key} {init_args[key]} not found, and not needed: every weight comes "
+                        "from the checkpoint this fit resumes"
+                    )
+                    init_args[key] = None
 
     def after_predict(self) -> None:
         writer = next(c for c in self.trainer.callbacks if isinstance(c, PredictionWriter))
@@ -455,6 +462,15 @@ def run_checkpoint(trainer: Any, which: str) -> str:
             "checkpoint's path, or the config of the run that saved it (its config.yaml)"
         )
     return str(path)
+
+
+def resumes(config: Any) -> bool:
+    """Whether a fit's config continues a checkpoint: a ``ckpt_path``, or ``resume`` with a
+    ``last.ckpt`` in its run's checkpoint folder."""
+    if config.get("ckpt_path"):
+        return True
+    folder = configured_checkpoint_dir(config.get("trainer")) if config.get("resume") else None
+    return folder is not None and (folder / "last.ckpt").is_file()
 
 
 def logged_at(ckpt: dict[str, Any]) -> int:

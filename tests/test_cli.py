@@ -267,12 +267,40 @@ def test_fine_tuning_tokens_from_stage1_warns(quickstart_run: Path, monkeypatch)
 def test_evaluating_a_pretraining_stage_says_to_fine_tune(
     subcommand: str, quickstart_run: Path, monkeypatch
 ) -> None:
+    """... even when the stage-1 checkpoint it was trained from is gone: not loaded."""
     monkeypatch.chdir(quickstart_run)
     ckpt = "--ckpt_path=runs/quickstart/stage2/checkpoints/last.ckpt"
     step = {"validate": "validation_step", "test": "test_step", "predict": "predict_step"}
-    with pytest.raises(ValueError, match=rf"{subcommand}: SM3PseudoLabels has no "
-                       rf"{step[subcommand]} \(a pretraining stage\).*init_from"):  # fmt: skip
-        run(subcommand, "configs/quickstart/stage2.yaml", ckpt, *TINY_SYNTHETIC)
+    stage1 = Path("runs/quickstart/stage1/checkpoints/last.ckpt")
+    stage1.rename(stage1.with_suffix(".away"))
+    try:
+        with pytest.raises(ValueError, match=rf"{subcommand}: SM3PseudoLabels has no "
+                           rf"{step[subcommand]} \(a pretraining stage\).*init_from"):  # fmt: skip
+            run(subcommand, "configs/quickstart/stage2.yaml", ckpt, *TINY_SYNTHETIC)
+    finally:
+        stage1.with_suffix(".away").rename(stage1)
+
+
+def test_a_resume_does_not_need_the_checkpoint_it_started_from(
+    quickstart_run: Path, tmp_path: Path, monkeypatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A requeued fine-tune resumes from last.ckpt when its init_from file is gone (scratch
+    space cleared): that file's weights are all in last.ckpt."""
+    monkeypatch.chdir(tmp_path)
+    start = tmp_path / "stage2.ckpt"
+    start.write_bytes((quickstart_run / "runs/quickstart/stage2/checkpoints/last.ckpt").read_bytes())
+    args = [*TINY_SYNTHETIC, f"--model.init_args.init_from={start}", "--resume=true"]
+    args += ["--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1"]
+    run("fit", "configs/quickstart/finetune.yaml", *args, "--trainer.max_epochs=1")
+    start.unlink()
+    with caplog.at_level("INFO"):
+        run("fit", "configs/quickstart/finetune.yaml", *args, "--trainer.max_epochs=2")
+    assert f"init_from {start} not found, and not needed" in caplog.text
+    last = tmp_path / "runs/quickstart/finetune/checkpoints/last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 2
+    with pytest.raises(ValueError, match="not found"):  # a fresh fit still needs it
+        run("fit", "configs/quickstart/finetune.yaml", *args[:-3], "--trainer.max_epochs=1",
+            "--trainer.logger.init_args.version=again")  # fmt: skip
 
 
 def test_the_command_prints_bad_input_as_its_message(monkeypatch, capsys) -> None:
