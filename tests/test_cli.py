@@ -288,7 +288,8 @@ def test_a_resume_does_not_need_the_checkpoint_it_started_from(
     space cleared): that file's weights are all in last.ckpt."""
     monkeypatch.chdir(tmp_path)
     start = tmp_path / "stage2.ckpt"
-    start.write_bytes((quickstart_run / "runs/quickstart/stage2/checkpoints/last.ckpt").read_bytes())
+    stage2 = quickstart_run / "runs/quickstart/stage2/checkpoints/last.ckpt"
+    start.write_bytes(stage2.read_bytes())
     args = [*TINY_SYNTHETIC, f"--model.init_args.init_from={start}", "--resume=true"]
     args += ["--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1"]
     run("fit", "configs/quickstart/finetune.yaml", *args, "--trainer.max_epochs=1")
