@@ -301,6 +301,26 @@ def test_views_follow_seed_epoch_and_case_not_workers(tmp_path: Path) -> None:
         assert all(not torch.equal(a, b) for a, b in zip(views, same_case, strict=True))
 
 
+def test_a_fit_leaves_torch_seeded_as_before(tmp_path: Path) -> None:
+    """StepSeed reseeds torch every step; a later run in the process finds the run seed."""
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    from skinssl.callbacks import StepSeed
+
+    L.seed_everything(7)
+    trainer = L.Trainer(
+        max_steps=2,
+        callbacks=[StepSeed()],
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(BoringModel())
+    assert torch.initial_seed() == 7
+
+
 def test_loader_resumes_mid_epoch(tmp_path: Path) -> None:
     """After k batches of epoch e, a loader restored from the state gives batches k+1, ..."""
     torch.manual_seed(0)

@@ -29,14 +29,23 @@ class StepSeed(L.Callback):
 
     The run seed is rank 0's ``torch.initial_seed()`` when ``fit`` sets up (``seed_everything``).
     Micro-batches of one accumulated step get different seeds (they are different batches).
+    After the fit, torch is seeded with the process's seed from before it, so that a later run
+    in the process (e.g. a second ``fit`` in a notebook) finds that seed, not a step's.
     """
 
     def __init__(self) -> None:
         self._seed: int | None = None
+        self._before: int | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
+            self._before = torch.initial_seed()
             self._seed = shared_seed(trainer)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit" and self._before is not None:
+            torch.manual_seed(self._before)
+            self._before = None
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
