@@ -321,20 +321,25 @@ def test_authors_kmeans_replayed_from_a_cuda_graph(
     assert len(steps._graphs) == 1
 
 
-def test_a_failing_report_warns_and_training_goes_on(
+def test_a_failing_report_warns_and_training_goes_on_with_several_ranks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The statistics and logs run on rank 0 alone, after the broadcast: an error there is a
-    warning (raising would leave the other ranks waiting in the next collective)."""
+    """The statistics and logs run on rank 0 alone, after the broadcast: with several ranks an
+    error there is a warning (raising would leave the other ranks waiting in the next
+    collective); in one process it is raised."""
 
     def broken(*args: object) -> None:
         raise KeyError("a broken statistic")
 
     monkeypatch.setattr(km, "clustering_metrics", broken)
-    model = ToyModule()
-    with pytest.warns(UserWarning, match="clustering at step 0 failed .*a broken statistic"):
-        trainer(tmp_path, [KMeansPseudoLabels()]).fit(model, make_dm(tmp_path, n_train=4))
-    assert model.calls == [0, 1]
+    with pytest.raises(KeyError, match="a broken statistic"):
+        trainer(tmp_path, [KMeansPseudoLabels()]).fit(ToyModule(), make_dm(tmp_path, n_train=4))
+    callback = KMeansPseudoLabels()
+    callback._report = SimpleNamespace(step=3)
+    monkeypatch.setattr(callback, "_write", broken)
+    with pytest.warns(UserWarning, match="clustering at step 3 failed .*a broken statistic"):
+        callback._report_now(SimpleNamespace(world_size=2))
+    assert callback._report is None  # (reported once)
 
 
 def test_authors_kmeans_runs_at_full_float32_precision(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -754,7 +754,10 @@ class KMeansPseudoLabels(L.Callback):
             return
         try:
             self._write(trainer, report)
-        except Exception as e:  # rank 0 alone: raising would leave the other ranks waiting
+        except Exception as e:
+            if trainer.world_size == 1:
+                raise
+            # rank 0 alone: raising would leave the other ranks waiting
             rank_zero_warn(
                 f"KMeansPseudoLabels: the statistics and logs of the clustering at step "
                 f"{report.step} failed ({type(e).__name__}: {e}); training goes on with its labels"
