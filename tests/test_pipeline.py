@@ -70,6 +70,9 @@ def test_csv_missing_clinic_marks_invalid_pair(tmp_path: Path) -> None:
     assert cases.pair_valid.tolist() == [False, True]
     assert cases.clinic[0] == cases.derm[0]
     assert list(cases.splits) == ["train"]
+    rows[0]["clinic"] = "./a.jpg"  # the dermoscopic image, spelled another way
+    cases = read_pair_csv(make_csv(tmp_path, rows=rows), split_column=None)
+    assert cases.pair_valid.tolist() == [False, True]
 
 
 def test_csv_without_its_split_column(tmp_path: Path) -> None:
@@ -135,9 +138,37 @@ def test_csv_errors(tmp_path: Path) -> None:
     rejected("nævus".join(text.rsplit("clark nevus", 1)).encode("cp1252"),  # Excel's "CSV"
              r"pairs.csv, line 11: not UTF-8 text \(byte b'\\xe6'\); save the")  # fmt: skip
     rejected(text.replace(",", ";"), "one column: fields must be separated by commas")
-    path.write_text(text.replace("diagnosis", "Diagnosis", 1))
-    with pytest.warns(UserWarning, match=r"\['Diagnosis'\] not read as head DIAG's labels"):
-        read_pair_csv(path)
+    rejected(text.replace("MEL", "melanomaa", 1), r"Derm7pt's \(skinssl/labels.py\)(.|\n)*Leave "
+             r"a cell empty for an unknown label; label_columns: \{\} reads no labels")  # fmt: skip
+    # one case twice, the second time spelled another way
+    twice = r"line 14 \(row 12\): the pair \(./img/d0.jpg, img/c0.jpg\) is also that of line 2 "
+    rejected("\n".join([*lines, "./" + lines[1]]), twice + r"\(row 0\); each case must be listed")
+    for spelled in ("Diagnosis", "diagnosis "):
+        path.write_text(text.replace("diagnosis", spelled, 1))
+        with pytest.warns(UserWarning, match=rf"\['{spelled}'\] not read as head DIAG's labels"):
+            read_pair_csv(path)
+
+
+def test_csv_skips_empty_rows_and_reads_validation(tmp_path: Path) -> None:
+    """Rows of empty fields (a spreadsheet's leftovers) are skipped as blank lines are."""
+    path = make_csv(tmp_path)
+    lines = path.read_text().replace(",valid", ",Validation").splitlines()
+    path.write_text("\n".join([*lines[:3], ",,,,", "  ", *lines[3:], ",, ,,", ""]))
+    cases = read_pair_csv(path)
+    assert {k: len(v) for k, v in cases.splits.items()} == {"train": 8, "valid": 2, "test": 2}
+    assert cases.derm[2].name == "d2.jpg"
+
+
+def test_csv_paths_from_home_and_relative_ones_in_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    make_csv(tmp_path)
+    assert len(read_pair_csv("~/pairs.csv", image_root="~")) == 12
+    monkeypatch.chdir(tmp_path / "img")
+    where = rf"file not found: pairs.csv \(relative to the current directory, {tmp_path}/img\)"
+    with pytest.raises(DataError, match=where):
+        read_pair_csv("pairs.csv")
 
 
 def test_csv_id_column(tmp_path: Path) -> None:

@@ -259,8 +259,15 @@ class PairedDataModule(L.LightningDataModule):
         rows = cases.splits.get(split)
         if rows is None or len(rows) == 0:
             available = [s for s, r in cases.splits.items() if len(r)]
+            why = (
+                " (a fit validates on it every epoch, and a classifier's checkpoints are "
+                "selected on it: give some cases the split 'valid')"
+                if split == "valid"
+                else ""
+            )
             raise DataError(
-                f"{cases.source}: no cases in split {split!r}; available: {available + ['all']}"
+                f"{cases.source}: no cases in split {split!r}; available: "
+                f"{available + ['all']}{why}"
             )
         return rows
 

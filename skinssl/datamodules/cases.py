@@ -150,11 +150,12 @@ class CsvTable:
         return f"{self.path}, line {self.lines[i]} (row {i})"
 
 
-def encode_labels(table: CsvTable, columns: dict[str, str]) -> np.ndarray:
+def encode_labels(table: CsvTable, columns: dict[str, str], hint: str = "") -> np.ndarray:
     """[N, 8] class indices from a table's rows; ``columns`` maps head name -> column name.
 
     Heads without a column, and empty cells, are unknown (-1). Unrecognised strings are one
-    error naming each one's file line, 0-based row, column and value, and the valid values.
+    error naming each one's file line, 0-based row, column and value, and the valid values
+    (then ``hint``).
     """
     labels = np.full((len(table.rows), len(HEADS)), UNKNOWN, dtype=np.int64)
     unknown: list[tuple[int, str]] = []
@@ -177,8 +178,14 @@ def encode_labels(table: CsvTable, columns: dict[str, str]) -> np.ndarray:
         raise DataError(
             f"{table.path}: {len(unknown)} unknown label(s):{listing(in_order, 20)}\nvalid values: "
             + "; ".join(f"head {h} (column {columns[h]!r}): {v}" for h, v in valid.items())
+            + hint
         )
     return labels
+
+
+def relative_to_cwd(path: Path) -> str:
+    """For a message about a relative ``path``: where it was looked for."""
+    return "" if path.is_absolute() else f" (relative to the current directory, {Path.cwd()})"
 
 
 def listing(items: list[str], limit: int) -> str:
@@ -190,9 +197,10 @@ def listing(items: list[str], limit: int) -> str:
 def read_csv(path: Path, required: tuple[str, ...]) -> CsvTable:
     """A CSV file's table; a clear error for a missing file, text that is not UTF-8, a missing
     required column, a column name given twice, and a row with more or fewer fields than the
-    header. Blank lines are skipped (the lines of the rows after them stay the file's)."""
+    header. Blank lines, and rows whose every field is blank (as spreadsheets leave), are
+    skipped (the lines of the rows after them stay the file's)."""
     if not path.is_file():
-        raise DataError(f"file not found: {path}")
+        raise DataError(f"file not found: {path}{relative_to_cwd(path)}")
     data = path.read_bytes()
     try:
         text = data.decode("utf-8-sig")  # with or without a BOM
@@ -226,6 +234,8 @@ def read_csv(path: Path, required: tuple[str, ...]) -> CsvTable:
     rows, lines = [], []
     for row in reader:  # DictReader keys extra fields None and fills missing ones with None
         extra, given = row.pop(None, []), [v for v in row.values() if v is not None]
+        if not any(v.strip() for v in given + extra):
+            continue
         if extra or len(given) < len(header):
             raise DataError(
                 f"{path}, line {reader.line_num}: {len(given) + len(extra)} fields, but the "

@@ -9,6 +9,7 @@ folder).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,18 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from skinssl.datamodules.cases import SPLITS, Cases, CsvTable, DataError, encode_labels, read_csv
 from skinssl.labels import HEAD_NAMES, HEADS
 
-SPLIT_ALIASES = {"train": "train", "valid": "valid", "val": "valid", "test": "test"}
+SPLIT_ALIASES = {
+    "train": "train",
+    "valid": "valid",
+    "val": "valid",
+    "validation": "valid",
+    "test": "test",
+}
+SCHEMA = (
+    "The heads and their classes are Derm7pt's (skinssl/labels.py): labels of another scheme "
+    "need that file changed. Leave a cell empty for an unknown label; label_columns: {} reads no "
+    "labels (pretraining and predict need none)"
+)
 
 
 def default_label_columns(header: list[str], path: Path) -> dict[str, str]:
@@ -26,11 +38,13 @@ def default_label_columns(header: list[str], path: Path) -> dict[str, str]:
     found = {}
     for h in HEADS:
         names = [name for name in dict.fromkeys((h.name, h.column)) if name in header]
-        cased = [c for c in header if c.lower() in (h.name.lower(), h.column) and c not in names]
+        cased = [c for c in header
+                 if c.strip().lower() in (h.name.lower(), h.column) and c not in names]  # fmt: skip
         if cased and not names:
             rank_zero_warn(
                 f"{path}: column(s) {cased} not read as head {h.name}'s labels: label columns "
-                f"are named exactly {h.name!r} or {h.column!r} (or mapped with label_columns)"
+                f"are named exactly {h.name!r} or {h.column!r}, without spaces (or mapped with "
+                "label_columns)"
             )
         if len(names) > 1:
             raise DataError(
@@ -55,18 +69,21 @@ def read_pair_csv(
     """Cases of a paired CSV. With ``split_column`` None every case is in ``train``; so it is
     without the default ``split`` column (with a warning); another absent column is an error.
     ``id_column`` names each case (non-empty, unique) in output tables."""
-    path = Path(path)
+    path = Path(path).expanduser()
     table = read_csv(path, (derm_column, clinic_column) + ((id_column,) if id_column else ()))
     rows, header = table.rows, table.header
     if label_columns is None:
         label_columns = default_label_columns(header, path)
     for head_name, col in label_columns.items():
         if head_name not in HEAD_NAMES:
-            raise DataError(f"label_columns: unknown head {head_name!r}; valid: {HEAD_NAMES}")
+            raise DataError(
+                f"label_columns: unknown head {head_name!r}; valid: {HEAD_NAMES}. {SCHEMA}"
+            )
         if col not in header:
             raise DataError(f"{path}: label column {col!r} (head {head_name}) is not in {header}")
-    root = (Path(image_root) if image_root is not None else path.parent).absolute()
+    root = (Path(image_root).expanduser() if image_root is not None else path.parent).absolute()
     derm, clinic, valid = [], [], []
+    first: dict[tuple[str, str], int] = {}
     for i, r in enumerate(rows):
         d = (r[derm_column] or "").strip()
         c = (r[clinic_column] or "").strip()
@@ -74,8 +91,15 @@ def read_pair_csv(
             raise DataError(f"{table.at(i)}: empty {derm_column!r} path")
         derm.append(root / d)
         clinic.append(root / (c or d))
-        valid.append(bool(c) and c != d)
-    labels = encode_labels(table, label_columns)
+        pair = (os.path.realpath(derm[-1]), os.path.realpath(clinic[-1]))
+        valid.append(bool(c) and pair[0] != pair[1])  # (however the paths are spelled)
+        j = first.setdefault(pair, i)
+        if j != i:
+            raise DataError(
+                f"{table.at(i)}: the pair ({d}, {c or d}) is also that of line {table.lines[j]} "
+                f"(row {j}); each case must be listed once"
+            )
+    labels = encode_labels(table, label_columns, hint=f"\n{SCHEMA}")
     ids = _read_ids(table, id_column) if id_column else None
     read = {derm_column, clinic_column, split_column, id_column, *label_columns.values()}
     unused = [c for c in header if c not in read]
