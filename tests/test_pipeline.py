@@ -224,6 +224,23 @@ def test_heads_without_training_labels_are_an_error(tmp_path: Path) -> None:
         trainer.fit(model, dm_for(make_csv(tmp_path)))
 
 
+def test_testing_cases_without_labels_is_an_error(tmp_path: Path) -> None:
+    """A test split without a label for any of the model's heads has nothing to score."""
+    from skinssl.lightning_modules import MultiLabelClassifier
+
+    path = make_csv(tmp_path)
+    text = path.read_text().splitlines()
+    path.write_text("\n".join([*text[:11], "img/d10.jpg,img/c10.jpg,,,test", text[12]]))
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False)  # fmt: skip
+    model = MultiLabelClassifier(backbone="resnet18", weights=None, heads=["PN"])
+    nothing = r"no case of the test split has a label for head\(s\) \['PN'\]: nothing to score"
+    with pytest.raises(ValueError, match=nothing + ". For the model's outputs use skinssl predict"):
+        trainer.test(model, dm_for(path))
+    trainer.test(MultiLabelClassifier(backbone="resnet18", weights=None, heads=["DIAG"]),
+                 dm_for(path))  # fmt: skip
+
+
 def test_batch_structure(tmp_path: Path) -> None:
     dm = dm_for(make_csv(tmp_path), derm_views=Views.simclr(), clinic_views=Views(n=1))
     dm.setup("fit")

@@ -245,12 +245,28 @@ class MultiLabelClassifier(L.LightningModule):
         return self
 
     def setup(self, stage: str) -> None:
+        if stage == "test":
+            self._check_test_labels()
         if stage == "fit":
             self._check_labels()
             if self.hparams.setting != "finetune":
                 frozen = self._frozen()
                 parts = ", ".join(n for n, m in self.named_children() if m in frozen)
                 rank_zero_info(f"setting {self.hparams.setting}: frozen, in eval mode: {parts}")
+
+    def _check_test_labels(self) -> None:
+        """A clear error when no test case has a label for any head: nothing to score (the
+        run would write a report of blanks over the last one)."""
+        dm = self.trainer.datamodule
+        if not hasattr(dm, "split_rows"):
+            return
+        labels = dm.cases.labels[dm.split_rows("test")]
+        if not (labels[:, [HEAD_NAMES.index(h) for h in self.heads]] >= 0).any():
+            raise ValueError(
+                f"{dm.cases.source}: no case of the test split has a label for head(s) "
+                f"{list(self.heads)}: nothing to score. For the model's outputs use skinssl "
+                "predict (--data.init_args.predict_split test)"
+            )
 
     def _check_labels(self) -> None:
         """A clear error when the training split has no label for some head: it would stay
