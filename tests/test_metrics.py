@@ -154,8 +154,8 @@ def test_report_files(tmp_path) -> None:
     text = markdown(report, figures=["figures/roc_DIAG.png"])
     vs = ", ".join(f"VS {c}" for c in HEADS[HEAD_NAMES.index("VS")].classes)
     assert (
-        f"Left out of every mean below (classes without a case, or with only cases of it: {vs})"
-        in text
+        "Undefined on this data (classes without a case, or with only cases of it, left out of "
+        f"the AUC means below: {vs})" in text
     )
     paths = write_report(report, tmp_path, text)
     assert [p.name for p in paths] == ["metrics.json", "report.md", "per_class.csv"]
@@ -166,23 +166,40 @@ def test_report_files(tmp_path) -> None:
     )
     assert len(data["summary"]["auc_all_classes"]["ci"]) == 2
     assert data["summary"]["auc_key_classes"]["description"] == (
-        "mean AUC over each head's key class (MEL, ATP, PRS, IR, IR, IR, IR, PRS)"
+        "mean AUC over each head's key class (MEL, ATP, PRS, IR, IR, IR, PRS)"  # not VS's
     )
-    # the words follow the heads evaluated
-    assert (
-        describe("auc_all_classes", ["DIAG", "PN"]) == "mean AUC over the 8 classes of the 2 heads"
-    )
-    assert (
-        describe("auc_key_classes", ["DIAG", "PN"])
-        == "mean AUC over each head's key class (MEL, ATP)"
-    )
-    assert describe("mean_balanced_accuracy_criteria", ["DIAG", "PN"]) == (
+    # the words follow the heads evaluated, and the classes the data defines an AUC for
+    full = fake_outputs(40, seed=1)
+
+    def evaluated(*names: str, labels: np.ndarray = full.labels) -> dict:
+        return evaluate_heads(CaseOutputs(full.index, {h: full.probs[h] for h in names}, labels))
+
+    two = evaluated("DIAG", "PN")
+    assert describe("auc_all_classes", two) == "mean AUC over the 8 classes of the 2 heads"
+    assert describe("auc_key_classes", two) == "mean AUC over each head's key class (MEL, ATP)"
+    assert describe("mean_balanced_accuracy_criteria", two) == (
         "balanced accuracy, mean over the 1 criterion"
     )
-    assert describe("auc_all_classes", ["DIAG"]) == "mean AUC over the 5 classes of the 1 head"
-    full = fake_outputs(40, seed=1)
+    assert describe("auc_all_classes", evaluated("DIAG")) == (
+        "mean AUC over the 5 classes of the 1 head"
+    )
+    fewer = full.labels.copy()
+    fewer[:, 0] %= 3  # no SK, no MISC
+    fewer[:, 1] = 0  # PN: absent only (no AUC; key class ATP undefined)
+    two = evaluated("DIAG", "PN", labels=fewer)
+    assert describe("auc_all_classes", two) == (
+        "mean AUC over the 3 (of 8) defined classes of the 2 heads"
+    )
+    assert describe("auc_key_classes", two) == "mean AUC over each head's key class (MEL)"
+    assert describe("auc_key_criteria", two) == (
+        "mean AUC over each criterion's key class (none defined)"
+    )
+    assert describe("auc_diag_macro", two) == (
+        "diagnosis macro AUC (mean over its 3 (of 5) defined classes)"
+    )
     diag_only = build_report(CaseOutputs(full.index, {"DIAG": full.probs["DIAG"]}, full.labels), 0)
-    assert not [k for k in diag_only["summary"] if "criteria" in k]  # no numbers over nothing
+    # no numbers over nothing (the authors' '8 avg' without a criterion: NEV's AUC alone)
+    assert not [k for k in diag_only["summary"] if "criteria" in k or "authors" in k]
     assert set(data["melanoma"]) == {"expected_score", "hard_score", "annotated_score",
                                      "mel_probability"}  # fmt: skip
     rows = (tmp_path / "per_class.csv").read_text().splitlines()
@@ -198,8 +215,11 @@ def test_report_names_heads_without_labels() -> None:
     report = build_report(outputs, resamples=0)
     assert report["heads"]["RS"]["n"] == 0 and math.isnan(report["heads"]["RS"]["auc_macro"])
     text = markdown(report)
-    assert "Left out of every mean below (heads without a labelled case: RS)." in text
-    assert "Left out" not in markdown(build_report(fake_outputs(60, seed=5), resamples=0))
+    assert (
+        "Undefined on this data (heads without a labelled case, left out of every mean below: "
+        "RS)." in text
+    )
+    assert "Undefined" not in markdown(build_report(fake_outputs(60, seed=5), resamples=0))
 
 
 def multi_head_ce(logits: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:

@@ -128,10 +128,11 @@ def class_auc_summary(heads: dict[str, dict]) -> dict[str, float]:
         summary["auc_criteria_classes"] = nanmean(c["auc"] for h in criteria for c in rows[h])
         summary["auc_key_criteria"] = nanmean(key[h] for h in criteria)
     if "DIAG" in rows:
-        nev = head("DIAG").classes.index("NEV")
-        summary["auc_key_authors"] = nanmean(
-            [rows["DIAG"][nev]["auc"], *(key[h] for h in criteria)]
-        )
+        if criteria:  # (without criteria it would be the NEV AUC alone)
+            nev = head("DIAG").classes.index("NEV")
+            summary["auc_key_authors"] = nanmean(
+                [rows["DIAG"][nev]["auc"], *(key[h] for h in criteria)]
+            )
         summary["auc_diag_macro"] = heads["DIAG"]["auc_macro"]
     return summary
 
@@ -141,27 +142,34 @@ def count(n: int, one: str, many: str) -> str:
     return f"{n} {one if n == 1 else many}"
 
 
-def auc_summary_descriptions(heads: list[str]) -> dict[str, str]:
-    """What each ``class_auc_summary`` number is over, in words, for the heads evaluated."""
+def auc_summary_descriptions(heads: dict[str, dict]) -> dict[str, str]:
+    """What each ``class_auc_summary`` number of ``heads`` (``evaluate_heads``) is over, in
+    words. Classes whose AUC the data leaves undefined are not in the means, nor in the words."""
     criteria = [h for h in heads if h in CRITERIA]
     n_heads, n_criteria = (
         count(len(heads), "head", "heads"),
         count(len(criteria), "criterion", "criteria"),
     )
 
-    def keys(names: list[str]) -> str:
-        return ", ".join(head(h).classes[head(h).key_class] for h in names)
+    def defined(h: str) -> list[str]:
+        return [c["class"] for c in heads[h]["classes"] if not math.isnan(c["auc"])]
 
-    def classes(names: list[str]) -> int:
-        return sum(head(h).num_classes for h in names)
+    def keys(names: list[str]) -> str:
+        key = {h: head(h).classes[head(h).key_class] for h in names}
+        return ", ".join(k for h, k in key.items() if k in defined(h)) or "none defined"
+
+    def classes(names: list[str]) -> str:
+        n, of = sum(len(defined(h)) for h in names), sum(head(h).num_classes for h in names)
+        return f"{n}" if n == of else f"{n} (of {of}) defined"
 
     return {
-        "auc_all_classes": f"mean AUC over the {classes(heads)} classes of the {n_heads}",
+        "auc_all_classes": f"mean AUC over the {classes(list(heads))} classes of the {n_heads}",
         "auc_criteria_classes": f"mean AUC over the {classes(criteria)} classes of the "
         f"{n_criteria}",
-        "auc_key_classes": f"mean AUC over each head's key class ({keys(heads)})",
+        "auc_key_classes": f"mean AUC over each head's key class ({keys(list(heads))})",
         "auc_key_criteria": f"mean AUC over each criterion's key class ({keys(criteria)})",
         "auc_key_authors": f"as the SM3 code's '8 avg': the key classes of the {n_criteria} + "
         "NEV for the diagnosis",
-        "auc_diag_macro": "diagnosis macro AUC (mean over its 5 classes)",
+        "auc_diag_macro": "diagnosis macro AUC (mean over its "
+        f"{classes(['DIAG']) if 'DIAG' in heads else 5} classes)",
     }

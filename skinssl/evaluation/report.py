@@ -48,8 +48,8 @@ def headline(outputs: CaseOutputs) -> dict[str, float]:
     return numbers
 
 
-def describe(name: str, heads: list[str]) -> str:
-    """What a ``headline`` number over ``heads`` is, in words."""
+def describe(name: str, heads: dict[str, dict]) -> str:
+    """What a ``headline`` number over ``heads`` (``evaluate_heads``) is, in words."""
     summary = auc_summary_descriptions(heads)
     if name in summary:
         return summary[name]
@@ -88,7 +88,7 @@ def build_report(
             k: {
                 "value": v,
                 "ci": list(intervals.get(k, nan)),
-                "description": describe(k, list(heads)),
+                "description": describe(k, heads),
             }
             for k, v in point.items()
         },
@@ -184,10 +184,12 @@ def _undefined(report: dict) -> list[str]:
         return []
     parts = []
     if heads:
-        parts.append(f"heads without a labelled case: {', '.join(heads)}")
+        parts.append(f"heads without a labelled case, left out of every mean below: "
+                     f"{', '.join(heads)}")  # fmt: skip
     if classes:
-        parts.append(f"classes without a case, or with only cases of it: {', '.join(classes)}")
-    return [f"Left out of every mean below ({'; '.join(parts)}).", ""]
+        parts.append(f"classes without a case, or with only cases of it, left out of the AUC "
+                     f"means below: {', '.join(classes)}")  # fmt: skip
+    return [f"Undefined on this data ({'; '.join(parts)}).", ""]
 
 
 def class_rows(report: dict) -> list[dict]:
