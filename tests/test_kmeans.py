@@ -459,6 +459,21 @@ def test_every_n_epochs(tmp_path: Path) -> None:
     assert model.calls == [0, 2]
 
 
+@pytest.mark.parametrize("algorithm", ["spherical", "authors"])
+def test_each_clustering_seeded_with_seed_plus_epoch(
+    algorithm: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seeds = []
+    name = "kmeans" if algorithm == "spherical" else "dot_kmeans_heads"
+    real = getattr(km, name)
+    seed_at = 4 if algorithm == "spherical" else 3  # (features, k, niter, [nredo,] seed, ...)
+    monkeypatch.setattr(km, name, lambda *a, **k: seeds.append(a[seed_at]) or real(*a, **k))
+    cb = KMeansPseudoLabels(seed=5, algorithm=algorithm)
+    trainer(tmp_path, [cb], max_epochs=3).fit(ToyModule(), make_dm(tmp_path, n_train=6))
+    per_epoch = len(HEADS) if algorithm == "spherical" else 1  # (authors': heads in one call)
+    assert seeds == [s for s in (5, 6, 7) for _ in range(per_epoch)]
+
+
 def test_callback_names_head_and_epoch_on_bad_features(tmp_path: Path) -> None:
     dm = make_dm(tmp_path, n_train=4)
     with pytest.raises(ValueError, match="head 'PN' \\(K = 3\\) at epoch 0: .*non-finite"):

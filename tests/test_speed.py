@@ -27,12 +27,25 @@ def test_channels_last_and_compile_keep_outputs_and_names() -> None:
 
 
 def test_speed_options_through_the_cli(tmp_path: Path, monkeypatch) -> None:
+    """The speed group's options reach the trunks; checkpoints keep the plain names."""
+    import skinssl.callbacks.speed as speed
+
+    calls = []
+
+    def recording(module, *args, **kwargs) -> list:
+        changed = speed_up(module, *args, **kwargs)
+        calls.append((args, kwargs, [t.conv1.weight.is_contiguous(
+            memory_format=torch.channels_last) for t in changed]))  # fmt: skip
+        return changed
+
+    monkeypatch.setattr(speed, "speed_up", recording)
     monkeypatch.chdir(tmp_path)
     run(
         "fit", "configs/quickstart/stage1.yaml", *TINY_SYNTHETIC, "--trainer.max_epochs=1",
         "--trainer.limit_train_batches=2", "--speed.channels_last=true", "--speed.compile=true",
         "--speed.compile_backend=eager",
     )  # fmt: skip
+    assert calls == [((True, True, "eager"), {}, [True, True])]  # once, both trunks
     ckpt = torch.load("runs/quickstart/stage1/checkpoints/last.ckpt", weights_only=True)
     plain = SM3Contrastive(backbone="resnet18", proj_hidden=512, proj_dim=128)  # the config
     assert ckpt["state_dict"].keys() == plain.state_dict().keys()
