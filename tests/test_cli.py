@@ -768,6 +768,8 @@ def test_a_resume_after_a_kill_continues_the_tensorboard_curves(
     main(["fit", "-c", config, *args, "--resume=true"])
     assert scalar_steps(run_dir, "train/loss") == list(range(6))
     assert scalar_steps(run_dir, "hp_metric") == [0]
+    # logged at the resumed epoch's start, before its first batch
+    assert scalar_steps(run_dir, "lr-AdamW") == [0, 3]
 
 
 def test_sigterm_outside_training_exits_143_with_how_to_go_on(monkeypatch, capsys) -> None:
