@@ -41,11 +41,11 @@ from threadpoolctl import threadpool_limits
 from skinssl.callbacks.kmeans import clustering_metrics
 from skinssl.clustering import (
     GraphedSteps,
-    available_cores,
     dot_kmeans_heads,
     faiss_threads,
     kmeans,
 )
+from skinssl.host import available_cores
 from skinssl.labels import UNKNOWN
 
 CASES = {

@@ -247,19 +247,27 @@ class SkinSSLCLI(LightningCLI):
         config = self.config.get(self.subcommand, {})
         check_accelerator(config.get("trainer", {}))
         init_args = config.get("model", {}).get("init_args") or {}
-        if self.subcommand != "fit" and config.get("ckpt_path"):
-            for key in ("init_from", "pretrained", "weights"):
+        if self.subcommand != "fit":
+            for key in ("init_from", "pretrained", "weights") if config.get("ckpt_path") else ():
                 if init_args.get(key):
                     rank_zero_info(f"{key} not loaded: every weight comes from ckpt_path")
                     init_args[key] = None
-        elif self.subcommand == "fit" and resumes(config):
-            for key in ("init_from", "pretrained"):  # e.g. scratch space cleared before a requeue
-                if init_args.get(key) and not Path(init_args[key]).exists():
-                    rank_zero_info(
-                        f"{key} {init_args[key]} not found, and not needed: every weight comes "
-                        "from the checkpoint this fit resumes"
-                    )
-                    init_args[key] = None
+            return
+        unversioned = configured_checkpoint_dir(config.get("trainer")) is None
+        if config.get("resume") and not config.get("ckpt_path") and unversioned:
+            raise ValueError(
+                "--resume true: the config's logger has no version, so each run gets a new "
+                "version_N folder, where a resumed run would never find this one's last.ckpt. "
+                "Name the run: --trainer.logger.init_args.version=NAME (as the published "
+                "configs do)"
+            )
+        for key in ("init_from", "pretrained") if resumes(config) else ():
+            if init_args.get(key) and not Path(init_args[key]).exists():  # (scratch cleared)
+                rank_zero_info(
+                    f"{key} {init_args[key]} not found, and not needed: every weight comes "
+                    "from the checkpoint this fit resumes"
+                )
+                init_args[key] = None
 
     def after_predict(self) -> None:
         writer = next(c for c in self.trainer.callbacks if isinstance(c, PredictionWriter))

@@ -9,7 +9,6 @@ from a CUDA graph. ``feature_problems`` / ``checked_features`` say why features 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -22,11 +21,6 @@ from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
 Steps = Callable[[Tensor, Tensor, Tensor, int], tuple[Tensor, Tensor, Tensor]]
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @contextmanager

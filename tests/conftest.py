@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -58,3 +59,14 @@ def _rank_zero_restored(monkeypatch: pytest.MonkeyPatch) -> None:
 
     for obj in {id(o): o for o in (fabric_rank_zero, pl_rank_zero, utils_rank_zero)}.values():
         monkeypatch.setattr(obj, "rank", getattr(obj, "rank", 0), raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _each_test_alone() -> Iterator[None]:
+    """Every test starts from torch's seed 0, and leaves no process-group or seed variables
+    behind (Lightning's spawn sets MASTER_PORT, seed_everything PL_GLOBAL_SEED): a later test
+    would reuse a port chosen free long before, and draw seeds that depend on test order."""
+    torch.manual_seed(0)
+    yield
+    for name in ("MASTER_ADDR", "MASTER_PORT", "PL_GLOBAL_SEED", "PL_SEED_WORKERS"):
+        os.environ.pop(name, None)

@@ -569,6 +569,10 @@ def test_fit_resume_continues_from_last_checkpoint(
     assert "resume: no " in caplog.text and "yet, so the run starts from the beginning" in (
         caplog.text
     )
+    # a logger without a version: a new version_N folder for each run, never resumed
+    with pytest.raises(ValueError, match="--resume true: the config's logger has no version"):
+        run("fit", "configs/quickstart/stage1.yaml", *args,
+            "--trainer.logger.init_args.version=null")  # fmt: skip
     first = torch.load(last, weights_only=True)
     assert first["global_step"] == 2
     with caplog.at_level("INFO"):

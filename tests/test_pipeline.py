@@ -166,7 +166,7 @@ def test_csv_paths_from_home_and_relative_ones_in_errors(
     make_csv(tmp_path)
     assert len(read_pair_csv("~/pairs.csv", image_root="~")) == 12
     monkeypatch.chdir(tmp_path / "img")
-    where = rf"file not found: pairs.csv \(relative to the current directory, {tmp_path}/img\)"
+    where = rf"file not found: pairs.csv \(relative to the working directory {tmp_path}/img\)"
     with pytest.raises(DataError, match=where):
         read_pair_csv("pairs.csv")
 
@@ -377,6 +377,9 @@ def test_loader_resumes_mid_epoch(tmp_path: Path) -> None:
     loader = dm.train_dataloader()
     order, views = _epoch(loader, 3)
     resumed = dm.train_dataloader()
+    with pytest.raises(ValueError, match=r"stopped mid-epoch with 2 process\(es\) x batch 2; "
+                       r"resuming with 1 x 2 .*--trainer.devices=2.*batch_size=2"):  # fmt: skip
+        resumed.load_state_dict({"epoch": 3, "batches": 2, "replicas": 2, "batch_size": 2})
     resumed.load_state_dict({"epoch": 3, "batches": 2})
     rest = list(resumed)
     assert torch.equal(torch.cat([b["index"] for b in rest]), order[4:])

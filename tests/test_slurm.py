@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import re
-import shlex
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,13 +15,17 @@ from skinssl.cli import build_cli
 REPO = Path(__file__).resolve().parents[1]
 
 
-def srun_arguments(template: Path, env: dict[str, str]) -> list[str]:
-    """The ``skinssl`` arguments of the template's ``srun`` line, variables expanded."""
-    text = template.read_text().replace("\\\n", " ")
-    line = next(ln for ln in text.splitlines() if ln.startswith("srun skinssl"))
-    line = line.replace('"$@"', "")  # the job's extra arguments: none here
-    line = re.sub(r"\$\{?(\w+)\}?", lambda m: env[m.group(1)], line)
-    return shlex.split(line)[2:]
+def srun_arguments(template: Path, env: dict[str, str], tmp_path: Path, *extra: str) -> list[str]:
+    """The arguments the template gives ``srun`` (run by bash with a stand-in ``srun``)."""
+    bin_dir, out = tmp_path / "bin", tmp_path / "srun_args"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "srun").write_text(f'#!/bin/bash\nprintf "%s\\0" "$@" > {out}\n')
+    (bin_dir / "srun").chmod(0o755)
+    path = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+    done = subprocess.run(["bash", str(template), *extra], env={**env, "PATH": path},
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return out.read_text().split("\0")[:-1]
 
 
 # the second task of a 2-task job: on one node with 2 GPUs, or on 2 nodes with 1 GPU each
@@ -46,15 +50,20 @@ def test_lightning_picks_up_a_two_task_job(
         "SLURM_PROCID": "1",
         "SLURM_LOCALID": str(layout["local_rank"]),
         "SLURM_NODEID": str(layout["node_id"]),
-        "config": str(REPO / "configs/quickstart/stage1.yaml"),
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     monkeypatch.chdir(tmp_path)
-    args = srun_arguments(REPO / "scripts/slurm" / template, env)
-    assert args[:3] == ["fit", "-c", env["config"]]
+    config = str(REPO / "configs/quickstart/stage1.yaml")
+    args = srun_arguments(REPO / "scripts/slurm" / template, env, tmp_path, config, "--x=a b")
+    assert args[:5] == ["--kill-on-bad-exit=1", "skinssl", "fit", "-c", config]
+    assert args[-1] == "--x=a b"  # the job's own arguments, as given
+    # without --ntasks-per-node: the job's tasks spread over its nodes
+    spread = {k: v for k, v in env.items() if k != "SLURM_NTASKS_PER_NODE"}
+    devices = f"--trainer.devices={layout['per_node']}"
+    assert devices in srun_arguments(REPO / "scripts/slurm" / template, spread, tmp_path, config)
     # the test machine has no GPU: same layout with gloo on the CPU
-    args = [a.replace("accelerator=gpu", "accelerator=cpu") for a in args[1:]]
+    args = [a.replace("accelerator=gpu", "accelerator=cpu") for a in args[3:-1]]
     cli = build_cli([*args, "--data.init_args.num_workers=0"], run=False)
     trainer = cli.trainer
     cluster = trainer.strategy.cluster_environment

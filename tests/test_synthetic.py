@@ -147,6 +147,24 @@ def test_stamp_makes_a_second_call_a_no_op_and_guards_the_folder(
         generate(tmp_path / "stuff", 30, 64)
 
 
+def test_generating_at_once_from_two_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process completing the same data while this one paints (the first rank of
+    each node, on a shared file system): both end with the complete data, nothing left over."""
+    root, paint = tmp_path / "d", synthetic._paint_all
+
+    def meanwhile(tasks: list, workers: int) -> None:
+        monkeypatch.setattr(synthetic, "_paint_all", paint)
+        assert generate(root, 6, 32, workers=1) == root  # the other process, first
+        paint(tasks, workers)
+
+    monkeypatch.setattr(synthetic, "_paint_all", meanwhile)
+    assert generate(root, 6, 32, workers=1) == root
+    assert (root / STAMP).is_file() and len(_rows(root / "meta" / "meta.csv")) == 6
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [({"num_cases": 2}, "num_cases must be >= 3"), ({"image_size": 16}, "image_size must be >= 32"),

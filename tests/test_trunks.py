@@ -46,6 +46,17 @@ def test_bad_local_weights(tmp_path: Path, content: object, pattern: str) -> Non
         build_trunk("resnet18", str(path))
 
 
+def test_an_incomplete_checkpoint_is_named_so(tmp_path: Path) -> None:
+    """A checkpoint cut short (disk full, or the process stopped while saving it)."""
+    from skinssl.lightning_modules.checkpoints import load_tensors
+
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1000)}}, path)
+    path.write_bytes(path.read_bytes()[:3000])
+    with pytest.raises(ValueError, match=r"last.ckpt: the file is incomplete \(the disk was full"):
+        load_tensors(path, "checkpoint")
+
+
 def test_imagenet_weights_offline(monkeypatch) -> None:
     """No network and nothing in the hub cache: say where the file goes, and the options."""
 

@@ -35,7 +35,6 @@ from torchmetrics.utilities.distributed import gather_all_tensors
 
 from skinssl.clustering import (
     GraphedSteps,
-    available_cores,
     dot_kmeans_heads,
     faiss_threads,
     feature_problems,
@@ -43,6 +42,7 @@ from skinssl.clustering import (
 )
 from skinssl.datamodules.dataset import one_thread_worker, shared_seed, whole_batch
 from skinssl.evaluation.agreement import contingency, normalized_mutual_info, table_ari, table_nmi
+from skinssl.host import available_cores
 from skinssl.labels import HEAD_NAMES, UNKNOWN
 
 FeatureSource = Literal["pass", "memory_bank"]

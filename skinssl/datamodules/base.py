@@ -6,7 +6,6 @@ cache, the label fraction, worker seeding and on-device normalisation live here.
 
 from __future__ import annotations
 
-import os
 from abc import abstractmethod
 from dataclasses import asdict, replace
 from typing import Any, Literal
@@ -38,6 +37,7 @@ from skinssl.datamodules.views import (
     eval_pipeline,
     train_pipeline,
 )
+from skinssl.host import available_cores
 from skinssl.labels import HEAD_NAMES, UNKNOWN
 
 FINETUNE_VIEWS = Views()
@@ -47,7 +47,7 @@ PredictSplit = Literal["train", "valid", "test", "all"]
 
 def default_workers() -> int:
     """Loader workers for this machine: one per core the process may use, at most 8."""
-    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2))
+    return max(1, min(8, available_cores()))
 
 
 def label_subset(labels: np.ndarray, rows: np.ndarray, fraction: float, seed: int) -> np.ndarray:

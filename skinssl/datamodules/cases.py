@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_warn
 
+from skinssl.host import where
 from skinssl.labels import HEAD_NAMES, HEADS, UNKNOWN
 
 SPLITS = ("train", "valid", "test")
@@ -183,11 +184,6 @@ def encode_labels(table: CsvTable, columns: dict[str, str], hint: str = "") -> n
     return labels
 
 
-def relative_to_cwd(path: Path) -> str:
-    """For a message about a relative ``path``: where it was looked for."""
-    return "" if path.is_absolute() else f" (relative to the current directory, {Path.cwd()})"
-
-
 def listing(items: list[str], limit: int) -> str:
     """``items`` one per indented line, the first ``limit`` of them, then how many more."""
     more = [f"... and {len(items) - limit} more"] if len(items) > limit else []
@@ -200,7 +196,7 @@ def read_csv(path: Path, required: tuple[str, ...]) -> CsvTable:
     header. Blank lines, and rows whose every field is blank (as spreadsheets leave), are
     skipped (the lines of the rows after them stay the file's)."""
     if not path.is_file():
-        raise DataError(f"file not found: {path}{relative_to_cwd(path)}")
+        raise DataError(f"file not found: {path}{where(path)}")
     data = path.read_bytes()
     try:
         text = data.decode("utf-8-sig")  # with or without a BOM

@@ -19,6 +19,7 @@ from skinssl.datamodules.cases import (
     read_csv,
     read_index_file,
 )
+from skinssl.host import where
 from skinssl.labels import HEADS
 
 REQUIRED_COLUMNS = ("clinic", "derm") + tuple(h.column for h in HEADS)
@@ -54,8 +55,8 @@ def read_derm7pt(root: str | Path) -> Cases:
     meta = root / "meta" / "meta.csv"
     if not meta.is_file():
         raise DataError(
-            f"{meta} not found: the data root ({root}) must be the Derm7pt release folder, the "
-            "one that holds meta/meta.csv, meta/*_indexes.csv and images/"
+            f"{meta} not found{where(meta)}: the data root ({root}) must be the Derm7pt release "
+            "folder, the one that holds meta/meta.csv, meta/*_indexes.csv and images/"
         )
     table = read_csv(meta, REQUIRED_COLUMNS)
     rows = table.rows

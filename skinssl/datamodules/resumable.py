@@ -67,8 +67,10 @@ class ResumableLoader(DataLoader):
         if state["batches"] and then[1] is not None and then != now:
             raise ValueError(
                 f"this checkpoint stopped mid-epoch with {then[0]} process(es) x batch {then[1]}; "
-                f"resuming with {now[0]} x {now[1]} would repeat or skip cases. Resume with the "
-                "same devices and batch size, or from a checkpoint taken at the end of an epoch."
+                f"resuming with {now[0]} x {now[1]} would repeat or skip cases. Resume with "
+                f"{then[0]} process(es) (--trainer.devices={then[0]}, or devices x num_nodes = "
+                f"{then[0]}) and --data.init_args.batch_size={then[1]}: after this epoch, a "
+                "resume may change them. Or start from a checkpoint taken at an epoch's end"
             )
         self.sampler.set_epoch(state["epoch"])
         self.sampler.skip = state["batches"] * self.batch_size

@@ -22,7 +22,8 @@ import csv
 import io
 import json
 import multiprocessing
-import os
+import shutil
+import tempfile
 import time
 from importlib import resources
 from pathlib import Path
@@ -32,6 +33,7 @@ import cv2
 import numpy as np
 
 from skinssl.datamodules.painter import paint_pair
+from skinssl.host import available_cores
 from skinssl.labels import HEADS, seven_point_score
 
 META_COLUMNS = (
@@ -250,7 +252,8 @@ def generate(
         num_cases: 1011 gives the real Derm7pt table; other counts sample its rows.
         image_size: image height in pixels (width is 1.5x, like the 768x512 release).
         seed: seed of the images (and of the sampled rows and splits when num_cases != 1011).
-        workers: painting processes (default: all CPUs); the output does not depend on it.
+        workers: painting processes (default: the cores the process may use); the output does
+            not depend on it.
     """
     if num_cases < 3:
         raise ValueError(f"num_cases must be >= 3 (one case per split at least), got {num_cases}")
@@ -258,7 +261,7 @@ def generate(
         raise ValueError(f"image_size must be >= 32 pixels, got {image_size}")
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
-    workers = (os.cpu_count() or 1) if workers is None else workers
+    workers = available_cores() if workers is None else workers
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     root = Path(root)
@@ -271,12 +274,15 @@ def generate(
     }
     if _is_complete(root, params):
         return root
-
+    # made beside root and renamed into place when complete: processes that generate the same
+    # data at once (a node's first rank each, on a shared file system) never see it half-made
+    root.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
     table = load_case_table()
     rows, splits = _choose_cases(table, num_cases, seed)
     labels, invalid = table.labels()[rows], table.invalid_pair[rows]
     paths = _image_names(num_cases)
-    images = root / "images"
+    images = work / "images"
     for folder in sorted({d.split("/")[0] for d, _ in paths}):
         (images / folder).mkdir(parents=True, exist_ok=True)
     tasks = [
@@ -285,13 +291,17 @@ def generate(
     ]
     _paint_all(tasks, workers)
 
-    meta = root / "meta"
+    meta = work / "meta"
     meta.mkdir(exist_ok=True)
     _write_meta(meta, table, rows, paths, invalid)
     _write_indexes(meta, splits)
-    tmp = root / (STAMP + ".tmp")
-    tmp.write_text(json.dumps(params, indent=1) + "\n")
-    tmp.replace(root / STAMP)
+    (work / STAMP).write_text(json.dumps(params, indent=1) + "\n")
+    try:
+        work.rename(root)  # (replaces an empty folder)
+    except OSError:  # another process was first
+        shutil.rmtree(work)
+        if not _is_complete(root, params):
+            raise
     return root
 
 

@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from skinssl.host import where
+
 
 def load_tensors(path: str | Path, what: str, mmap: bool = False) -> Any:
     """``torch.load`` of a file of tensors and plain values (weights_only; ``mmap``: tensors
@@ -18,13 +20,22 @@ def load_tensors(path: str | Path, what: str, mmap: bool = False) -> Any:
     "checkpoint") for a missing, unreadable or foreign file."""
     path = Path(path)
     if not path.is_file():
-        where = "" if path.is_absolute() else f" (relative to the working directory {Path.cwd()})"
-        raise ValueError(f"{what} not found: {path}{where}")
+        raise ValueError(f"{what} not found: {path}{where(path)}")
     zipped = zipfile.is_zipfile(path)  # torch.save's format since 1.6
     with path.open("rb") as f:
         legacy = f.read(1) == b"\x80"  # the pickle stream of older torch.save files
     if not (zipped or legacy):
-        raise ValueError(f"cannot read {what} {path}: not a file torch.save wrote")
+        with path.open("rb") as f:
+            cut = f.read(4) == b"PK\x03\x04"  # a zip's start without its end
+        raise ValueError(
+            f"cannot read {what} {path}: "
+            + (
+                "the file is incomplete (the disk was full, or the process stopped while "
+                "saving it): delete it, or use an earlier checkpoint"
+                if cut
+                else "not a file torch.save wrote"
+            )
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipped)
     except Exception as e:  # truncated, or not only tensors and plain values
