@@ -12,7 +12,8 @@ import argparse
 import csv
 from pathlib import Path
 
-from skinssl.datamodules.synthetic import BASE36, CASE_TABLE, SPLITS, TABLE_COLUMNS
+from skinssl.datamodules.cases import SPLITS
+from skinssl.datamodules.synthetic import BASE36, CASE_TABLE, TABLE_COLUMNS
 from skinssl.labels import HEADS
 
 OUT = Path(__file__).resolve().parents[1] / "skinssl" / "datamodules" / CASE_TABLE

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.model_helpers import is_overridden
@@ -37,7 +36,7 @@ from skinssl.callbacks import (
     TestReport,
 )
 from skinssl.callbacks.preemption import checkpoint_dir, last_checkpoint
-from skinssl.callbacks.run_dir import log_at, log_dir
+from skinssl.callbacks.run_dir import log_at, log_dir, tensorboard_loggers
 from skinssl.datamodules.cases import DataError
 from skinssl.lightning_modules.checkpoints import open_checkpoint
 
@@ -300,11 +299,6 @@ class SkinSSLCLI(LightningCLI):
         for logger in tensorboard_loggers(self.trainer) if config.get("ckpt_path") else ():
             logger._default_hp_metric = False  # a resumed fit adds no hp_metric placeholder -1
         next(c for c in self.trainer.callbacks if isinstance(c, Preemption)).listen()
-
-
-def tensorboard_loggers(trainer: L.Trainer) -> list[TensorBoardLogger]:
-    """The trainer's TensorBoard loggers."""
-    return [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
 
 
 def check_new_run(trainer: L.Trainer, ckpt_path: str | None) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from skinssl.datamodules import synthetic
+from skinssl.datamodules.cases import SPLITS
 from skinssl.datamodules.painter import image_shape, paint_pair
 from skinssl.datamodules.synthetic import META_COLUMNS, MISSING_NOTE, STAMP, generate
 from skinssl.labels import HEADS, seven_point_score
@@ -60,7 +61,7 @@ def test_layout(small: Path) -> None:
         assert next(csv.reader(f)) == list(META_COLUMNS)
     rows = _rows(small / "meta" / "meta.csv")
     assert [int(r["case_num"]) for r in rows] == list(range(1, 31))
-    splits = {s: _index_file(small / "meta" / f"{s}_indexes.csv") for s in synthetic.SPLITS}
+    splits = {s: _index_file(small / "meta" / f"{s}_indexes.csv") for s in SPLITS}
     assert sorted(itertools.chain(*splits.values())) == list(range(30))
     assert [len(v) for v in splits.values()] == [12, 6, 12]
     labels = np.array([[h.encode(r[h.column]) for h in HEADS] for r in rows])
@@ -95,7 +96,7 @@ def test_1011_cases_reproduce_the_real_labels_splits_and_stand_in_pairs(tmp_path
     rows, real = _rows(root / "meta" / "meta.csv"), _rows(REAL_META / "meta.csv")
     for column in META_COLUMNS[:15]:
         assert [r[column] for r in rows] == [r[column] for r in real], column
-    for split in synthetic.SPLITS:
+    for split in SPLITS:
         name = f"{split}_indexes.csv"
         assert (root / "meta" / name).read_bytes() == (REAL_META / name).read_bytes()
     stand_in = [i for i, r in enumerate(rows) if r["clinic"] == r["derm"]]

@@ -3,13 +3,16 @@
 A stopped fit (SIGTERM, Ctrl-C, a crash) has logged steps after its last checkpoint; the resumed
 fit logs those steps again. TensorBoard drops the events logged at or after a step when a
 restart mark (``SessionLog.START``, what ``SummaryWriter(purge_step=...)`` writes) follows them,
-so this callback writes one at the step the resumed fit logs first, when training starts (before
-the first epoch's start logs anything, e.g. the learning rate). A new fit writes one at step 0
-before it logs anything, which clears the curves of an earlier attempt that failed before its
-first checkpoint.
+so this callback writes one at the step the resumed fit logs first: when training starts (before
+the epoch's start logs anything, e.g. the learning rate) after a checkpoint at an epoch's end; at
+the first batch after a checkpoint mid-epoch (whose step Lightning's loop moves on only then). A
+new fit writes one at step 0 before it logs anything, which clears the curves of an earlier
+attempt that failed before its first checkpoint.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import lightning as L
 from tensorboard.compat.proto.event_pb2 import Event, SessionLog
@@ -28,8 +31,8 @@ def mark_restart(trainer: L.Trainer, step: int) -> None:
 
 class ContinuedCurves(L.Callback):
     """Restart marks for TensorBoard: at a new fit's start (step 0, before its
-    hyper-parameters are logged), at a resumed fit's training start (its first logged step,
-    known once Lightning has restored its loops; the first callback, before the others log)."""
+    hyper-parameters are logged), and at a resumed fit's first logged step (the first callback,
+    before the others log)."""
 
     def __init__(self) -> None:
         self._pending = False
@@ -40,6 +43,13 @@ class ContinuedCurves(L.Callback):
             mark_restart(trainer, 0)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._pending and not trainer.fit_loop.epoch_loop.restarted_on_train_batch_end:
+            self._pending = False
+            mark_restart(trainer, logged_step(trainer))
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if self._pending:
             self._pending = False
             mark_restart(trainer, logged_step(trainer))

@@ -21,18 +21,18 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
 import faiss
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import move_data_to_device, rank_zero_warn
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 from torchmetrics.utilities.distributed import gather_all_tensors
 
+from skinssl.callbacks.run_dir import tensorboard_loggers
 from skinssl.clustering import (
     GraphedSteps,
     dot_kmeans_heads,
@@ -242,13 +242,13 @@ class KMeansPseudoLabels(L.Callback):
                 f"every_n_epochs ({every_n_epochs}), niter ({niter}) and nredo ({nredo}) "
                 "must be >= 1"
             )
-        if features not in ("pass", "memory_bank"):
+        if features not in get_args(FeatureSource):
             raise ValueError(f"features = {features!r}; valid: 'pass', 'memory_bank'")
-        if fill not in ("eval", "train") or (fill == "train" and features != "memory_bank"):
+        if fill not in get_args(Fill) or (fill == "train" and features != "memory_bank"):
             raise ValueError(
                 f"fill = {fill!r}; valid: 'eval', or 'train' with features: memory_bank"
             )
-        if algorithm not in ("spherical", "authors"):
+        if algorithm not in get_args(Algorithm):
             raise ValueError(f"algorithm = {algorithm!r}; valid: 'spherical', 'authors'")
         if algorithm == "authors" and nredo != 1:
             raise ValueError(f"nredo = {nredo}: the 'authors' k-means has no restarts (use 1)")
@@ -781,11 +781,11 @@ class KMeansPseudoLabels(L.Callback):
         metrics["kmeans/statistics_seconds"] = time.perf_counter() - start
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=report.step)
-            if isinstance(logger, TensorBoardLogger):
-                for j, (head, k) in enumerate(self._sizes.items()):
-                    logger.experiment.add_histogram(
-                        f"kmeans/{head}/cluster_sizes",
-                        assignments[j],
-                        global_step=report.step,
-                        bins=np.arange(k + 1) - 0.5,
-                    )
+        for logger in tensorboard_loggers(trainer):
+            for j, (head, k) in enumerate(self._sizes.items()):
+                logger.experiment.add_histogram(
+                    f"kmeans/{head}/cluster_sizes",
+                    assignments[j],
+                    global_step=report.step,
+                    bins=np.arange(k + 1) - 0.5,
+                )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lightning as L
 import numpy as np
@@ -10,6 +11,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
 
 from skinssl.evaluation.figures import save, to_rgb
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 
 def log_dir(trainer: L.Trainer) -> Path:
@@ -36,12 +40,15 @@ def log_at(trainer: L.Trainer, step: int, epoch: int) -> None:
     trainer.fit_loop.epoch_progress.current.completed = epoch
 
 
-def tensorboard(trainer: L.Trainer):  # noqa: ANN201 (torch.utils.tensorboard.SummaryWriter)
+def tensorboard_loggers(trainer: L.Trainer) -> list[TensorBoardLogger]:
+    """The trainer's TensorBoard loggers."""
+    return [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+
+
+def tensorboard(trainer: L.Trainer) -> SummaryWriter | None:
     """The run's TensorBoard ``SummaryWriter``, or None without a TensorBoard logger."""
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            return logger.experiment
-    return None
+    loggers = tensorboard_loggers(trainer)
+    return loggers[0].experiment if loggers else None
 
 
 def publish(trainer: L.Trainer, fig: Figure, name: str, tag: str) -> Path:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import asdict, replace
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import cv2
 import lightning as L
@@ -51,9 +51,8 @@ def default_workers() -> int:
 
 
 def label_subset(labels: np.ndarray, rows: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """A seeded subset of ``rows`` stratified by diagnosis (at least one case per class)."""
-    if not 0 < fraction <= 1:
-        raise ValueError(f"label_fraction = {fraction} is outside (0, 1]; use e.g. 0.1 for 10 %")
+    """A seeded subset of ``rows`` stratified by diagnosis (at least one case per class);
+    ``fraction`` in (0, 1] (the data module checks it)."""
     if fraction == 1:
         return rows
     rng = np.random.default_rng(seed)
@@ -159,8 +158,8 @@ class PairedDataModule(L.LightningDataModule):
         self.label_fraction = label_fraction
         self.keep_unlabelled = keep_unlabelled
         self.split_seed = split_seed
-        if predict_split not in PredictSplit.__args__:
-            raise ValueError(f"predict_split {predict_split!r}: valid: {PredictSplit.__args__}")
+        if predict_split not in get_args(PredictSplit):
+            raise ValueError(f"predict_split {predict_split!r}: valid: {get_args(PredictSplit)}")
         self.predict_split = predict_split
         self.drop_last = drop_last
         self.augment_on = augment_on

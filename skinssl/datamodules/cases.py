@@ -12,7 +12,7 @@ import numpy as np
 from lightning.pytorch.utilities import rank_zero_warn
 
 from skinssl.host import where
-from skinssl.labels import HEAD_NAMES, HEADS, UNKNOWN
+from skinssl.labels import HEADS, UNKNOWN
 
 SPLITS = ("train", "valid", "test")
 NEWLINE = b"\n"
@@ -96,14 +96,6 @@ class Cases:
                 f"{self.source}: {len(missing)} image file(s) not found:{listing(missing, 50)}\n"
                 "Check the image root folder and the paths in the table."
             )
-
-    def class_counts(self, head: str, split: str | None = None) -> list[int]:
-        """Number of cases per class of ``head`` (in ``split`` if given), unknown excluded."""
-        j = HEAD_NAMES.index(head)
-        rows = self.splits[split] if split is not None else np.arange(len(self))
-        col = self.labels[rows, j]
-        k = HEADS[j].num_classes
-        return np.bincount(col[col != UNKNOWN], minlength=k).tolist()
 
 
 def read_index_file(path: Path, num_rows: int) -> np.ndarray:

@@ -32,6 +32,8 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
+from skinssl.datamodules.cases import SPLITS
+from skinssl.datamodules.derm7pt import OFFICIAL_SIZES
 from skinssl.datamodules.painter import paint_pair
 from skinssl.host import available_cores
 from skinssl.labels import HEADS, seven_point_score
@@ -45,9 +47,8 @@ META_COLUMNS = (
 """The 19 columns of the real ``meta.csv``, in order."""
 TABLE_COLUMNS = (META_COLUMNS[1],) + META_COLUMNS[3:15]
 """The meta.csv columns the case table keeps (labels and clinical metadata, no paths)."""
-SPLITS = ("train", "valid", "test")
-REAL_SPLIT_SIZES = (413, 203, 395)
-NUM_REAL_CASES = 1011
+REAL_SPLIT_SIZES = tuple(OFFICIAL_SIZES[s] for s in SPLITS)
+NUM_REAL_CASES = sum(REAL_SPLIT_SIZES)
 CASE_TABLE = "derm7pt_cases.csv"
 STAMP = ".skinssl_synthetic.json"
 FORMAT_VERSION = 1

@@ -49,12 +49,6 @@ def normalized_mutual_info(a: np.ndarray, b: np.ndarray) -> float:
     return table_nmi(contingency(a, b))
 
 
-def adjusted_rand_index(a: np.ndarray, b: np.ndarray) -> float:
-    """Rand index of ``a`` and ``b`` adjusted for chance: 1.0 for the same partition, about 0.0
-    for independent ones (may be negative)."""
-    return table_ari(contingency(a, b))
-
-
 def table_nmi(table: np.ndarray) -> float:
     """:func:`normalized_mutual_info` from the labelings' :func:`contingency` table."""
     if table.shape == (1, 1):
@@ -70,7 +64,8 @@ def table_nmi(table: np.ndarray) -> float:
 
 
 def table_ari(table: np.ndarray) -> float:
-    """:func:`adjusted_rand_index` from the labelings' :func:`contingency` table."""
+    """The Rand index of two labelings adjusted for chance, from their :func:`contingency`
+    table: 1.0 for the same partition, about 0.0 for independent ones (may be negative)."""
 
     def pairs(counts: np.ndarray) -> float:
         return float((counts * (counts - 1)).sum() / 2)

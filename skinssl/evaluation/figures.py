@@ -7,8 +7,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
 
 from skinssl.evaluation.classification import roc_auc
 from skinssl.labels import head
@@ -48,8 +50,11 @@ def roc_figure(probs: np.ndarray, target: np.ndarray, head_name: str, title: str
     return fig
 
 
-def _matrix(ax, matrix: np.ndarray, labels: Sequence[str], fmt: str, vmax: float | None) -> None:
-    """Heatmap with a value in every cell and the labels on both axes."""
+def _matrix(
+    ax: Axes, matrix: np.ndarray, labels: Sequence[str], fmt: str, vmax: float | None
+) -> AxesImage:
+    """Heatmap with a value in every cell and the labels on both axes (its image, for a
+    colour bar)."""
     im = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=vmax)
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
     ax.set_yticks(range(len(labels)), labels)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 from skinssl.evaluation.bootstrap import bootstrap_intervals
@@ -114,7 +115,7 @@ def _with_ci(entry: dict) -> str:
     return _pct(entry["value"]) + ci
 
 
-def markdown(report: dict, title: str = "Test report", figures: list[str] = ()) -> str:
+def markdown(report: dict, title: str = "Test report", figures: Sequence[str] = ()) -> str:
     """The report as Markdown (metrics in percent, intervals in brackets)."""
     boot = report["bootstrap"]
     ci_note = (

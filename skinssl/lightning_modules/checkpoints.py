@@ -74,6 +74,11 @@ def read_checkpoint(
     return ckpt["state_dict"], dict(ckpt.get("hyper_parameters", {}))
 
 
+def checkpoint_kind(hparams: Mapping) -> str:
+    """The class whose checkpoint this is, from its hyper-parameters (saved by the CLI), or ''."""
+    return str(hparams.get("_class_path", "")).rpartition(".")[2]
+
+
 def check_hparams(hparams: Mapping, expected: Mapping[str, object], path: str | Path) -> None:
     """Error naming every setting in which the checkpoint differs from this model."""
     diffs = [

@@ -11,6 +11,7 @@ zero bias, as the authors' code (``_init_fc`` in their mlc_eval.py).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import lightning as L
@@ -21,7 +22,12 @@ from torch import nn
 
 from skinssl.evaluation import CaseOutputs
 from skinssl.labels import HEAD_NAMES, NUM_CLASSES, check_heads, head
-from skinssl.lightning_modules.checkpoints import check_hparams, load_part, load_trunks
+from skinssl.lightning_modules.checkpoints import (
+    check_hparams,
+    checkpoint_kind,
+    load_part,
+    load_trunks,
+)
 from skinssl.lightning_modules.losses import mean_known_ce
 from skinssl.lightning_modules.metrics import HeadOutputs, scalar_logs
 from skinssl.lightning_modules.nets import Arch, PairEncoder
@@ -34,7 +40,7 @@ Setting = Literal["linear", "projector", "finetune"]
 HeadInput = Literal["fused", "tokens"]
 
 
-def label_gaps(heads: list[str], train: np.ndarray, valid: np.ndarray) -> list[str]:
+def label_gaps(heads: Sequence[str], train: np.ndarray, valid: np.ndarray) -> list[str]:
     """What the training and validation labels [N, 8] leave out: classes without a training
     case (the model cannot learn them), and heads whose validation AUC is undefined (fewer
     than two classes among the validation labels), which leave checkpoint selection."""
@@ -125,7 +131,7 @@ class MultiLabelClassifier(L.LightningModule):
         weight_decay: float = 0.05,
         adam_eps: float = 1e-8,
         schedule: Schedule = "constant",
-        warmup_epochs: int = 0,
+        warmup_epochs: float = 0,
         lr_reference_batch: int | None = None,
         dropout: float = 0.0,
     ) -> None:
@@ -162,8 +168,7 @@ class MultiLabelClassifier(L.LightningModule):
         loaded = ["trunks"]
         has_relation = any(k.startswith("relation.") for k in state)
         if self.relation is not None and not has_relation:
-            kind = str(hparams.get("_class_path", "")).rpartition(".")[2]  # (saved by the CLI)
-            kind = f" ({kind})" if kind else ""
+            kind = f" ({checkpoint_kind(hparams)})" if checkpoint_kind(hparams) else ""
             ways = (
                 "pass a stage-2 checkpoint (SM3PseudoLabels), or head_input 'fused' (heads on the "
                 "trunks, the baselines' downstream model)"

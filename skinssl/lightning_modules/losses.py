@@ -75,7 +75,8 @@ def float32(fn: Fn) -> Fn:
         def cast(x: object) -> object:
             return x.float() if isinstance(x, torch.Tensor) and x.is_floating_point() else x
 
-        device = next(a.device.type for a in args if isinstance(a, torch.Tensor))
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        device = tensors[0].device.type
         with torch.autocast(device, enabled=False):
             return fn(*map(cast, args), **{k: cast(v) for k, v in kwargs.items()})
 

@@ -11,7 +11,6 @@ import torch
 from torch import nn
 from torchvision import models
 
-from skinssl.datamodules.views import Views
 from skinssl.lightning_modules.checkpoints import load_tensors
 
 Arch = Literal["resnet18", "resnet34", "resnet50"]
@@ -90,7 +89,6 @@ class PairEncoder(nn.Module):
         self, arch: Arch = "resnet50", weights: str | None = None, share_trunk: bool = False
     ) -> None:
         super().__init__()
-        self.arch = arch
         self.feature_dim = FEATURE_DIM[arch]
         self.derm = build_trunk(arch, weights)
         self.clinic = self.derm if share_trunk else build_trunk(arch, weights)
@@ -113,6 +111,8 @@ def two_views(views: Any, modality: str, owner: str) -> list[torch.Tensor]:
     """A batch's two views of ``modality``; a clear error naming ``owner`` (the module)
     and the setting to change when the data makes another number."""
     if not isinstance(views, list) or len(views) != 2:
+        from skinssl.datamodules.views import Views  # (for the message only: models need no data)
+
         got = len(views) if isinstance(views, list) else 1
         simclr = json.dumps(asdict(Views.simclr()), separators=(",", ":"))
         raise ValueError(

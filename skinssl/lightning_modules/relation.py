@@ -16,11 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 
 Relation = Literal["transformer", "none"]
-HPARAMS = (
-    "embed_dim", "relation", "relation_layers", "relation_heads", "relation_ffn",
-    "relation_dropout", "label_embedding", "input_norm",
-)  # fmt: skip
-"""The hyper-parameters of a module that builds :class:`LabelTokens` (same names everywhere)."""
+HPARAMS = {
+    "embed_dim": "dim", "relation": "relation", "relation_layers": "layers",
+    "relation_heads": "nhead", "relation_ffn": "ffn", "relation_dropout": "dropout",
+    "label_embedding": "label_embedding", "input_norm": "input_norm",
+}  # fmt: skip
+"""The hyper-parameters of a module that builds :class:`LabelTokens` (same names everywhere),
+and the :class:`LabelTokens` argument each one is."""
 
 
 class RelationLayer(nn.Module):
@@ -95,7 +97,7 @@ class LabelTokens(nn.Module):
     @classmethod
     def from_hparams(cls, in_dim: int, heads: Sequence[str], hp: Mapping) -> LabelTokens:
         """Built from a module's hyper-parameters named as in ``HPARAMS``."""
-        return cls(in_dim, heads, *(hp[k] for k in HPARAMS))
+        return cls(in_dim, heads, **{arg: hp[name] for name, arg in HPARAMS.items()})
 
     def forward_with_attention(
         self, fused: torch.Tensor

@@ -64,7 +64,7 @@ class SM3Contrastive(L.LightningModule):
         weight_decay: float = 0.05,
         adam_eps: float = 1e-5,
         schedule: Schedule = "constant",
-        warmup_epochs: int = 0,
+        warmup_epochs: float = 0,
         lr_reference_batch: int | None = None,
     ) -> None:
         super().__init__()

@@ -17,7 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from skinssl.labels import CRITERIA, NUM_CLASSES, check_heads
-from skinssl.lightning_modules.checkpoints import load_trunks
+from skinssl.lightning_modules.checkpoints import checkpoint_kind, load_trunks
 from skinssl.lightning_modules.losses import mean_known_ce
 from skinssl.lightning_modules.nets import Arch, PairEncoder
 from skinssl.lightning_modules.optim import Schedule, configure_adamw
@@ -79,7 +79,7 @@ class SM3PseudoLabels(L.LightningModule):
         weight_decay: float = 0.05,
         adam_eps: float = 1e-8,
         schedule: Schedule = "constant",
-        warmup_epochs: int = 0,
+        warmup_epochs: float = 0,
         lr_reference_batch: int | None = None,
     ) -> None:
         super().__init__()
@@ -88,7 +88,10 @@ class SM3PseudoLabels(L.LightningModule):
         sizes = {h: NUM_CLASSES[h] for h in self.heads} | dict(num_clusters or {})
         unknown = set(sizes) - set(self.heads)
         if unknown:
-            raise ValueError(f"num_clusters names heads that are not clustered: {sorted(unknown)}")
+            raise ValueError(
+                f"num_clusters names heads that are not clustered: {sorted(unknown)}; the "
+                f"clustered heads: {list(self.heads)}"
+            )
         single = sorted(h for h, k in sizes.items() if k < 2)
         if single:
             raise ValueError(
@@ -100,7 +103,7 @@ class SM3PseudoLabels(L.LightningModule):
             _, saved = load_trunks(
                 self.encoder, pretrained, backbone, share_trunk, "pretrained checkpoint"
             )
-            kind = str(saved.get("_class_path", "")).rpartition(".")[2]
+            kind = checkpoint_kind(saved)
             rank_zero_info(f"pretrained={pretrained!r}: trunks loaded ({kind or 'a checkpoint'})")
         self.relation = LabelTokens.from_hparams(self.encoder.out_dim, self.heads, self.hparams)
         self.prototypes = nn.ModuleDict(

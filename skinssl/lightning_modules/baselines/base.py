@@ -14,7 +14,7 @@ each modality's intra-modal loss plus ``cross_weight`` times the cross-modal ter
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 import lightning as L
 import torch
@@ -25,7 +25,7 @@ from skinssl.lightning_modules.nets import Arch, PairEncoder, two_views
 from skinssl.lightning_modules.optim import Schedule, configure_adamw
 
 Modality = Literal["derm", "clinic", "both"]
-MODALITIES: tuple[str, ...] = ("derm", "clinic", "both")
+MODALITIES: tuple[str, ...] = get_args(Modality)
 Outputs = dict[str, Tensor]
 
 
