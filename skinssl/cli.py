@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import errno
 import importlib
 import inspect
 import logging
@@ -546,6 +547,16 @@ PEER_GONE_MESSAGE = (
 )
 
 
+# file-system errors that are the machine's, not skinssl's: said in one line, with what to do
+FILE_SYSTEM_ERRORS = {
+    errno.ENOSPC: "free space there, or write the runs elsewhere (trainer.logger.init_args"
+    ".save_dir, trainer.default_root_dir)",
+    errno.EDQUOT: "free space within your quota, or write the runs elsewhere",
+    errno.EROFS: "write the runs to a writable folder (trainer.logger.init_args.save_dir)",
+    errno.EACCES: "check its permissions, or use a folder you own",
+}
+
+
 def main(args: list[str] | None = None) -> None:
     """The ``skinssl`` command: run the CLI on ``args`` (default: the command line).
 
@@ -553,7 +564,7 @@ def main(args: list[str] | None = None) -> None:
     command with that message alone; ``SKINSSL_TRACEBACK=1`` shows the traceback instead.
     SIGTERM outside training (Lightning stops at the next batch; in training ``Preemption``
     handles it) exits with status 143 and how to continue; a process whose peer stopped says
-    so in one line.
+    so in one line, as does a full disk, a read-only folder or a permission denied.
     """
     try:
         build_cli(args)  # returns None: a console script's return value is its exit status
@@ -566,6 +577,13 @@ def main(args: list[str] | None = None) -> None:
         if traceback or not any(text in str(error) for text in PEER_GONE):
             raise
         raise SystemExit(f"skinssl: error: {PEER_GONE_MESSAGE}") from None
+    except OSError as error:
+        if error.errno not in FILE_SYSTEM_ERRORS or os.environ.get("SKINSSL_TRACEBACK") == "1":
+            raise
+        path = f" ({error.filename})" if error.filename else ""
+        raise SystemExit(
+            f"skinssl: error: {error.strerror}{path}: {FILE_SYSTEM_ERRORS[error.errno]}"
+        ) from None
     except ValueError as error:
         own = own_error(error)
         if own is None or os.environ.get("SKINSSL_TRACEBACK") == "1":

@@ -776,6 +776,22 @@ def test_a_resume_after_a_kill_continues_the_tensorboard_curves(
     assert scalar_steps(run_dir, "lr-AdamW") == [0, 3]
 
 
+def test_a_full_disk_or_read_only_folder_is_one_line(monkeypatch) -> None:
+    """The machine's file-system errors, e.g. while Lightning or TensorBoard writes the run."""
+    import errno
+
+    def failing(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system", "runs/stage1/events.out")
+
+    monkeypatch.setattr(cli_module, "build_cli", failing)
+    with pytest.raises(SystemExit, match=r"^skinssl: error: Read-only file system \(runs/stage1/"
+                       r"events.out\): write the runs to a writable folder"):  # fmt: skip
+        main(["fit"])
+    monkeypatch.setattr(cli_module, "build_cli", lambda *a: (_ for _ in ()).throw(OSError("x")))
+    with pytest.raises(OSError, match="x"):  # anything else: as raised
+        main(["fit"])
+
+
 def test_sigterm_outside_training_exits_143_with_how_to_go_on(monkeypatch, capsys) -> None:
     """Lightning's SIGTERM exit is a SystemExit without a status: 0, as if the command had
     finished; in training, Preemption handles SIGTERM (a checkpoint, then exit status 1)."""
