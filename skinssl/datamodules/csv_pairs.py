@@ -82,8 +82,7 @@ def read_pair_csv(
         if col not in header:
             raise DataError(f"{path}: label column {col!r} (head {head_name}) is not in {header}")
     root = (Path(image_root).expanduser() if image_root is not None else path.parent).absolute()
-    derm, clinic, valid = [], [], []
-    first: dict[tuple[str, str], int] = {}
+    derm, clinic, valid, pairs, spelled = [], [], [], [], []
     for i, r in enumerate(rows):
         d = (r[derm_column] or "").strip()
         c = (r[clinic_column] or "").strip()
@@ -91,14 +90,9 @@ def read_pair_csv(
             raise DataError(f"{table.at(i)}: empty {derm_column!r} path")
         derm.append(root / d)
         clinic.append(root / (c or d))
-        pair = (os.path.realpath(derm[-1]), os.path.realpath(clinic[-1]))
-        valid.append(bool(c) and pair[0] != pair[1])  # (however the paths are spelled)
-        j = first.setdefault(pair, i)
-        if j != i:
-            raise DataError(
-                f"{table.at(i)}: the pair ({d}, {c or d}) is also that of line {table.lines[j]} "
-                f"(row {j}); each case must be listed once"
-            )
+        pairs.append((os.path.realpath(derm[-1]), os.path.realpath(clinic[-1])))
+        spelled.append(f"({d}, {c or d})")
+        valid.append(bool(c) and pairs[-1][0] != pairs[-1][1])  # (however they are spelled)
     labels = encode_labels(table, label_columns, hint=f"\n{SCHEMA}")
     ids = _read_ids(table, id_column) if id_column else None
     read = {derm_column, clinic_column, split_column, id_column, *label_columns.values()}
@@ -125,7 +119,22 @@ def read_pair_csv(
             "train/valid/test, or set split_column: null to put every case in 'train'"
         )
     valid = np.array(valid, dtype=bool)
-    return Cases(derm, clinic, labels, valid, splits, source=str(path), ids=ids)
+    cases = Cases(derm, clinic, labels, valid, splits, source=str(path), ids=ids)
+    _check_listed_once(table, pairs, spelled)  # (after the splits' check, which names both)
+    return cases
+
+
+def _check_listed_once(table: CsvTable, pairs: list[tuple[str, str]], spelled: list[str]) -> None:
+    """An error for a case listed twice: the same two images (``pairs``: resolved paths),
+    however their paths are spelled (``spelled``: as in the table)."""
+    first: dict[tuple[str, str], int] = {}
+    for i, pair in enumerate(pairs):
+        j = first.setdefault(pair, i)
+        if j != i:
+            raise DataError(
+                f"{table.at(i)}: the pair {spelled[i]} is also that of line {table.lines[j]} "
+                f"(row {j}); each case must be listed once"
+            )
 
 
 def _read_ids(table: CsvTable, column: str) -> list[str]:
