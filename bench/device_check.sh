@@ -162,10 +162,10 @@ from pathlib import Path
 profile, algorithm, out = sys.argv[1:]
 steps = ("on_train_epoch_start", "_merge_bank", "cluster", "_features", "_kmeans",
          "feature_problems", "dot_kmeans_heads", "kmeans", "_apply", "_report_now", "_keep",
-         "clustering_metrics")
+         "write_report", "clustering_metrics")
 rows = {}
 for (path, _, name), (_, calls, _, cumulative, _) in pstats.Stats(profile).stats.items():
-    if path.endswith(("callbacks/kmeans.py", "skinssl/clustering.py")) and name in steps:
+    if path.endswith(("kmeans.py", "kmeans_report.py", "skinssl/clustering.py")) and name in steps:
         rows[name] = {"calls": calls, "ms": 1e3 * cumulative}
 for row in rows.values():  # per clustering (_report_now runs after every step, mostly idle)
     row["ms_per_clustering"] = row["ms"] / rows["cluster"]["calls"]

@@ -38,7 +38,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from threadpoolctl import threadpool_limits
 
-from skinssl.callbacks.kmeans import clustering_metrics
+from skinssl.callbacks.kmeans_report import clustering_metrics
 from skinssl.clustering import (
     GraphedSteps,
     dot_kmeans_heads,

@@ -23,6 +23,7 @@ from sklearn.metrics import normalized_mutual_info_score
 from torch import nn
 
 import skinssl.callbacks.kmeans as km
+import skinssl.callbacks.kmeans_report as report
 import skinssl.clustering as clustering
 from skinssl.callbacks import GlooExit, KMeansPseudoLabels
 from skinssl.datamodules import PairedCSVDataModule, Views
@@ -271,11 +272,11 @@ def test_authors_kmeans_on_the_test_device_is_queued_without_waiting() -> None:
     on_cpu = clustering.dot_kmeans_heads(feats, ks, niter=10, seed=5)
     feats = [f.to(DEVICE) for f in feats]
     with raising_on_sync():
-        clock = km.Clock(DEVICE)
+        clock = report.Clock(DEVICE)
         clock.start()
         found = clustering.dot_kmeans_heads(feats, ks, niter=10, seed=5)
         clock.stop()
-        copies = km.HostCopies(
+        copies = report.HostCopies(
             assignments=torch.stack([a for _, a, _ in found]),
             objectives=torch.stack([o for _, _, o in found]),
             previous=None,
@@ -331,12 +332,12 @@ def test_a_failing_report_warns_and_training_goes_on_with_several_ranks(
     def broken(*args: object) -> None:
         raise KeyError("a broken statistic")
 
-    monkeypatch.setattr(km, "clustering_metrics", broken)
+    monkeypatch.setattr(report, "clustering_metrics", broken)
     with pytest.raises(KeyError, match="a broken statistic"):
         trainer(tmp_path, [KMeansPseudoLabels()]).fit(ToyModule(), make_dm(tmp_path, n_train=4))
     callback = KMeansPseudoLabels()
     callback._report = SimpleNamespace(step=3)
-    monkeypatch.setattr(callback, "_write", broken)
+    monkeypatch.setattr(km, "write_report", broken)
     with pytest.warns(UserWarning, match="clustering at step 3 failed .*a broken statistic"):
         callback._report_now(SimpleNamespace(world_size=2))
     assert callback._report is None  # (reported once)
