@@ -380,3 +380,39 @@ def test_share_trunk_uses_one_trunk_for_both_modalities(build) -> None:
     one = sum(p.numel() for p in shared.encoder.derm.parameters())
     assert sum(p.numel() for p in shared.encoder.parameters()) == one
     assert sum(p.numel() for p in separate.encoder.parameters()) == 2 * one
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log")
+def test_train_trunks_trains_them_jointly() -> None:
+    """``train_trunks``: the trunks are in training mode and learn from the stage-2 loss; by
+    default (as SM3) they are frozen, in eval mode, and get no gradient."""
+    torch.manual_seed(0)
+    joint = with_labels(SM3PseudoLabels(train_trunks=True, **SMALL)).train()
+    assert joint.encoder.training and all(p.requires_grad for p in joint.encoder.parameters())
+    joint.training_step(tiny_batch(), 0)["loss"].backward()
+    grad = joint.encoder.derm.conv1.weight.grad
+    assert grad is not None and grad.abs().sum() > 0
+    frozen = with_labels(SM3PseudoLabels(**SMALL)).train()
+    assert not frozen.encoder.training
+    assert not any(p.requires_grad for p in frozen.encoder.parameters())
+    frozen.training_step(tiny_batch(), 0)["loss"].backward()
+    assert frozen.encoder.derm.conv1.weight.grad is None
+
+
+@pytest.mark.parametrize("head_input", ["fused", "tokens"])
+def test_classifier_dropout_acts_in_training_only(head_input: str) -> None:
+    """``dropout`` on the fused feature: two training-mode passes differ, eval-mode ones do not
+    (nor training-mode ones without dropout; the relation module's own dropout off here)."""
+    torch.manual_seed(0)
+    x = tiny_batch()["derm"]
+    for p, differ in ((0.5, True), (0.0, False)):
+        m = MultiLabelClassifier(
+            backbone="resnet18", head_input=head_input, dropout=p, relation_dropout=0.0
+        )
+        m.train()
+        with torch.no_grad():
+            first, second = m(x, x)["DIAG"], m(x, x)["DIAG"]
+        assert (not torch.allclose(first, second)) is differ
+        m.eval()
+        with torch.no_grad():
+            torch.testing.assert_close(m(x, x)["DIAG"], m(x, x)["DIAG"])
