@@ -29,7 +29,6 @@ import torch
 from lightning.pytorch.utilities import move_data_to_device, rank_zero_warn
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
-from torchmetrics.utilities.distributed import gather_all_tensors
 
 from skinssl.callbacks.kmeans_report import Clock, HostCopies, Report, write_report
 from skinssl.clustering import (
@@ -40,6 +39,7 @@ from skinssl.clustering import (
     kmeans,
 )
 from skinssl.datamodules.dataset import one_thread_worker, shared_seed, whole_batch
+from skinssl.distributed import gather_rows
 from skinssl.host import available_cores
 from skinssl.labels import UNKNOWN
 
@@ -66,15 +66,6 @@ class ClusteringModule(Protocol):
         """Centroids head -> [K, D] (L2-normalised); labels [num_cases, H], -1 = not clustered.
         ``fresh``: a new clustering; False: a resumed run's kept one, whose trained
         prototypes the checkpoint already restored."""
-
-
-def gather(t: Tensor) -> Tensor:
-    """Rows of ``t`` from every rank, concatenated in rank order (sizes may differ)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return t
-    if torch.distributed.get_world_size() == 1:
-        return t
-    return torch.cat(gather_all_tensors(t.contiguous()))
 
 
 @contextmanager
@@ -622,11 +613,11 @@ class KMeansPseudoLabels(L.Callback):
         self, trainer: L.Trainer, index: list[Tensor], emb: dict[str, list[Tensor]]
     ) -> tuple[np.ndarray, dict[str, Tensor]]:
         """Gather across ranks; one row per index (the sampler pads by repeating some)."""
-        all_index = gather(torch.cat(index)).cpu().numpy()
+        all_index = gather_rows(torch.cat(index)).cpu().numpy()
         rows, first = np.unique(all_index, return_index=True)
         features, keep = {}, None
         for h, parts in emb.items():
-            gathered = gather(torch.cat(parts))  # every rank takes part in the collective
+            gathered = gather_rows(torch.cat(parts))  # every rank takes part in the collective
             if trainer.is_global_zero:
                 keep = torch.from_numpy(first).to(gathered.device) if keep is None else keep
                 features[h] = gathered[keep]
@@ -641,7 +632,7 @@ class KMeansPseudoLabels(L.Callback):
         """
         if not self._seen:
             return
-        index = gather(torch.cat(self._seen))
+        index = gather_rows(torch.cat(self._seen))
         seen = index.cpu().numpy()  # the epoch is over: the device has nothing else to finish
         if self._filled is None:
             self._filled = torch.zeros(self._num_cases(trainer), dtype=torch.bool)
@@ -652,7 +643,7 @@ class KMeansPseudoLabels(L.Callback):
         cases, last = np.unique(seen[::-1], return_index=True)
         later = None if len(cases) == len(seen) else torch.from_numpy(len(seen) - 1 - last)
         for h in self._sizes:
-            emb = gather(torch.cat([c[h] for c in chunks]).float())
+            emb = gather_rows(torch.cat([c[h] for c in chunks]).float())
             if trainer.is_global_zero:
                 rows = index
                 if later is not None:

@@ -9,20 +9,17 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from skinssl.callbacks.run_dir import log_dir
+from skinssl.distributed import gather_objects
 from skinssl.evaluation.checklist import MELANOMA, expected_score, hard_score, has_criteria
 from skinssl.labels import head
 
 
 def _gather(rows: list[dict]) -> list[dict]:
     """Every rank's rows, one per case (a distributed sampler repeats some), by case."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        parts: list[list[dict]] = [[] for _ in range(torch.distributed.get_world_size())]
-        torch.distributed.all_gather_object(parts, rows)
-        rows = [r for part in parts for r in part]
+    rows = gather_objects(rows)
     return sorted({r["case"]: r for r in reversed(rows)}.values(), key=lambda r: r["case"])
 
 

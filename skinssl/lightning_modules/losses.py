@@ -9,6 +9,7 @@ from typing import TypeVar
 import torch
 import torch.nn.functional as F
 
+from skinssl.distributed import world
 from skinssl.labels import UNKNOWN
 
 
@@ -32,23 +33,16 @@ def mean_known_ce(
         totals.append(ce)
         counts.append((target != UNKNOWN).sum().float())
     total, count = torch.stack(totals), torch.stack(counts)
-    world = _world()[1]
-    if world > 1:
+    size = world()[1]
+    if size > 1:
         torch.distributed.all_reduce(count)
-    each = total * world / count.clamp(min=1)
+    each = total * size / count.clamp(min=1)
     has = (count > 0).float()
-    if world > 1:  # the whole batch's values, with this rank's share of the gradient
+    if size > 1:  # the whole batch's values, with this rank's share of the gradient
         value = each.detach().clone()
         torch.distributed.all_reduce(value)
-        each = each + (value / world - each.detach())
+        each = each + (value / size - each.detach())
     return (each * has).sum() / has.sum().clamp(min=1), list(each.unbind())
-
-
-def _world() -> tuple[int, int]:
-    """(rank, world size) of the default process group, (0, 1) without one."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -56,8 +50,8 @@ def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
 
     Every rank must pass the same number of rows.
     """
-    rank, world = _world()
-    if world == 1:
+    rank, size = world()
+    if size == 1:
         return x, 0
     from torch.distributed.nn.functional import all_gather
 
@@ -137,15 +131,15 @@ def global_mean(
     if weight is None:
         weight = torch.ones_like(values)
     total = (values * weight).sum()
-    world = _world()[1] if across_ranks else 1
-    if world == 1:
+    size = world()[1] if across_ranks else 1
+    if size == 1:
         return total / weight.sum().clamp(min=1.0)
     count = weight.sum().detach().clone()
     torch.distributed.all_reduce(count)
-    loss = total * world / count.clamp(min=1.0)
+    loss = total * size / count.clamp(min=1.0)
     mean = loss.detach().clone()
     torch.distributed.all_reduce(mean)
-    return loss + (mean / world - loss.detach())
+    return loss + (mean / size - loss.detach())
 
 
 def alignment(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
