@@ -35,6 +35,31 @@ def halves(x: Tensor) -> tuple[Tensor, Tensor]:
     return x[:n], x[n:]
 
 
+def swapped(loss: Callable[[Tensor, Tensor], Tensor], first: Tensor, second: Tensor) -> Tensor:
+    """The mean of ``loss`` from each view of ``first`` to the other view of ``second`` (both
+    views stacked [2N, ...]): the symmetric loss between two views of one modality."""
+    (a1, a2), (b1, b2) = halves(first), halves(second)
+    return (loss(a1, b2) + loss(a2, b1)) / 2
+
+
+def across(
+    loss: Callable[[Tensor, Tensor, Outputs], Tensor],
+    derm: Outputs,
+    clinic: Outputs,
+    source: str,
+    target: str,
+) -> Tensor:
+    """The mean of ``loss(source of one modality, target of the other, the other's outputs)``
+    over both directions and both views (view 1 with view 1, view 2 with view 2): the
+    cross-modal loss of the same cases."""
+    terms = [
+        loss(s, t, b)
+        for a, b in ((derm, clinic), (clinic, derm))
+        for s, t in zip(halves(a[source]), halves(b[target]), strict=True)
+    ]
+    return sum(terms) / len(terms)
+
+
 class Pretraining(L.LightningModule):
     """Base of the baseline pretraining methods (not used on its own).
 

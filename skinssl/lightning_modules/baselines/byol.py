@@ -17,7 +17,7 @@ from typing import Any
 from lightly.models.modules.heads import BYOLPredictionHead, BYOLProjectionHead
 from torch import Tensor
 
-from skinssl.lightning_modules.baselines.base import Outputs, halves
+from skinssl.lightning_modules.baselines.base import Outputs, across, swapped
 from skinssl.lightning_modules.baselines.losses import normalized_mse
 from skinssl.lightning_modules.baselines.momentum import MomentumPretraining
 
@@ -56,13 +56,7 @@ class BYOL(MomentumPretraining):
         return {"p": p, "target": self.momentum_embed(modality, views)}
 
     def intra_loss(self, modality: str, out: Outputs) -> Tensor:
-        (p1, p2), (t1, t2) = halves(out["p"]), halves(out["target"])
-        return (normalized_mse(p1, t2) + normalized_mse(p2, t1)) / 2
+        return swapped(normalized_mse, out["p"], out["target"])
 
     def cross_loss(self, derm: Outputs, clinic: Outputs, valid: Tensor) -> Tensor:
-        terms = [
-            normalized_mse(p, t, valid)
-            for a, b in ((derm, clinic), (clinic, derm))
-            for p, t in zip(halves(a["p"]), halves(b["target"]), strict=True)
-        ]
-        return sum(terms) / len(terms)
+        return across(lambda p, t, _: normalized_mse(p, t, valid), derm, clinic, "p", "target")

@@ -28,7 +28,7 @@ from lightly.models.utils import concat_all_gather
 from lightly.utils import dist
 from torch import Tensor, nn
 
-from skinssl.lightning_modules.baselines.base import Outputs, halves
+from skinssl.lightning_modules.baselines.base import Outputs, across, swapped
 from skinssl.lightning_modules.baselines.losses import info_nce
 from skinssl.lightning_modules.baselines.momentum import MomentumPretraining
 
@@ -149,16 +149,12 @@ class MoCo(MomentumPretraining):
         return info_nce(q, k, queue, self.hparams.temperature, valid)
 
     def intra_loss(self, modality: str, out: Outputs) -> Tensor:
-        (q1, q2), (k1, k2) = halves(out["q"]), halves(out["k"])
-        return (self._info_nce(q1, k2, out["queue"]) + self._info_nce(q2, k1, out["queue"])) / 2
+        return swapped(lambda q, k: self._info_nce(q, k, out["queue"]), out["q"], out["k"])
 
     def cross_loss(self, derm: Outputs, clinic: Outputs, valid: Tensor) -> Tensor:
-        terms = [
-            self._info_nce(q, k, b["queue"], valid)
-            for a, b in ((derm, clinic), (clinic, derm))
-            for q, k in zip(halves(a["q"]), halves(b["k"]), strict=True)
-        ]
-        return sum(terms) / len(terms)
+        # a key's negatives: the queue of its own modality
+        info_nce = lambda q, k, keys: self._info_nce(q, k, keys["queue"], valid)  # noqa: E731
+        return across(info_nce, derm, clinic, "q", "k")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """The key queues (non-persistent buffers in lightly) go into the checkpoint too."""

@@ -15,7 +15,7 @@ from typing import Any
 from lightly.models.modules.heads import SimSiamPredictionHead, SimSiamProjectionHead
 from torch import Tensor
 
-from skinssl.lightning_modules.baselines.base import Outputs, Pretraining, halves
+from skinssl.lightning_modules.baselines.base import Outputs, Pretraining, across, swapped
 from skinssl.lightning_modules.baselines.losses import negative_cosine
 from skinssl.lightning_modules.optim import configure_adamw
 
@@ -77,13 +77,7 @@ class SimSiam(Pretraining):
             )
 
     def intra_loss(self, modality: str, out: Outputs) -> Tensor:
-        (p1, p2), (z1, z2) = halves(out["p"]), halves(out["z"])
-        return (negative_cosine(p1, z2) + negative_cosine(p2, z1)) / 2
+        return swapped(negative_cosine, out["p"], out["z"])
 
     def cross_loss(self, derm: Outputs, clinic: Outputs, valid: Tensor) -> Tensor:
-        terms = [
-            negative_cosine(p, z, valid)
-            for a, b in ((derm, clinic), (clinic, derm))
-            for p, z in zip(halves(a["p"]), halves(b["z"]), strict=True)
-        ]
-        return sum(terms) / len(terms)
+        return across(lambda p, z, _: negative_cosine(p, z, valid), derm, clinic, "p", "z")

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from lightly.models.modules.heads import SwaVProjectionHead
 from torch import Tensor, nn
 
-from skinssl.lightning_modules.baselines.base import Outputs, Pretraining, halves
+from skinssl.lightning_modules.baselines.base import Outputs, Pretraining, across, halves, swapped
 from skinssl.lightning_modules.baselines.losses import swapped_prediction, swav_codes
 
 
@@ -80,13 +80,8 @@ class SwAV(Pretraining):
         return swapped_prediction(scores, codes, self.hparams.temperature, valid)
 
     def intra_loss(self, modality: str, out: Outputs) -> Tensor:
-        (s1, s2), (q1, q2) = halves(out["scores"]), halves(out["codes"])
-        return (self._predict(s1, q2) + self._predict(s2, q1)) / 2
+        return swapped(self._predict, out["scores"], out["codes"])
 
     def cross_loss(self, derm: Outputs, clinic: Outputs, valid: Tensor) -> Tensor:
-        terms = [
-            self._predict(s, q, valid)
-            for a, b in ((derm, clinic), (clinic, derm))
-            for s, q in zip(halves(a["scores"]), halves(b["codes"]), strict=True)
-        ]
-        return sum(terms) / len(terms)
+        predict = lambda s, q, _: self._predict(s, q, valid)  # noqa: E731
+        return across(predict, derm, clinic, "scores", "codes")
