@@ -74,7 +74,8 @@ def test_not_an_image_names_file(copy_release) -> None:
     root = copy_release()
     (root / "images/NEL/Nel026.jpg").write_text("not a jpeg")
     dm = Derm7ptDataModule(root=str(root), num_workers=0, image_size=32, cache_size=32)
-    with pytest.raises(DataError, match="cannot decode image .*Nel026.jpg"):
+    named = r"cannot decode image .*Nel026.jpg: .* \(row 0 dermoscopic\)"  # its use, by row
+    with pytest.raises(DataError, match=named):
         dm.setup("fit")
     bad = root / "images/NEL/Nel028.jpg"  # a second one: both named in one error
     bad.write_bytes(bad.read_bytes()[:200])

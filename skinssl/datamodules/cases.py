@@ -82,14 +82,18 @@ class Cases:
                 f"{self.source}: {unused} of {len(self)} cases are in no split (not used)"
             )
 
-    def check_images_exist(self) -> None:
-        """One error listing every missing image file (not just the first), with its rows."""
+    def image_uses(self) -> dict[Path, str]:
+        """Each image file and the cases that use it, for messages (``row 3 clinical``)."""
         uses: dict[Path, list[str]] = {}
         for r, (derm, clinic) in enumerate(zip(self.derm, self.clinic, strict=True)):
             uses.setdefault(derm, []).append(f"row {r} dermoscopic")
             if clinic != derm:
                 uses.setdefault(clinic, []).append(f"row {r} clinical")
-        missing = [f"{path} ({', '.join(rows)})" for path, rows in uses.items()
+        return {path: ", ".join(rows) for path, rows in uses.items()}
+
+    def check_images_exist(self) -> None:
+        """One error listing every missing image file (not just the first), with its rows."""
+        missing = [f"{path} ({rows})" for path, rows in self.image_uses().items()
                    if not path.is_file()]  # fmt: skip
         if missing:
             raise DataError(

@@ -67,7 +67,8 @@ class ImageStore:
     together in threads (``load``), any other when first read; ``disk``: the same, also saved as
     ``.npy`` under ``cache_dir`` and memory-mapped on later runs; ``none``: decoded on every
     access (the per-sample reference behaviour). A missing or unreadable image is an error when
-    loaded, or with ``strict=False`` on access (prediction reports it per case).
+    loaded, or with ``strict=False`` on access (prediction reports it per case); ``uses`` says
+    in it what each file is (e.g. its table rows).
     """
 
     def __init__(
@@ -79,6 +80,7 @@ class ImageStore:
         cache_dir: str | Path | None = None,
         threads: int = 2,
         strict: bool = True,
+        uses: dict[Path, str] | None = None,
     ) -> None:
         if mode == "disk" and cache_dir is None:
             raise ValueError("cache='disk' needs a cache_dir")
@@ -88,6 +90,7 @@ class ImageStore:
         self.mode = mode
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.strict = strict
+        self.uses = uses or {}
         self.threads = max(1, threads)
         self._arrays: list[np.ndarray | DataError | None] | None = None
         if mode != "none":
@@ -116,7 +119,10 @@ class ImageStore:
     def __getitem__(self, i: int) -> np.ndarray:
         """The decoded image; DataError if it cannot be read."""
         if self._arrays is None:
-            return decode(self.paths[i], self.border, self.size)
+            try:
+                return decode(self.paths[i], self.border, self.size)
+            except DataError as error:
+                raise self._named(error, self.paths[i]) from None
         if self._arrays[i] is None:  # not among the positions loaded for the stage
             self._arrays[i] = self._load_or_error(self.paths[i])
         item = self._arrays[i]
@@ -129,7 +135,11 @@ class ImageStore:
         try:
             return self._load(path)
         except DataError as error:
-            return error
+            return self._named(error, path)
+
+    def _named(self, error: DataError, path: Path) -> DataError:
+        """``error`` saying what ``path`` is (its ``uses``)."""
+        return DataError(f"{error} ({self.uses[path]})") if path in self.uses else error
 
     def _load(self, path: Path) -> np.ndarray:
         if self.mode != "disk":
