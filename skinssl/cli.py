@@ -39,7 +39,7 @@ from skinssl.callbacks import (
 from skinssl.callbacks.preemption import checkpoint_dir, last_checkpoint
 from skinssl.callbacks.run_dir import log_at, log_dir, tensorboard_loggers
 from skinssl.datamodules.cases import DataError
-from skinssl.lightning_modules.checkpoints import open_checkpoint
+from skinssl.lightning_modules.checkpoints import open_checkpoint, restoring
 
 
 def import_class(path: str) -> type | None:
@@ -246,28 +246,32 @@ class SkinSSLCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, {})
         check_accelerator(config.get("trainer", {}))
-        init_args = config.get("model", {}).get("init_args") or {}
-        if self.subcommand != "fit":
-            for key in ("init_from", "pretrained", "weights") if config.get("ckpt_path") else ():
-                if init_args.get(key):
-                    rank_zero_info(f"{key} not loaded: every weight comes from ckpt_path")
-                    init_args[key] = None
-            return
-        unversioned = configured_checkpoint_dir(config.get("trainer")) is None
-        if config.get("resume") and not config.get("ckpt_path") and unversioned:
+        resume = self.subcommand == "fit" and config.get("resume")
+        if (
+            resume
+            and not config.get("ckpt_path")
+            and not configured_checkpoint_dir(config.get("trainer"))
+        ):
             raise ValueError(
                 "--resume true: the config's logger has no version, so each run gets a new "
                 "version_N folder, where a resumed run would never find this one's last.ckpt. "
                 "Name the run: --trainer.logger.init_args.version=NAME (as the published "
                 "configs do)"
             )
-        for key in ("init_from", "pretrained") if resumes(config) else ():
-            if init_args.get(key) and not Path(init_args[key]).exists():  # (scratch cleared)
-                rank_zero_info(
-                    f"{key} {init_args[key]} not found, and not needed: every weight comes "
-                    "from the checkpoint this fit resumes"
-                )
-                init_args[key] = None
+        self._restoring = (
+            resumes(config) if self.subcommand == "fit" else bool(config.get("ckpt_path"))
+        )
+        init_args = config.get("model", {}).get("init_args") or {}
+        skipped = [k for k in ("init_from", "pretrained", "weights") if init_args.get(k)]
+        if self._restoring and skipped:
+            source = "the checkpoint this fit resumes" if resume else "ckpt_path"
+            rank_zero_info(f"{', '.join(skipped)} not loaded: every weight comes from {source}")
+
+    def instantiate_classes(self) -> None:
+        """The classes; a model that a checkpoint restores loads no starting weights (they
+        need not be there: e.g. scratch space cleared before a requeue)."""
+        with restoring(self._restoring):
+            super().instantiate_classes()
 
     def after_predict(self) -> None:
         writer = next(c for c in self.trainer.callbacks if isinstance(c, PredictionWriter))
@@ -468,12 +472,13 @@ def run_checkpoint(trainer: Any, which: str) -> str:
 
 
 def resumes(config: Any) -> bool:
-    """Whether a fit's config continues a checkpoint: a ``ckpt_path``, or ``resume`` with a
-    ``last.ckpt`` in its run's checkpoint folder."""
-    if config.get("ckpt_path"):
-        return True
-    folder = configured_checkpoint_dir(config.get("trainer")) if config.get("resume") else None
-    return folder is not None and (folder / "last.ckpt").is_file()
+    """Whether a fit's config continues a checkpoint that is there: a ``ckpt_path`` file (or
+    URL), or ``last`` or ``resume`` with a ``last.ckpt`` in its run's checkpoint folder."""
+    path = config.get("ckpt_path")
+    if path == "last" or (not path and config.get("resume")):
+        folder = configured_checkpoint_dir(config.get("trainer"))
+        return folder is not None and (folder / "last.ckpt").is_file()
+    return bool(path) and path not in ("best", "hpc") and ("://" in path or Path(path).is_file())
 
 
 def logged_at(ckpt: dict[str, Any]) -> int:

@@ -284,24 +284,32 @@ def test_evaluating_a_pretraining_stage_says_to_fine_tune(
 def test_a_resume_does_not_need_the_checkpoint_it_started_from(
     quickstart_run: Path, tmp_path: Path, monkeypatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A requeued fine-tune resumes from last.ckpt when its init_from file is gone (scratch
-    space cleared): that file's weights are all in last.ckpt."""
+    """A requeued fine-tune resumes from last.ckpt when its init_from file (and a weights file
+    that init_from overrides) are gone (scratch space cleared): their weights are all in
+    last.ckpt. The run's config and hyper-parameters still name them."""
     monkeypatch.chdir(tmp_path)
     start = tmp_path / "stage2.ckpt"
     stage2 = quickstart_run / "runs/quickstart/stage2/checkpoints/last.ckpt"
     start.write_bytes(stage2.read_bytes())
-    args = [*TINY_SYNTHETIC, f"--model.init_args.init_from={start}", "--resume=true"]
-    args += ["--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1"]
+    args = [*TINY_SYNTHETIC, f"--model.init_args.init_from={start}", "--resume=true",
+            "--model.init_args.weights=/gone/resnet18.pth",
+            "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1"]  # fmt: skip
     run("fit", "configs/quickstart/finetune.yaml", *args, "--trainer.max_epochs=1")
     start.unlink()
     with caplog.at_level("INFO"):
         run("fit", "configs/quickstart/finetune.yaml", *args, "--trainer.max_epochs=2")
-    assert f"init_from {start} not found, and not needed" in caplog.text
-    last = tmp_path / "runs/quickstart/finetune/checkpoints/last.ckpt"
-    assert torch.load(last, weights_only=True)["global_step"] == 2
-    with pytest.raises(ValueError, match="not found"):  # a fresh fit still needs it
-        run("fit", "configs/quickstart/finetune.yaml", *args[:-3], "--trainer.max_epochs=1",
-            "--trainer.logger.init_args.version=again")  # fmt: skip
+    want = "init_from, weights not loaded: every weight comes from the checkpoint this fit resumes"
+    assert want in caplog.text
+    run_dir = tmp_path / "runs/quickstart/finetune"
+    last = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)
+    assert last["global_step"] == 2 and last["hyper_parameters"]["init_from"] == str(start)
+    assert f"init_from: {start}" in (run_dir / "config.yaml").read_text()
+    # a fit with nothing to resume still needs it: a new run, or --ckpt_path last without one
+    fresh = [a for a in args if a != "--resume=true"]
+    for extra in ("--trainer.logger.init_args.version=again", "--ckpt_path=last"):
+        other = "--trainer.logger.init_args.version=other" if "last" in extra else ""
+        with pytest.raises(ValueError, match="init_from checkpoint not found"):
+            run("fit", "configs/quickstart/finetune.yaml", *fresh, extra, *filter(None, [other]))
 
 
 def test_the_command_prints_bad_input_as_its_message(monkeypatch, capsys) -> None:

@@ -4,14 +4,36 @@ from __future__ import annotations
 
 import pickle
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
 from skinssl.host import where
+
+_restoring: ContextVar[bool] = ContextVar("skinssl_restoring", default=False)
+T = TypeVar("T")
+
+
+@contextmanager
+def restoring(active: bool = True) -> Iterator[None]:
+    """Models built inside load no starting weights (``weights``, ``init_from``, ``pretrained``):
+    a checkpoint restores every weight afterwards (a resumed fit, an evaluation). Their
+    settings stay as given, in their hyper-parameters and the run's config."""
+    token = _restoring.set(active)
+    try:
+        yield
+    finally:
+        _restoring.reset(token)
+
+
+def starting_weights(value: T) -> T | None:
+    """``value``, a starting-weights setting, or None while :func:`restoring`."""
+    return None if _restoring.get() else value
 
 
 def load_tensors(path: str | Path, what: str, mmap: bool = False) -> Any:

@@ -27,6 +27,7 @@ from skinssl.lightning_modules.checkpoints import (
     checkpoint_kind,
     load_part,
     load_trunks,
+    starting_weights,
 )
 from skinssl.lightning_modules.losses import mean_known_ce
 from skinssl.lightning_modules.metrics import HeadOutputs, scalar_logs
@@ -150,7 +151,7 @@ class MultiLabelClassifier(L.LightningModule):
         for clf in self.classifiers.values():
             nn.init.normal_(clf.weight, std=0.01)
             nn.init.zeros_(clf.bias)
-        if init_from:
+        if starting_weights(init_from):
             self._init_from(init_from)
         has_attention = self.relation is not None and len(self.relation.layers) > 0
         self.val_store = HeadOutputs(self.heads)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torchvision import models
 
-from skinssl.lightning_modules.checkpoints import load_tensors
+from skinssl.lightning_modules.checkpoints import load_tensors, starting_weights
 
 Arch = Literal["resnet18", "resnet34", "resnet50"]
 FEATURE_DIM = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
@@ -90,6 +90,7 @@ class PairEncoder(nn.Module):
     ) -> None:
         super().__init__()
         self.feature_dim = FEATURE_DIM[arch]
+        weights = starting_weights(weights)
         self.derm = build_trunk(arch, weights)
         self.clinic = self.derm if share_trunk else build_trunk(arch, weights)
 

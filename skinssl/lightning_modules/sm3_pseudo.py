@@ -17,7 +17,11 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from skinssl.labels import CRITERIA, NUM_CLASSES, check_heads
-from skinssl.lightning_modules.checkpoints import checkpoint_kind, load_trunks
+from skinssl.lightning_modules.checkpoints import (
+    checkpoint_kind,
+    load_trunks,
+    starting_weights,
+)
 from skinssl.lightning_modules.losses import mean_known_ce
 from skinssl.lightning_modules.nets import Arch, PairEncoder
 from skinssl.lightning_modules.optim import Schedule, configure_adamw
@@ -99,7 +103,7 @@ class SM3PseudoLabels(L.LightningModule):
             )
         self.sizes = sizes
         self.encoder = PairEncoder(backbone, None if pretrained else weights, share_trunk)
-        if pretrained:
+        if starting_weights(pretrained):
             _, saved = load_trunks(
                 self.encoder, pretrained, backbone, share_trunk, "pretrained checkpoint"
             )
