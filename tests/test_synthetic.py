@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import os
 import runpy
 import subprocess
 import sys
@@ -164,6 +165,30 @@ def test_generating_at_once_from_two_processes(
     assert generate(root, 6, 32, workers=1) == root
     assert (root / STAMP).is_file() and len(_rows(root / "meta" / "meta.csv")) == 6
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+def test_generation_through_a_link_as_mkdir_would_and_nothing_left_on_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A root that links to an empty folder gets the data in that folder, readable as a folder
+    made with mkdir (others may share it); an interrupted generation leaves nothing behind."""
+    target, link = tmp_path / "target", tmp_path / "link"
+    target.mkdir()
+    link.symlink_to(target)
+    umask = os.umask(0o022)
+    try:
+        assert generate(link, 6, 32, workers=1) == target
+    finally:
+        os.umask(umask)
+    assert (target / STAMP).is_file() and target.stat().st_mode & 0o777 == 0o755
+
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synthetic, "_paint_all", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        generate(tmp_path / "other", 6, 32, workers=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "target"]
 
 
 @pytest.mark.parametrize(

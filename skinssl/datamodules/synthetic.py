@@ -22,6 +22,7 @@ import csv
 import io
 import json
 import multiprocessing
+import os
 import shutil
 import tempfile
 import time
@@ -239,6 +240,26 @@ def _is_complete(root: Path, params: dict[str, object]) -> bool:
     return False
 
 
+def _write_release(folder: Path, num_cases: int, image_size: int, seed: int, workers: int) -> None:
+    """The images, ``meta.csv`` and index files of :func:`generate` into ``folder``."""
+    table = load_case_table()
+    rows, splits = _choose_cases(table, num_cases, seed)
+    labels, invalid = table.labels()[rows], table.invalid_pair[rows]
+    paths = _image_names(num_cases)
+    images = folder / "images"
+    for sub in sorted({d.split("/")[0] for d, _ in paths}):
+        (images / sub).mkdir(parents=True, exist_ok=True)
+    tasks = [
+        _Task(i, labels[i], images / d, None if invalid[i] else images / c, image_size, seed)
+        for i, (d, c) in enumerate(paths)
+    ]
+    _paint_all(tasks, workers)
+    meta = folder / "meta"
+    meta.mkdir(exist_ok=True)
+    _write_meta(meta, table, rows, paths, invalid)
+    _write_indexes(meta, splits)
+
+
 def generate(
     root: str | Path,
     num_cases: int = NUM_REAL_CASES,
@@ -265,7 +286,7 @@ def generate(
     workers = available_cores() if workers is None else workers
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    root = Path(root)
+    root = Path(root).resolve()  # (a link to a folder: that folder)
     params = {
         "generator": "skinssl.datamodules.synthetic",  # (also when run as __main__)
         "version": FORMAT_VERSION,
@@ -279,24 +300,15 @@ def generate(
     # data at once (a node's first rank each, on a shared file system) never see it half-made
     root.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
-    table = load_case_table()
-    rows, splits = _choose_cases(table, num_cases, seed)
-    labels, invalid = table.labels()[rows], table.invalid_pair[rows]
-    paths = _image_names(num_cases)
-    images = work / "images"
-    for folder in sorted({d.split("/")[0] for d, _ in paths}):
-        (images / folder).mkdir(parents=True, exist_ok=True)
-    tasks = [
-        _Task(i, labels[i], images / d, None if invalid[i] else images / c, image_size, seed)
-        for i, (d, c) in enumerate(paths)
-    ]
-    _paint_all(tasks, workers)
-
-    meta = work / "meta"
-    meta.mkdir(exist_ok=True)
-    _write_meta(meta, table, rows, paths, invalid)
-    _write_indexes(meta, splits)
-    (work / STAMP).write_text(json.dumps(params, indent=1) + "\n")
+    try:
+        _write_release(work, num_cases, image_size, seed, workers)
+        (work / STAMP).write_text(json.dumps(params, indent=1) + "\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        work.chmod(0o777 & ~umask)  # as a folder made with mkdir (mkdtemp's is private)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     try:
         work.rename(root)  # (replaces an empty folder)
     except OSError:  # another process was first
