@@ -307,7 +307,8 @@ def test_resuming_on_another_momentum_course_warns(data_root: Path, tmp_path: Pa
 
 def test_momentum_schedule_needs_a_run_of_known_length(data_root: Path, tmp_path: Path) -> None:
     model = BYOL(modality="derm", backbone="resnet18", proj_hidden=16, proj_dim=8)
-    endless = trainer(tmp_path, max_epochs=-1, max_steps=-1)
+    # (max_time: no length for the schedule, and a broken check cannot hang the test)
+    endless = trainer(tmp_path, max_epochs=-1, max_steps=-1, max_time={"seconds": 20})
     with pytest.raises(ValueError, match="from momentum 0.99 to momentum_end 1.0 needs a run"):
         endless.fit(model, tiny_data(data_root))
 

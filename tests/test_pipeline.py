@@ -164,7 +164,8 @@ def test_csv_paths_from_home_and_relative_ones_in_errors(
 ) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
     make_csv(tmp_path)
-    assert len(read_pair_csv("~/pairs.csv", image_root="~")) == 12
+    cases = read_pair_csv("~/pairs.csv", image_root="~")
+    assert len(cases) == 12 and cases.derm[0] == tmp_path / "img" / "d0.jpg"
     monkeypatch.chdir(tmp_path / "img")
     where = rf"file not found: pairs.csv \(relative to the working directory {tmp_path}/img\)"
     with pytest.raises(DataError, match=where):
@@ -356,17 +357,22 @@ def test_a_fit_leaves_torch_seeded_as_before(tmp_path: Path) -> None:
     from skinssl.callbacks import StepSeed
 
     L.seed_everything(7)
-    trainer = L.Trainer(
-        max_steps=2,
-        callbacks=[StepSeed()],
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    options = dict(max_steps=2, default_root_dir=tmp_path, logger=False,
+                   enable_checkpointing=False, enable_progress_bar=False,
+                   enable_model_summary=False)  # fmt: skip
+    trainer = L.Trainer(**options, callbacks=[StepSeed()])
     trainer.fit(BoringModel())
     assert torch.initial_seed() == 7
+
+    class Failing(BoringModel):
+        def training_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+            if batch_idx == 1:
+                raise RuntimeError("failed")
+            return super().training_step(batch, batch_idx)
+
+    with pytest.raises(RuntimeError, match="failed"):
+        L.Trainer(**{**options, "callbacks": [StepSeed()]}).fit(Failing())
+    assert torch.initial_seed() == 7  # also after a fit that raised
 
 
 def test_loader_resumes_mid_epoch(tmp_path: Path) -> None:

@@ -43,7 +43,16 @@ class StepSeed(L.Callback):
             self._seed = shared_seed(trainer)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit" and self._before is not None:
+        if stage == "fit":
+            self._restore()
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self._restore()  # (a fit that raises, Ctrl-C included, gets no teardown)
+
+    def _restore(self) -> None:
+        if self._before is not None:
             torch.manual_seed(self._before)
             self._before = None
 
