@@ -165,7 +165,8 @@ steps = ("on_train_epoch_start", "_merge_bank", "cluster", "_features", "_kmeans
          "write_report", "clustering_metrics")
 rows = {}
 for (path, _, name), (_, calls, _, cumulative, _) in pstats.Stats(profile).stats.items():
-    if path.endswith(("kmeans.py", "kmeans_report.py", "skinssl/clustering.py")) and name in steps:
+    ours = ("callbacks/kmeans.py", "callbacks/kmeans_report.py", "skinssl/clustering.py")
+    if path.endswith(ours) and name in steps:
         rows[name] = {"calls": calls, "ms": 1e3 * cumulative}
 for row in rows.values():  # per clustering (_report_now runs after every step, mostly idle)
     row["ms_per_clustering"] = row["ms"] / rows["cluster"]["calls"]

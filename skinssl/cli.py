@@ -587,7 +587,8 @@ def main(args: list[str] | None = None) -> None:
             raise
         path = f" ({error.filename})" if error.filename else ""
         raise SystemExit(
-            f"skinssl: error: {error.strerror}{path}: {FILE_SYSTEM_ERRORS[error.errno]}"
+            f"skinssl: error: {error.strerror}{path}: {FILE_SYSTEM_ERRORS[error.errno]}\n"
+            "(SKINSSL_TRACEBACK=1 shows where it was raised)"
         ) from None
     except ValueError as error:
         own = own_error(error)

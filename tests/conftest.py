@@ -63,10 +63,16 @@ def _rank_zero_restored(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(autouse=True)
 def _each_test_alone() -> Iterator[None]:
-    """Every test starts from torch's seed 0, and leaves no process-group or seed variables
-    behind (Lightning's spawn sets MASTER_PORT, seed_everything PL_GLOBAL_SEED): a later test
-    would reuse a port chosen free long before, and draw seeds that depend on test order."""
+    """Every test starts from torch's seed 0, and leaves the process-group and seed variables
+    as it found them (Lightning's spawn sets MASTER_PORT, seed_everything PL_GLOBAL_SEED): a
+    later test would reuse a port chosen free long before, and draw seeds that depend on test
+    order."""
     torch.manual_seed(0)
+    names = ("MASTER_ADDR", "MASTER_PORT", "PL_GLOBAL_SEED", "PL_SEED_WORKERS")
+    before = {name: os.environ.get(name) for name in names}
     yield
-    for name in ("MASTER_ADDR", "MASTER_PORT", "PL_GLOBAL_SEED", "PL_SEED_WORKERS"):
-        os.environ.pop(name, None)
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value

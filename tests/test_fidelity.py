@@ -1,5 +1,6 @@
-"""Fidelity to the authors' method (the paper and their released code; the § numbers are those
-of the project's method notes, METHOD.md): the stage-2 prototypes start from the k-means
+"""Fidelity to the authors' method (the paper, arXiv 2310.18583, and their released code; the §
+numbers are those of the project's method notes, kept beside the repository in
+../shared/METHOD.md, not needed to run these tests): the stage-2 prototypes start from the k-means
 centroids, the relation layer is PyTorch's post-norm encoder layer, images are decoded as theirs,
 the labels are grouped as theirs, the published recipes carry their numbers, and the stage-2 and
 classifier options do what they say."""

@@ -194,6 +194,10 @@ def test_report_files(tmp_path) -> None:
     assert describe("auc_key_criteria", two) == (
         "mean AUC over each criterion's key class (none defined)"
     )
+    assert describe("auc_key_authors", two) == (
+        "as the SM3 code's '8 avg': mean AUC over NEV and each criterion's key class "
+        "(NEV; none defined)"
+    )
     assert describe("auc_diag_macro", two) == (
         "diagnosis macro AUC (mean over its 3 (of 5) defined classes)"
     )

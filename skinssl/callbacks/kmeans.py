@@ -10,7 +10,8 @@ centroids into its prototype heads and trains them on the assignments, looked up
 The callback owns when and how: features (a clean eval pass, or the previous epoch's training
 embeddings, kept on the module's device), gathering across ranks, the k-means on rank 0 (FAISS
 on the rank's GPU or the CPU; torch on the module's device), broadcasting the result, the
-resumable state and the TensorBoard statistics. With the authors' k-means on a GPU, training
+resumable state, and when the clustering's statistics and logs are made
+(:mod:`skinssl.callbacks.kmeans_report` makes them). With the authors' k-means on a GPU, training
 does not wait for the k-means: it is queued ahead of the next training step, and its statistics
 and logs are made while that step runs.
 """

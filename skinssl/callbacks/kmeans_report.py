@@ -1,6 +1,6 @@
-"""What is reported of a k-means clustering, and when: its time on the device, its results on
-their way to the host, and the statistics and logs made from them (after the next training step
-is queued, so that on a GPU they are made while it runs)."""
+"""What is reported of a k-means clustering: its time on the device, its results on their way
+to the host, and the statistics and logs made from them (the callback makes them after the next
+training step is queued, so that on a GPU they are made while it runs)."""
 
 from __future__ import annotations
 

@@ -186,11 +186,12 @@ def listing(items: list[str], limit: int) -> str:
     return "".join(f"\n  {item}" for item in items[:limit] + more)
 
 
-def read_csv(path: Path, required: tuple[str, ...]) -> CsvTable:
+def read_csv(path: Path, required: tuple[str, ...], skip_empty_rows: bool = False) -> CsvTable:
     """A CSV file's table; a clear error for a missing file, text that is not UTF-8, a missing
     required column, a column name given twice, and a row with more or fewer fields than the
-    header. Blank lines, and rows whose every field is blank (as spreadsheets leave), are
-    skipped (the lines of the rows after them stay the file's)."""
+    header. Blank lines are skipped, and with ``skip_empty_rows`` rows whose every field is
+    blank (as spreadsheets leave; not in Derm7pt's meta.csv, whose index files count every
+    row); the lines of the rows after them stay the file's."""
     if not path.is_file():
         raise DataError(f"file not found: {path}{where(path)}")
     data = path.read_bytes()
@@ -226,7 +227,7 @@ def read_csv(path: Path, required: tuple[str, ...]) -> CsvTable:
     rows, lines = [], []
     for row in reader:  # DictReader keys extra fields None and fills missing ones with None
         extra, given = row.pop(None, []), [v for v in row.values() if v is not None]
-        if not any(v.strip() for v in given + extra):
+        if skip_empty_rows and not any(v.strip() for v in given + extra):
             continue
         if extra or len(given) < len(header):
             raise DataError(

@@ -70,7 +70,8 @@ def read_pair_csv(
     without the default ``split`` column (with a warning); another absent column is an error.
     ``id_column`` names each case (non-empty, unique) in output tables."""
     path = Path(path).expanduser()
-    table = read_csv(path, (derm_column, clinic_column) + ((id_column,) if id_column else ()))
+    required = (derm_column, clinic_column) + ((id_column,) if id_column else ())
+    table = read_csv(path, required, skip_empty_rows=True)
     rows, header = table.rows, table.header
     if label_columns is None:
         label_columns = default_label_columns(header, path)

@@ -154,9 +154,11 @@ def auc_summary_descriptions(heads: dict[str, dict]) -> dict[str, str]:
     def defined(h: str) -> list[str]:
         return [c["class"] for c in heads[h]["classes"] if not math.isnan(c["auc"])]
 
+    def listed(classes: list[tuple[str, str]]) -> str:
+        return ", ".join(c for h, c in classes if c in defined(h)) or "none defined"
+
     def keys(names: list[str]) -> str:
-        key = {h: head(h).classes[head(h).key_class] for h in names}
-        return ", ".join(k for h, k in key.items() if k in defined(h)) or "none defined"
+        return listed([(h, head(h).classes[head(h).key_class]) for h in names])
 
     def classes(names: list[str]) -> str:
         n, of = sum(len(defined(h)) for h in names), sum(head(h).num_classes for h in names)
@@ -168,8 +170,8 @@ def auc_summary_descriptions(heads: dict[str, dict]) -> dict[str, str]:
         f"{n_criteria}",
         "auc_key_classes": f"mean AUC over each head's key class ({keys(list(heads))})",
         "auc_key_criteria": f"mean AUC over each criterion's key class ({keys(criteria)})",
-        "auc_key_authors": f"as the SM3 code's '8 avg': the key classes of the {n_criteria} + "
-        "NEV for the diagnosis",
+        "auc_key_authors": "as the SM3 code's '8 avg': mean AUC over NEV and each criterion's "
+        f"key class ({listed([('DIAG', 'NEV')] if 'DIAG' in heads else [])}; {keys(criteria)})",
         "auc_diag_macro": "diagnosis macro AUC (mean over its "
         f"{classes(['DIAG']) if 'DIAG' in heads else 5} classes)",
     }

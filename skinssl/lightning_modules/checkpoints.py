@@ -45,10 +45,10 @@ def load_tensors(path: str | Path, what: str, mmap: bool = False) -> Any:
         raise ValueError(f"{what} not found: {path}{where(path)}")
     zipped = zipfile.is_zipfile(path)  # torch.save's format since 1.6
     with path.open("rb") as f:
-        legacy = f.read(1) == b"\x80"  # the pickle stream of older torch.save files
+        start = f.read(4)
+    legacy = start[:1] == b"\x80"  # the pickle stream of older torch.save files
     if not (zipped or legacy):
-        with path.open("rb") as f:
-            cut = f.read(4) == b"PK\x03\x04"  # a zip's start without its end
+        cut = start == b"PK\x03\x04"  # a zip's start without its end
         raise ValueError(
             f"cannot read {what} {path}: "
             + (

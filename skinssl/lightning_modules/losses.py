@@ -32,17 +32,30 @@ def mean_known_ce(
         )
         totals.append(ce)
         counts.append((target != UNKNOWN).sum().float())
-    total, count = torch.stack(totals), torch.stack(counts)
-    size = world()[1]
-    if size > 1:
-        torch.distributed.all_reduce(count)
-    each = total * size / count.clamp(min=1)
+    each, count = whole_batch_means(torch.stack(totals), torch.stack(counts), across_ranks=True)
     has = (count > 0).float()
-    if size > 1:  # the whole batch's values, with this rank's share of the gradient
-        value = each.detach().clone()
-        torch.distributed.all_reduce(value)
-        each = each + (value / size - each.detach())
     return (each * has).sum() / has.sum().clamp(min=1), list(each.unbind())
+
+
+def whole_batch_means(
+    totals: torch.Tensor, counts: torch.Tensor, across_ranks: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(means, counts) of the whole batch: each entry's total over its count, all ranks' summed
+    (each rank passes its own totals and counts).
+
+    The means are scaled so that DDP's gradient averaging over ranks gives the gradient of the
+    whole batch's means, even when ranks hold different counts, and their values are the whole
+    batch's on every rank. Without a process group (or ``across_ranks`` False), local.
+    """
+    size = world()[1] if across_ranks else 1
+    if size == 1:
+        return totals / counts.clamp(min=1.0), counts
+    counts = counts.detach().clone()
+    torch.distributed.all_reduce(counts)
+    means = totals * size / counts.clamp(min=1.0)
+    value = means.detach().clone()
+    torch.distributed.all_reduce(value)
+    return means + (value / size - means.detach()), counts
 
 
 def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -130,16 +143,8 @@ def global_mean(
     """
     if weight is None:
         weight = torch.ones_like(values)
-    total = (values * weight).sum()
-    size = world()[1] if across_ranks else 1
-    if size == 1:
-        return total / weight.sum().clamp(min=1.0)
-    count = weight.sum().detach().clone()
-    torch.distributed.all_reduce(count)
-    loss = total * size / count.clamp(min=1.0)
-    mean = loss.detach().clone()
-    torch.distributed.all_reduce(mean)
-    return loss + (mean / size - loss.detach())
+    total, count = (values * weight).sum(), weight.sum()
+    return whole_batch_means(total[None], count[None], across_ranks)[0][0]
 
 
 def alignment(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
