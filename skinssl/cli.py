@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import difflib
-import errno
-import importlib
-import inspect
 import logging
 import os
-import re
 import signal
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, NoReturn, Union
+from typing import Any, Union
 
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -36,19 +30,25 @@ from skinssl.callbacks import (
     StepSeed,
     TestReport,
 )
-from skinssl.callbacks.preemption import checkpoint_dir, last_checkpoint
+from skinssl.callbacks.preemption import last_checkpoint
 from skinssl.callbacks.run_dir import log_at, log_dir, tensorboard_loggers
-from skinssl.datamodules.cases import DataError
+from skinssl.cli_checkpoints import (
+    check_ckpt,
+    check_new_run,
+    configured_checkpoint_dir,
+    logged_at,
+    resumes,
+    run_checkpoint,
+)
+from skinssl.cli_errors import (
+    FILE_SYSTEM_ERRORS,
+    PEER_GONE,
+    PEER_GONE_MESSAGE,
+    SIGTERM_STOP,
+    ConciseParser,
+    own_error,
+)
 from skinssl.lightning_modules.checkpoints import open_checkpoint, restoring
-
-
-def import_class(path: str) -> type | None:
-    """The class a ``class_path`` names, or None when it cannot be imported."""
-    module, _, name = path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        return None
 
 
 def cli_value(values: list) -> str:
@@ -61,31 +61,6 @@ EVALUATION_STEPS = {"validate": "validation_step", "test": "test_step", "predict
 
 # data settings that change what the model sees at evaluation
 PREPROCESSING = ("image_size", "cache_size", "border_crop", "mean", "std")
-
-
-def check_ckpt_model(
-    ckpt: dict[str, Any], ckpt_path: str, subcommand: str, class_path: str | None
-) -> None:
-    """A clear error when the checkpoint ``ckpt`` holds another model class than the config's
-    (Lightning would silently swap the config's model for the checkpoint's)."""
-    saved = ckpt.get("hyper_parameters", {}).get("_class_path")
-    if class_path is None or saved is None:
-        return
-    wanted, found = import_class(class_path), import_class(saved)
-    if (wanted is found) if wanted is not None else (class_path == saved):
-        return
-    name = wanted.__name__ if wanted is not None else class_path
-    hint = ""
-    if wanted is not None:
-        params = inspect.signature(wanted).parameters
-        start = next((p for p in ("init_from", "pretrained") if p in params), None)
-        if start:
-            hint = f"; to start a {name} from it, pass it as --model.init_args.{start}"
-    raise ValueError(
-        f"--ckpt_path {ckpt_path} is a checkpoint of {saved.rpartition('.')[2]}, but the "
-        f"config's model is {name}. `{subcommand}` with --ckpt_path continues or evaluates "
-        f"the model that the checkpoint holds{hint}"
-    )
 
 
 class SaveStageConfig(SaveConfigCallback):
@@ -306,29 +281,6 @@ class SkinSSLCLI(LightningCLI):
         next(c for c in self.trainer.callbacks if isinstance(c, Preemption)).listen()
 
 
-def check_new_run(trainer: L.Trainer, ckpt_path: str | None) -> None:
-    """A clear error when a fit would start over in a run directory that holds another fit's
-    checkpoints (or go on there from another run's): it would overwrite them, and TensorBoard
-    would mix the runs' curves. Continuing from one of its own checkpoints (``--resume``, a
-    ``--ckpt_path`` in that folder, or Lightning's ``last``/``hpc``) is allowed; from an
-    earlier one, the curves are drawn again from its step."""
-    folder = checkpoint_dir(trainer)
-    found = sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
-    own = ckpt_path in ("last", "hpc") or (
-        ckpt_path is not None and Path(ckpt_path).resolve().parent == folder.resolve()
-    )
-    if not found or own:
-        return
-    run = log_dir(trainer)
-    listed = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
-    raise ValueError(
-        f"fit: the run directory {run} already holds a fit ({folder}: {listed}). To continue "
-        f"it, add --resume true (it needs last.ckpt there) or --ckpt_path one of those; to start "
-        f"it again, delete it first (rm -r {run}); to keep both runs, give this one another "
-        "--trainer.logger.init_args.version"
-    )
-
-
 def check_accelerator(trainer: Any) -> None:
     """Clear errors for a GPU config (the published recipes) where torch finds no CUDA GPU, and
     for BatchNorm synchronised across CPU processes (torch's SyncBatchNorm is GPU-only)."""
@@ -349,216 +301,12 @@ def check_accelerator(trainer: Any) -> None:
         )
 
 
-class ConciseParser(LightningArgumentParser):
-    """Parse errors without the full usage (dozens of lines): the tip and the error only; an
-    unknown argument of a model or data class in one line, with the nearest name."""
-
-    def print_usage(self, file: Any = None) -> None:
-        """Nothing: ``--help`` shows the options."""
-
-    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        super().error(unknown_argument(message) or message, ex)
-
-
-def named(kind: type) -> list[str]:
-    """The named arguments of a class's own ``__init__``."""
-    params = inspect.signature(kind.__init__).parameters.values()
-    return [
-        p.name
-        for p in params
-        if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    ]
-
-
-def unknown_argument(message: str) -> str | None:
-    """jsonargparse's report of an argument a class does not take (every type of the Union it
-    tried), as one line naming the class and the nearest of its arguments; None otherwise."""
-    key = re.search(r'Parser key "([^"]+)"', message)
-    given = re.search(r"given class_path '([^']+)':\s*Option '([^']+)' is not accepted", message)
-    kind = import_class(given.group(1)) if given else None
-    if key is None or kind is None:
-        return None
-    names = sorted({n for c in inspect.getmro(kind) if "__init__" in vars(c) for n in named(c)})
-    option = given.group(2)
-    near = difflib.get_close_matches(option, names, n=1)
-    hint = f"did you mean {near[0]!r}?" if near else f"its arguments: {', '.join(names)}"
-    return f"{key.group(1)}: {kind.__name__} takes no argument {option!r}; {hint}"
-
-
 DESCRIPTIONS = {
     "fit": "Train a model from a config: a pretraining stage or fine-tuning.",
     "validate": "Evaluate a checkpoint (--ckpt_path) on the validation split.",
     "test": "Evaluate a checkpoint (--ckpt_path) on the test split and write the test report.",
     "predict": "Predict the cases of --data.init_args.predict_split with a checkpoint "
     "(--ckpt_path) into a CSV file.",
-}
-
-
-WORKER_DATA_ERROR = f"{DataError.__module__}.{DataError.__qualname__}: "
-"""Where a worker's traceback, in the message of the error torch raises again, ends."""
-ONE_VALUE_PER_CHANNEL = "Expected more than 1 value per channel when training"  # torch's
-BATCH_OF_ONE = (
-    "a training batch of one case reached a BatchNorm layer in training mode, which cannot "
-    "normalise one value per channel (an epoch's last batch: the run warned at its start). Set "
-    "--data.init_args.drop_last=true or another --data.init_args.batch_size"
-)
-
-
-OPTIMIZER_SETTINGS = ("weight_decay", "adam_eps")
-"""Model arguments a resumed fit cannot change: the optimizer state it restores keeps the values
-they were saved with. (Learning rates and their schedule follow the run's config: see
-``ResumedSchedule``.)"""
-
-
-def check_ckpt(path: str, subcommand: str, model: Any) -> dict[str, Any]:
-    """The checks of a checkpoint to start ``subcommand`` from (``model``: the config's
-    class_path and init_args); returns the checkpoint (its tensors mapped, not read)."""
-    ckpt = open_checkpoint(path, mmap=True)  # tensors stay on disk
-    check_ckpt_model(ckpt, path, subcommand, model.get("class_path") if model else None)
-    init_args = model.get("init_args") if model else None
-    if subcommand == "fit" and init_args is not None:
-        warn_resumed_settings(ckpt, path, vars(init_args))
-    return ckpt
-
-
-def configured_checkpoint_dir(trainer: Any) -> Path | None:
-    """The checkpoint folder of the run that a config's ``trainer`` section describes, found
-    before the trainer is built (``checkpoint_dir`` of the built trainer): the first
-    ModelCheckpoint's ``dirpath``, else ``checkpoints`` in the first logger's directory; None
-    when the logger has no fixed version (each run gets a new ``version_N``)."""
-    trainer = trainer or {}
-    for callback in trainer.get("callbacks") or []:
-        kind = import_class(getattr(callback, "class_path", ""))
-        if isinstance(kind, type) and issubclass(kind, ModelCheckpoint):
-            if callback.init_args.get("dirpath"):
-                return Path(callback.init_args.dirpath)
-            break
-    root = trainer.get("default_root_dir") or os.getcwd()
-    logger = trainer.get("logger")
-    if isinstance(logger, list):
-        logger = logger[0] if logger else False
-    if logger is False:
-        return Path(root) / "checkpoints"
-    if logger in (None, True) or logger.init_args.get("version", "") is None:
-        return None  # (Lightning's default logger has no version either)
-    built = import_class(logger.class_path)(**logger.init_args.as_dict())
-    return Path(built.log_dir or built.save_dir or root) / "checkpoints"
-
-
-def run_checkpoint(trainer: Any, which: str) -> str:
-    """``--ckpt_path best|last`` outside a fit: ``best.ckpt`` or ``last.ckpt`` in the checkpoint
-    folder of the config's run (for ``best``, else the best model that ``last.ckpt`` records),
-    with a clear error when there is none."""
-    folder = configured_checkpoint_dir(trainer)
-    if folder is None:
-        raise ValueError(
-            f"--ckpt_path {which}: the config's logger has no version, so each run gets a new "
-            "version_N folder and this one is unknown: pass the checkpoint's path"
-        )
-    path = folder / f"{which}.ckpt"
-    if which == "best" and not path.is_file() and (folder / "last.ckpt").is_file():
-        states = open_checkpoint(folder / "last.ckpt", mmap=True).get("callbacks", {})
-        monitored = next((s for s in states.values() if s.get("monitor")), {})  # Lightning's
-        recorded = Path(monitored.get("best_model_path") or path)
-        path = recorded if recorded.is_file() else folder / recorded.name  # (a moved run)
-    if not path.is_file():
-        found = sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
-        raise ValueError(
-            f"--ckpt_path {which}: no {which} checkpoint in this config's run, {folder} "
-            f"({'holds ' + ', '.join(found) if found else 'no checkpoints there'}). Pass the "
-            "checkpoint's path, or the config of the run that saved it (its config.yaml)"
-        )
-    return str(path)
-
-
-def resumes(config: Any) -> bool:
-    """Whether a fit's config continues a checkpoint that is there: a ``ckpt_path`` file (or
-    URL), or ``last`` or ``resume`` with a ``last.ckpt`` in its run's checkpoint folder."""
-    path = config.get("ckpt_path")
-    if path == "last" or (not path and config.get("resume")):
-        folder = configured_checkpoint_dir(config.get("trainer"))
-        return folder is not None and (folder / "last.ckpt").is_file()
-    return bool(path) and path not in ("best", "hpc") and ("://" in path or Path(path).is_file())
-
-
-def logged_at(ckpt: dict[str, Any]) -> int:
-    """The logger's step of a checkpoint's last batch (and of the validation after it): one
-    below its optimizer steps, wherever in the epoch it was saved."""
-    return max(0, int(ckpt.get("global_step", 0)) - 1)
-
-
-def warn_resumed_settings(ckpt: dict[str, Any], path: str, init_args: dict[str, Any]) -> None:
-    """Warn when a checkpoint to resume predates some of the model's arguments (the run goes
-    on with their configured values), or when the configured optimizer settings differ from
-    the checkpoint's (the optimizer state it restores keeps its own)."""
-    saved = ckpt.get("hyper_parameters") or {}
-    if not saved:
-        return
-    newer = sorted(k for k in init_args if k not in saved)
-    changed = [
-        k for k in OPTIMIZER_SETTINGS if k in init_args and k in saved and init_args[k] != saved[k]
-    ]
-    if newer:
-        values = ", ".join(f"{k}={init_args[k]!r}" for k in newer)
-        rank_zero_warn(
-            f"ckpt_path {path} predates the model argument(s) {newer}: the resumed run goes on "
-            f"with {values}; the optimizer state it restores keeps its own settings (AdamW's "
-            "eps among them)"
-        )
-    if changed:
-        values = ", ".join(f"{k}: {saved[k]!r} -> {init_args[k]!r}" for k in changed)
-        rank_zero_warn(
-            f"ckpt_path {path}: the optimizer settings differ from the checkpoint's ({values}); "
-            "a resumed fit restores its optimizer, which keeps the saved values. "
-            "Start a new run from the weights (init_from / pretrained) to change them"
-        )
-
-
-def own_error(error: BaseException) -> ValueError | None:
-    """The innermost ValueError raised by skinssl's own code in ``error``'s chain (jsonargparse
-    wraps a class's error in its report of every type it tried), or None. A ``DataError`` a
-    loader worker raised (torch raises it again with the worker's traceback in its message)
-    comes back with its own message alone; torch's BatchNorm error for a batch of one, with
-    what to change."""
-    package, found, seen = Path(__file__).parent, None, set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        tb = current.__traceback__
-        while tb is not None and tb.tb_next is not None:
-            tb = tb.tb_next
-        raised_here = tb is not None and Path(tb.tb_frame.f_code.co_filename).is_relative_to(
-            package
-        )
-        if isinstance(current, ValueError) and raised_here:
-            found = current
-        elif isinstance(current, DataError) and WORKER_DATA_ERROR in str(current):
-            found = DataError(str(current).rsplit(WORKER_DATA_ERROR, 1)[1].rstrip())
-        elif isinstance(current, ValueError) and str(current).startswith(ONE_VALUE_PER_CHANNEL):
-            found = ValueError(BATCH_OF_ONE)
-        context = None if current.__suppress_context__ else current.__context__  # from None
-        current = current.__cause__ or context
-    return found
-
-
-SIGTERM_STOP = (
-    "skinssl: stopped by SIGTERM outside training, where nothing is saved. A fit continues "
-    "with the same command and --resume true, from its run directory's checkpoints/last.ckpt"
-)
-# what gloo says in a process whose peer process stopped (e.g. on its data error)
-PEER_GONE = ("Connection closed by peer", "Connection reset by peer")
-PEER_GONE_MESSAGE = (
-    "another process of this run stopped (its error is above), so this one cannot go on"
-)
-
-
-# file-system errors that are the machine's, not skinssl's: said in one line, with what to do
-FILE_SYSTEM_ERRORS = {
-    errno.ENOSPC: "free space there, or write the runs elsewhere (trainer.logger.init_args"
-    ".save_dir, trainer.default_root_dir)",
-    errno.EDQUOT: "free space within your quota, or write the runs elsewhere",
-    errno.EROFS: "write the runs to a writable folder (trainer.logger.init_args.save_dir)",
-    errno.EACCES: "check its permissions, or use a folder you own",
 }
 
 

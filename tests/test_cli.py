@@ -20,14 +20,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch._utils import ExceptionWrapper
 
 import skinssl.cli as cli_module
-from skinssl.cli import (
-    SkinSSLCLI,
-    build_cli,
-    main,
-    own_error,
-    run_checkpoint,
-    warn_resumed_settings,
-)
+import skinssl.cli_checkpoints as cli_checkpoints
+from skinssl.cli import SkinSSLCLI, build_cli, main
+from skinssl.cli_checkpoints import run_checkpoint, warn_resumed_settings
+from skinssl.cli_errors import own_error
 from skinssl.datamodules.cases import DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -393,7 +389,7 @@ def test_resuming_with_other_settings_warns(monkeypatch) -> None:
     """A checkpoint older than an argument, or optimizer settings unlike the checkpoint's: the
     restored optimizer keeps its own, which the records would otherwise hide."""
     warned: list[str] = []
-    monkeypatch.setattr(cli_module, "rank_zero_warn", warned.append)
+    monkeypatch.setattr(cli_checkpoints, "rank_zero_warn", warned.append)
     old = {"hyper_parameters": {"lr": 1e-4, "weight_decay": 0.05, "heads": ["PN"]}}
     warn_resumed_settings(old, "old.ckpt", {"lr": 1e-4, "weight_decay": 0.05, "adam_eps": 1e-8})
     assert len(warned) == 1

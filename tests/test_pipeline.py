@@ -15,7 +15,7 @@ import torch
 from helpers import write_jpeg
 from torch.utils.data import DataLoader, Dataset
 
-from skinssl.cli import own_error
+from skinssl.cli_errors import own_error
 from skinssl.datamodules import DataError, PairedCSVDataModule, SyntheticDerm7ptDataModule, Views
 from skinssl.datamodules.csv_pairs import read_pair_csv
 from skinssl.datamodules.dataset import batch_tensor, whole_batch
