@@ -194,7 +194,9 @@ class Bench:
                 command, stdout=f, stderr=subprocess.STDOUT, cwd=self.out, env=cli_env()
             )
         if done.returncode:
-            raise SystemExit(f"failed ({done.returncode}): {' '.join(command)}\nlog: {log}")
+            said = [ln for ln in log.read_text().splitlines() if ln.startswith("skinssl: error:")]
+            reason = f"\n{said[-1]}" if said else ""
+            raise SystemExit(f"failed ({done.returncode}): {' '.join(command)}{reason}\nlog: {log}")
         return time.perf_counter() - start
 
     def data_args(self, seed: int, fraction: float = 1.0) -> list[str]:
@@ -440,6 +442,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                 f"unknown method {m!r}; valid: sm3, {', '.join(REFERENCES)}, or one of "
                 f"{', '.join(SSL_METHODS)} with an optional :derm, :clinic or :both"
             )
+    if "projector" in args.settings and any(m != "sm3" for m in args.methods):
+        print(
+            "note: `projector` is SM3's 'SM3-linear' row (label projectors and relation module "
+            "trained); the other methods' heads sit on the trunks, where it equals `linear`",
+            file=sys.stderr,
+        )
     if args.data == "derm7pt" and not args.root:
         p.error("--data derm7pt needs --root (the Derm7pt release folder)")
     if args.data == "csv" and not args.csv:

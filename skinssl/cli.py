@@ -47,6 +47,7 @@ from skinssl.cli_errors import (
     SIGTERM_STOP,
     ConciseParser,
     own_error,
+    weights_mismatch,
 )
 from skinssl.lightning_modules.checkpoints import open_checkpoint, restoring
 
@@ -327,9 +328,14 @@ def main(args: list[str] | None = None) -> None:
         raise SystemExit(128 + signal.SIGTERM) from None
     except RuntimeError as error:
         traceback = os.environ.get("SKINSSL_TRACEBACK") == "1"
-        if traceback or not any(text in str(error) for text in PEER_GONE):
+        message = (
+            PEER_GONE_MESSAGE
+            if any(text in str(error) for text in PEER_GONE)
+            else weights_mismatch(str(error))
+        )
+        if traceback or message is None:
             raise
-        raise SystemExit(f"skinssl: error: {PEER_GONE_MESSAGE}") from None
+        raise SystemExit(f"skinssl: error: {message}") from None
     except OSError as error:
         if error.errno not in FILE_SYSTEM_ERRORS or os.environ.get("SKINSSL_TRACEBACK") == "1":
             raise

@@ -43,8 +43,13 @@ def check_ckpt_model(
     if wanted is not None:
         params = inspect.signature(wanted).parameters
         start = next((p for p in ("init_from", "pretrained") if p in params), None)
-        if start:
+        if start and subcommand == "fit":
             hint = f"; to start a {name} from it, pass it as --model.init_args.{start}"
+        elif start:  # evaluated: a model trained from it, not the untrained model
+            hint = (
+                f"; to evaluate what it learnt, fit a {name} from it (--model.init_args.{start}) "
+                f"and {subcommand} that run's checkpoint"
+            )
     raise ValueError(
         f"--ckpt_path {ckpt_path} is a checkpoint of {saved.rpartition('.')[2]}, but the "
         f"config's model is {name}. `{subcommand}` with --ckpt_path continues or evaluates "

@@ -116,3 +116,19 @@ FILE_SYSTEM_ERRORS = {
     errno.EROFS: "write the runs to a writable folder (trainer.logger.init_args.save_dir)",
     errno.EACCES: "check its permissions, or use a folder you own",
 }
+
+
+def weights_mismatch(message: str) -> str | None:
+    """torch's error for a checkpoint whose weights do not fit the model (e.g. a resume with
+    other model settings), as one line with its first difference and what to do; else None."""
+    head, _, details = message.partition("\n")
+    if not head.startswith("Error(s) in loading state_dict for "):
+        return None
+    lines = [line.strip() for line in details.splitlines() if line.strip()]
+    more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
+    return (
+        f"the checkpoint's weights do not fit the config's model ({head[35:].rstrip(':')}: "
+        f"{lines[0] if lines else 'mismatch'}{more}): continue or evaluate it with the model "
+        "settings it was trained with, e.g. its run's config.yaml (-c <run>/config.yaml) or "
+        "the same --model.init_args overrides"
+    )

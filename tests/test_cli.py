@@ -204,7 +204,9 @@ def test_ckpt_path_must_hold_the_configs_model(quickstart_run: Path, monkeypatch
         "runs/quickstart/stage1/checkpoints/last.ckpt",
     )
     with pytest.raises(ValueError, match="checkpoint of SM3Contrastive, but the config's model is "
-                       "MultiLabelClassifier.*--model.init_args.init_from"):  # fmt: skip
+                       "MultiLabelClassifier.*; to evaluate what it learnt, fit a "
+                       "MultiLabelClassifier from it \\(--model.init_args.init_from\\) and test "
+                       "that run's checkpoint"):  # fmt: skip
         run("test", config, f"--ckpt_path={ckpt}")
     plain, junk = quickstart_run / "resnet.pt", quickstart_run / "junk.ckpt"
     unsafe = quickstart_run / "unsafe.ckpt"
@@ -793,6 +795,19 @@ def test_a_full_disk_or_read_only_folder_is_one_line(monkeypatch) -> None:
         main(["fit"])
     monkeypatch.setattr(cli_module, "build_cli", lambda *a: (_ for _ in ()).throw(OSError("x")))
     with pytest.raises(OSError, match="x"):  # anything else: as raised
+        main(["fit"])
+
+
+def test_weights_that_do_not_fit_are_one_line(monkeypatch) -> None:
+    """A resume with other model settings (a --resume takes the config's model as given)."""
+
+    def failing(*args: object, **kwargs: object) -> None:
+        torch.nn.Linear(2, 3).load_state_dict({"weight": torch.zeros(4, 2), "bias": torch.zeros(4)})
+
+    monkeypatch.setattr(cli_module, "build_cli", failing)
+    want = r"^skinssl: error: the checkpoint's weights do not fit the config's model \(Linear: "
+    want += r"size mismatch for weight: .*\(and 1 more\)\): continue or evaluate it with the model"
+    with pytest.raises(SystemExit, match=want):
         main(["fit"])
 
 

@@ -65,6 +65,20 @@ def test_finished_cells_are_not_rerun(tmp_path: Path, monkeypatch: pytest.Monkey
         compare.Bench(compare.parse(["--out", str(tmp_path), "--num-cases", "60"]))
 
 
+def test_a_failed_run_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run's own error line is shown with the command, not only in its log."""
+    bench = compare.Bench(compare.parse(["--out", str(tmp_path), "--methods", "simclr"]))
+
+    def failing(command: list[str], stdout, **kwargs: object) -> object:
+        stdout.write("Lightning noise\nskinssl: error: set --data.init_args.drop_last=true\n")
+        return type("Done", (), {"returncode": 1})()
+
+    monkeypatch.setattr(compare.subprocess, "run", failing)
+    with pytest.raises(SystemExit, match=r"failed \(1\): .*\nskinssl: error: set --data.init_args"
+                       r".drop_last=true\nlog: "):  # fmt: skip
+        bench.skinssl("fit", "configs/baselines/simclr.yaml")
+
+
 @pytest.mark.parametrize("method", ["dino", "sm3:derm", "simclr:dermoscopic"])
 def test_unknown_methods_are_refused(method: str, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
