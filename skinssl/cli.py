@@ -39,6 +39,7 @@ from skinssl.cli_checkpoints import (
     logged_at,
     resumes,
     run_checkpoint,
+    warn_model_from_ckpt,
 )
 from skinssl.cli_errors import (
     FILE_SYSTEM_ERRORS,
@@ -146,6 +147,7 @@ class SkinSSLCLI(LightningCLI):
             ckpt = check_ckpt(path, subcommand, config.get("model"))
             self._ckpt_data = dict(ckpt.get("datamodule_hyper_parameters", {}))
             self._ckpt_position = (logged_at(ckpt), int(ckpt.get("epoch", 0)))
+            warn_model_from_ckpt(ckpt, subcommand, config.get("model"))
         super()._parse_ckpt_path()
 
     def _warn_preprocessing(self, saved: dict[str, Any], source: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -187,4 +188,27 @@ def warn_resumed_settings(ckpt: dict[str, Any], path: str, init_args: dict[str, 
             f"ckpt_path {path}: the optimizer settings differ from the checkpoint's ({values}); "
             "a resumed fit restores its optimizer, which keeps the saved values. "
             "Start a new run from the weights (init_from / pretrained) to change them"
+        )
+
+
+def warn_model_from_ckpt(ckpt: dict[str, Any], subcommand: str, model: Any) -> None:
+    """A warning naming the config's model settings that ``--ckpt_path`` replaces: Lightning
+    builds the model with the checkpoint's (its starting weights aside, which are not loaded)."""
+    init_args = model.get("init_args") if model else None
+    saved = ckpt.get("hyper_parameters", {})
+    if init_args is None:
+        return
+    given = init_args.as_dict() if hasattr(init_args, "as_dict") else vars(init_args)
+    differ = {
+        k: (v, saved[k])
+        for k, v in given.items()
+        if k in saved
+        and k not in ("init_from", "pretrained", "weights")
+        and json.dumps(v, default=str) != json.dumps(saved[k], default=str)
+    }
+    if differ:
+        listed = "; ".join(f"{k}: config {a!r}, checkpoint {b!r}" for k, (a, b) in differ.items())
+        rank_zero_warn(
+            f"{subcommand}: the model is built with the checkpoint's settings, not the "
+            f"config's ({listed})"
         )

@@ -253,6 +253,20 @@ def test_ckpt_path_best_and_last_are_the_config_runs_files(
             "--trainer.logger.init_args.version=null")  # fmt: skip
 
 
+def test_model_settings_that_ckpt_path_replaces_are_named(
+    quickstart_run: Path, monkeypatch
+) -> None:
+    """Lightning builds the model of --ckpt_path with the checkpoint's settings: a setting given
+    otherwise is named, not silently dropped."""
+    monkeypatch.chdir(quickstart_run)
+    ckpt = "--ckpt_path=runs/quickstart/finetune/checkpoints/best.ckpt"
+    other = "--model.init_args.dropout=0.3"
+    named = r"validate: the model is built with the checkpoint's settings, not the config's "
+    with pytest.warns(UserWarning, match=named + r"\(dropout: config 0.3, checkpoint 0.0\)"):
+        cli = run("validate", "configs/quickstart/finetune.yaml", *TINY_SYNTHETIC, ckpt, other)
+    assert cli.model.hparams.dropout == 0.0
+
+
 def test_fine_tuning_tokens_from_stage1_warns(quickstart_run: Path, monkeypatch) -> None:
     monkeypatch.chdir(quickstart_run)
     stage1 = "runs/quickstart/stage1/checkpoints/last.ckpt"
