@@ -79,6 +79,17 @@ def test_a_failed_run_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         bench.skinssl("fit", "configs/baselines/simclr.yaml")
 
 
+def test_projector_cells_only_for_sm3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Heads on the trunks (the baselines) make `projector` the same run as `linear`."""
+    argv = ["--out", str(tmp_path), "--methods", "sm3", "byol", "--settings", "linear",
+            "projector", "--fractions", "1.0"]  # fmt: skip
+    bench = compare.Bench(compare.parse(argv))
+    ran = []
+    monkeypatch.setattr(bench, "cell", lambda method, setting, *a: ran.append((method, setting)))
+    bench.run()
+    assert ran == [("sm3", "linear"), ("sm3", "projector"), ("byol", "linear")]
+
+
 @pytest.mark.parametrize("method", ["dino", "sm3:derm", "simclr:dermoscopic"])
 def test_unknown_methods_are_refused(method: str, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
