@@ -240,7 +240,7 @@ class PairedDataModule(L.LightningDataModule):
             self.cache_dir,
             threads=default_workers(),
             strict=not self._tolerant,
-            uses=cases.image_uses(),
+            uses=cases.image_uses,
         )
         self.cases = cases
         train = cases.splits.get("train", [])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import os
 from dataclasses import dataclass
@@ -82,8 +83,10 @@ class Cases:
                 f"{self.source}: {unused} of {len(self)} cases are in no split (not used)"
             )
 
+    @functools.cached_property
     def image_uses(self) -> dict[Path, str]:
-        """Each image file and the cases that use it, for messages (``row 3 clinical``)."""
+        """Each image file and the cases that use it, for messages (``row 3 clinical``);
+        made once (the missing-file check and the image cache's errors both use it)."""
         uses: dict[Path, list[str]] = {}
         for r, (derm, clinic) in enumerate(zip(self.derm, self.clinic, strict=True)):
             uses.setdefault(derm, []).append(f"row {r} dermoscopic")
@@ -93,7 +96,7 @@ class Cases:
 
     def check_images_exist(self) -> None:
         """One error listing every missing image file (not just the first), with its rows."""
-        missing = [f"{path} ({rows})" for path, rows in self.image_uses().items()
+        missing = [f"{path} ({rows})" for path, rows in self.image_uses.items()
                    if not path.is_file()]  # fmt: skip
         if missing:
             raise DataError(
