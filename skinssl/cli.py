@@ -286,7 +286,8 @@ class SkinSSLCLI(LightningCLI):
 
 def check_accelerator(trainer: Any) -> None:
     """Clear errors for a GPU config (the published recipes) where torch finds no CUDA GPU, and
-    for BatchNorm synchronised across CPU processes (torch's SyncBatchNorm is GPU-only)."""
+    for BatchNorm synchronised across CPU processes (torch's SyncBatchNorm is GPU-only);
+    ``trainer``: the config's trainer settings (a parsed namespace), not a Trainer."""
     on_cpu = "--trainer.accelerator=cpu --trainer.devices=1 --trainer.strategy=auto "
     on_cpu += "--trainer.precision=32-true --trainer.sync_batchnorm=false"
     accelerator, cuda = str(trainer.get("accelerator")), torch.cuda.is_available()

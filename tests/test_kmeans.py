@@ -460,6 +460,18 @@ def test_every_n_epochs(tmp_path: Path) -> None:
     assert model.calls == [0, 2]
 
 
+def test_a_callback_used_again_clusters_the_new_fit(tmp_path: Path) -> None:
+    """A second fit with the same callback clusters its own model before its first epoch,
+    from its own pass (nothing of the first fit's memory bank or labels kept)."""
+    cb = KMeansPseudoLabels(every_n_epochs=5, features="memory_bank")
+    first = ToyModule()
+    trainer(tmp_path, [cb], max_epochs=2).fit(first, make_dm(tmp_path, n_train=6))
+    second = ToyModule()
+    trainer(tmp_path, [cb], max_epochs=1).fit(second, make_dm(tmp_path, n_train=6))
+    assert first.calls == [0] and second.calls == [0]
+    assert second.pass_modes.count(True) >= 1  # the bank filled from the new model
+
+
 @pytest.mark.parametrize("algorithm", ["spherical", "authors"])
 def test_each_clustering_seeded_with_seed_plus_epoch(
     algorithm: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -440,6 +440,22 @@ def test_predict_reports_unreadable_images_per_case(tmp_path: Path, cache: str) 
         next(iter(strict.test_dataloader()))
 
 
+def test_each_stage_decides_whether_unreadable_images_stop_it(tmp_path: Path) -> None:
+    """One datamodule through fit, then predict (tolerant), then test (stops again)."""
+    path = make_csv(tmp_path, n=6)  # rows 4 and 5: test
+    truncated = tmp_path / "img" / "d5.jpg"
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    dm = dm_for(path, eval_batch_size=6)
+    dm.setup("fit")
+    dm.setup("predict")
+    batch = next(iter(dm.predict_dataloader()))
+    assert batch["index"].tolist() == [4, 5] and batch["error"][0] == ""
+    assert "cannot decode" in batch["error"][1] and "d5.jpg" in batch["error"][1]
+    dm.setup("test")
+    with pytest.raises(DataError, match=r"cannot decode image .*d5.jpg"):
+        next(iter(dm.test_dataloader()))
+
+
 def test_predictions_name_cases_by_the_id_column(tmp_path: Path) -> None:
     from skinssl.callbacks import PredictionWriter
     from skinssl.lightning_modules import MultiLabelClassifier

@@ -242,11 +242,13 @@ def test_linear_probe_of_stage1_and_mismatch_errors(pretrained, tmp_path: Path) 
     root, stage1, stage2 = pretrained
     probe = MultiLabelClassifier(init_from=str(stage1), setting="linear", **SMALL)
     fit(probe, data(root, Views()), tmp_path, "probe")
-    with pytest.raises(ValueError, match="backbone: checkpoint 'resnet18', this model 'resnet34'"):
+    want = r"backbone: checkpoint 'resnet18', this model 'resnet34'\. To use it, add "
+    with pytest.raises(ValueError, match=want + "--model.init_args.backbone=resnet18$"):
         MultiLabelClassifier(backbone="resnet34", init_from=str(stage1))
     with pytest.raises(ValueError, match="embed_dim: checkpoint 32, this model 64"):
         MultiLabelClassifier(head_input="tokens", embed_dim=64, init_from=str(stage2), **SMALL)
-    with pytest.raises(ValueError, match="input_norm: checkpoint True, this model False"):
+    with pytest.raises(ValueError, match="input_norm: checkpoint True, this model False.*"
+                       "add --model.init_args.input_norm=true$"):  # fmt: skip
         MultiLabelClassifier(
             head_input="tokens", embed_dim=32, relation_ffn=16, init_from=str(stage2), **SMALL
         )

@@ -39,7 +39,7 @@ from skinssl.clustering import (
     feature_problems,
     kmeans,
 )
-from skinssl.datamodules.dataset import one_thread_worker, shared_seed, whole_batch
+from skinssl.datamodules.dataset import PairKeys, one_thread_worker, shared_seed, whole_batch
 from skinssl.distributed import gather_rows
 from skinssl.host import available_cores
 from skinssl.labels import UNKNOWN
@@ -79,8 +79,8 @@ def all_in_mode(module: nn.Module, training: bool) -> Iterator[None]:
     try:
         yield
     finally:
-        for m, training in flags:
-            m.training = training
+        for m, flag in flags:
+            m.training = flag
 
 
 def setting_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -105,9 +105,9 @@ class KMeansPseudoLabels(L.Callback):
 
     Clusters before the first training epoch and at the start of every ``every_n_epochs``-th
     epoch. The module must implement :class:`ClusteringModule`; the datamodule must offer
-    ``dataset(split, train)``, ``on_after_batch_transfer``, ``cases``, ``batch_size``,
-    ``eval_batch_size`` and ``num_workers`` (as :class:`skinssl.datamodules.PairedDataModule`
-    does).
+    ``dataset(split, train, training_cases)``, ``on_after_batch_transfer``, ``cases``,
+    ``batch_size``, ``eval_batch_size`` and ``num_workers`` (as
+    :class:`skinssl.datamodules.PairedDataModule` does).
 
     Args:
         every_n_epochs: re-cluster at the start of every n-th epoch (epoch 0 always).
@@ -177,6 +177,12 @@ class KMeansPseudoLabels(L.Callback):
         self.cuda_graph = cuda_graph
         self._graphed = GraphedSteps() if cuda_graph else None
         self._sizes: dict[str, int] = {}
+        self._gpu_resources: Any = None
+        self._forget()
+
+    def _forget(self) -> None:
+        """No clustering, memory bank or timing yet: a new fit (a checkpoint's state is
+        loaded after ``setup``)."""
         self._epoch = -1
         self._labels: Tensor | None = None
         self._centroids: dict[str, Tensor] = {}
@@ -188,13 +194,13 @@ class KMeansPseudoLabels(L.Callback):
         self._epoch_seconds: float | None = None
         self._bank: dict[str, Tensor] = {}
         self._filled: Tensor | None = None
-        self._gpu_resources: Any = None
         self._report: Report | None = None
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        self._forget()  # a callback used for a second fit clusters that fit's model
         self._seed = shared_seed(trainer) if self.seed is None else self.seed
         if not isinstance(pl_module, ClusteringModule):
             raise TypeError(
@@ -229,10 +235,6 @@ class KMeansPseudoLabels(L.Callback):
                 f"fill: train embeds one training view per case, but the data makes {many}; "
                 "use fill: eval (the clean pass) with several views"
             )
-
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._seen, self._chunks, self._report = [], [], None
-        self._epoch_clock = self._epoch_seconds = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Before the first epoch (after Lightning restored the loops): cluster or restore."""
@@ -586,7 +588,7 @@ class KMeansPseudoLabels(L.Callback):
         loader = DataLoader(
             dataset,
             **batching,
-            num_workers=dm.num_workers,
+            num_workers=0 if isinstance(dataset, PairKeys) else dm.num_workers,  # ids only
             pin_memory=pl_module.device.type == "cuda",
             worker_init_fn=one_thread_worker,
             collate_fn=whole_batch,

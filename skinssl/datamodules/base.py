@@ -171,7 +171,8 @@ class PairedDataModule(L.LightningDataModule):
         self.cases: Cases | None = None
         self._store: ImageStore | None = None
         self._ids: tuple[np.ndarray, np.ndarray] | None = None
-        self._tolerant = False
+        self._tolerant = False  # prediction: unreadable images reported per case
+        self._checked = False  # every listed image file found
         self._seed: int | None = None
 
     def default_border_crop(self) -> int:
@@ -189,8 +190,16 @@ class PairedDataModule(L.LightningDataModule):
         if stage is not None:  # called by Lightning on every rank
             self._seed = shared_seed(self.trainer)
         if self.cases is None:
-            self._read(stage)
+            self._read()
         assert self.cases is not None and self._store is not None and self._ids is not None
+        # prediction reports unreadable images per case and goes on; every other stage stops
+        self._tolerant = getattr(stage, "value", stage) == "predict"
+        self._store.strict = not self._tolerant
+        if not self._tolerant and not self._checked:
+            self.cases.check_images_exist()
+            self._checked = True
+        if getattr(stage, "value", stage) == "fit":
+            self._warn_no_pairs()
         rows = self._stage_rows(stage)
         self._store.load(np.concatenate([self._ids[0][rows], self._ids[1][rows]]).tolist())
         if getattr(stage, "value", stage) == "fit" and self.label_fraction < 1:
@@ -217,15 +226,12 @@ class PairedDataModule(L.LightningDataModule):
         none = np.zeros(0, dtype=np.int64)
         return np.concatenate([self.cases.splits.get(s, none) for s in splits])
 
-    def _read(self, stage: str | None) -> None:
+    def _read(self) -> None:
         """The case table, its image ids and the (empty) image cache."""
         # Forked loader workers hang on their first parallel OpenCV call if this process has
         # started OpenCV's thread pool; the cache decodes in parallel through our own threads.
         cv2.setNumThreads(1)
         cases = self.load_cases()
-        self._tolerant = stage == "predict"  # report unreadable images per case, go on
-        if not self._tolerant:
-            cases.check_images_exist()
         paths = list(dict.fromkeys(cases.derm + cases.clinic))
         position = {p: i for i, p in enumerate(paths)}
         self._ids = (
@@ -239,12 +245,15 @@ class PairedDataModule(L.LightningDataModule):
             self.cache,
             self.cache_dir,
             threads=default_workers(),
-            strict=not self._tolerant,
             uses=cases.image_uses,
         )
         self.cases = cases
+
+    def _warn_no_pairs(self) -> None:
+        """A fit whose training cases have no clinical image at all."""
+        cases = self._cases()
         train = cases.splits.get("train", [])
-        if stage == "fit" and len(train) and not cases.pair_valid[train].any():
+        if len(train) and not cases.pair_valid[train].any():
             rank_zero_warn(
                 f"{cases.source}: no training case has a clinical image, so each dermoscopic "
                 "image stands in for its own: a model of both modalities sees dermoscopic "
@@ -326,7 +335,7 @@ class PairedDataModule(L.LightningDataModule):
         return keep, position[derm], position[clinic]
 
     def loader(self, dataset: PairDataset | PairKeys, train: bool) -> DataLoader:
-        """A DataLoader with seeded workers, pinned memory and kept workers.
+        """A DataLoader with one-thread workers, pinned memory and kept workers.
 
         Training: a :class:`ResumableLoader` (in this process when its items are case ids
         for the device views) whose order (per epoch) and views (per case and

@@ -102,14 +102,20 @@ def checkpoint_kind(hparams: Mapping) -> str:
 
 
 def check_hparams(hparams: Mapping, expected: Mapping[str, object], path: str | Path) -> None:
-    """Error naming every setting in which the checkpoint differs from this model."""
-    diffs = [
-        f"{k}: checkpoint {hparams[k]!r}, this model {v!r}"
-        for k, v in expected.items()
-        if k in hparams and hparams[k] != v
-    ]
-    if diffs:
-        raise ValueError(f"{path} does not fit this model: " + "; ".join(diffs))
+    """Error naming every setting in which the checkpoint differs from this model, and the
+    arguments that would make this model fit it."""
+    differ = [k for k, v in expected.items() if k in hparams and hparams[k] != v]
+    if differ:
+        diffs = [f"{k}: checkpoint {hparams[k]!r}, this model {expected[k]!r}" for k in differ]
+        fix = " ".join(f"--model.init_args.{k}={_cli_value(hparams[k])}" for k in differ)
+        raise ValueError(
+            f"{path} does not fit this model: " + "; ".join(diffs) + f". To use it, add {fix}"
+        )
+
+
+def _cli_value(value: object) -> str:
+    """A setting as a command-line value (booleans as YAML writes them)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def load_part(

@@ -1,10 +1,10 @@
 """SM3 stage 2: pseudo-multi-labels learned through the label-relation-aware module.
 
 Frozen trunks give the fused feature of both modalities; one token per clustered head passes the
-label-relation module; bias-free prototype heads, reset every epoch from k-means centroids by the
-``KMeansPseudoLabels`` callback, are trained with cross-entropy on the cluster assignments
-(DeepCluster-v2 style). This module implements the callback's clustering protocol:
-``cluster_sizes``, ``cluster_embeddings``, ``set_clusters``.
+label-relation module; bias-free prototype heads, reset from the k-means centroids at each
+clustering (every ``every_n_epochs``) by the ``KMeansPseudoLabels`` callback, are trained with
+cross-entropy on the cluster assignments (DeepCluster-v2 style). This module implements the
+callback's clustering protocol: ``cluster_sizes``, ``cluster_embeddings``, ``set_clusters``.
 """
 
 from __future__ import annotations
