@@ -30,9 +30,11 @@ from skinssl.lightning_modules.baselines import (
     SimSiam,
     SwAV,
 )
+from skinssl.lightning_modules.baselines.base import Pretraining
 from skinssl.lightning_modules.baselines.losses import info_nce
 from skinssl.lightning_modules.baselines.moco import shuffled_batchnorm
 from skinssl.lightning_modules.losses import nt_xent
+from skinssl.lightning_modules.nets import STAGE1_VIEWS
 
 SHRINK = [
     "--data.class_path=skinssl.datamodules.SyntheticDerm7ptDataModule",
@@ -158,6 +160,19 @@ def pair_batch() -> dict[str, object]:
     views = [torch.randn(4, 3, 32, 32, generator=g) for _ in range(4)]
     valid = torch.tensor([True, False, True, True])
     return {"derm": views[:2], "clinic": views[2:], "pair_valid": valid, "index": torch.arange(4)}
+
+
+def test_a_method_without_its_hooks_is_named_when_built() -> None:
+    class NoCross(SimCLR):
+        cross_loss = Pretraining.cross_loss
+
+    with pytest.raises(TypeError, match="NoCross does not define cross_loss: a method defines"):
+        NoCross(backbone="resnet18")
+
+    class NoCrossTerm(NoCross):
+        has_cross = False
+
+    NoCrossTerm(backbone="resnet18")  # no cross-modal term: no cross_loss needed
 
 
 def test_simclr_terms_are_the_documented_nt_xent() -> None:
@@ -317,6 +332,9 @@ def test_two_views_needed(data_root: Path, tmp_path: Path) -> None:
     model = BYOL(modality="both", backbone="resnet18", proj_hidden=16, proj_dim=8)
     with pytest.raises(ValueError, match="BYOL needs 2 views of the derm image per case, got 1"):
         trainer(tmp_path, max_steps=1).fit(model, tiny_data(data_root, Views()))
+    # the message's views (written out: models do not import the data package) are stage 1's
+    hint = json.loads(STAGE1_VIEWS)
+    assert Views(**{**hint, "crop_scale": tuple(hint["crop_scale"])}) == Views.simclr()
 
 
 def test_single_modality_checks_only_its_own_views(data_root: Path, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import os
@@ -114,6 +115,18 @@ def test_summarise_reads_the_test_report(tmp_path: Path) -> None:
         pytest.approx(mel["sensitivity"]), pytest.approx(mel["specificity"]),
     )  # fmt: skip
     assert set(got["auc_per_head"]) == set(compare.HEADS)
+    # a model without the diagnosis head: no melanoma numbers, the rest as before
+    no_diagnosis = copy.deepcopy(json.loads((tmp_path / "metrics.json").read_text()))
+    del no_diagnosis["heads"]["DIAG"]
+    got = compare.summarise(no_diagnosis)
+    assert got["mel_sensitivity"] is None and got["mel_specificity"] is None
+    assert set(got["auc_per_head"]) == set(compare.HEADS) - {"DIAG"}
+
+
+def test_the_methods_are_the_baseline_configs() -> None:
+    baselines = {"simclr", "byol", "moco", "simsiam", "barlow_twins", "swav", "deepcluster_v2"}
+    assert set(compare.SSL_METHODS) == baselines
+    assert set(compare.CPU_HEADS) == {"sm3", *baselines}
 
 
 @pytest.mark.parametrize("modality", ["derm", "clinic"])

@@ -226,6 +226,19 @@ def test_report_names_heads_without_labels() -> None:
     assert "Undefined" not in markdown(build_report(fake_outputs(60, seed=5), resamples=0))
 
 
+def test_report_has_a_melanoma_section_only_for_a_model_that_can_score_one() -> None:
+    full = fake_outputs(40, seed=2)
+    section = "## Melanoma detection"
+    assert section in markdown(build_report(full, resamples=0))
+    no_diagnosis = CaseOutputs(full.index, {"DIAG": full.probs["DIAG"]}, full.labels.copy())
+    no_diagnosis.labels[:, HEAD_NAMES.index("DIAG")] = -1
+    text = markdown(build_report(no_diagnosis, resamples=0))
+    assert section in text and "No test case has a known diagnosis." in text
+    only_pn = CaseOutputs(full.index, {"PN": full.probs["PN"]}, no_diagnosis.labels)
+    text = markdown(build_report(only_pn, resamples=0))
+    assert section not in text and "known diagnosis" not in text
+
+
 def multi_head_ce(logits: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
     """The classifier's loss: mean over heads of each head's CE on its known labels."""
     pairs = [(v, labels[:, HEAD_NAMES.index(h)]) for h, v in logits.items()]

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from skinssl.evaluation.bootstrap import bootstrap_intervals
-from skinssl.evaluation.checklist import THRESHOLDS, melanoma_detection
+from skinssl.evaluation.checklist import THRESHOLDS, has_criteria, melanoma_detection
 from skinssl.evaluation.classification import (
     HEAD_MEANS,
     auc_summary_descriptions,
@@ -140,7 +140,10 @@ def markdown(report: dict, title: str = "Test report", figures: Sequence[str] = 
         ["number", "value [CI]", "what it is"],
         [[k, _with_ci(summary[k]), summary[k]["description"]] for k in main],
     )
-    out += ["", "## Melanoma detection: the seven-point checklist beside the diagnosis head", ""]
+    scorable = "DIAG" in report["heads"] or has_criteria(list(report["heads"]))
+    if report["melanoma"] or scorable:  # else no section: the model has no head for it
+        title = "Melanoma detection: the seven-point checklist beside the diagnosis head"
+        out += ["", f"## {title}", ""]
     if report["melanoma"]:
         cols = [f"{m}_ge{t}" for t in THRESHOLDS for m in ("sensitivity", "specificity")]
         header = ["scoring", "cases", "AUC [CI]"] + [c.replace("_ge", " ≥") for c in cols]
@@ -157,7 +160,7 @@ def markdown(report: dict, title: str = "Test report", figures: Sequence[str] = 
                 [SCORERS[scorer], row["cases"], _with_ci(auc), *(_with_ci(v) for v in values)]
             )
         out += _table(header, rows)
-    else:
+    elif scorable:
         out.append("No test case has a known diagnosis.")
     out += ["", "## Per head", ""]
     rows = [[h, r["n"], *(r[m] for m in HEAD_MEANS)] for h, r in report["heads"].items()]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -108,18 +106,20 @@ class PairEncoder(nn.Module):
         return torch.cat([self.derm(derm), self.clinic(clinic)], dim=1)
 
 
+STAGE1_VIEWS = '{"n":2,"crop_scale":[0.5,1.0],"p_color_jitter":0.8,"p_grayscale":0.2,"p_blur":0.5}'
+"""SM3's stage-1 views (``Views.simclr()``: tested) as a command-line value, for messages:
+models do not import the data package."""
+
+
 def two_views(views: Any, modality: str, owner: str) -> list[torch.Tensor]:
     """A batch's two views of ``modality``; a clear error naming ``owner`` (the module)
     and the setting to change when the data makes another number."""
     if not isinstance(views, list) or len(views) != 2:
-        from skinssl.datamodules.views import Views  # (for the message only: models need no data)
-
         got = len(views) if isinstance(views, list) else 1
-        simclr = json.dumps(asdict(Views.simclr()), separators=(",", ":"))
         raise ValueError(
             f"{owner} needs 2 views of the {modality} image per case, got {got}; give "
             f"data.init_args.{modality}_views two views, e.g. SM3's stage-1 views: "
-            f"--data.init_args.{modality}_views='{simclr}' (a partial setting such as "
+            f"--data.init_args.{modality}_views='{STAGE1_VIEWS}' (a partial setting such as "
             f"{modality}_views.n: 2 keeps the other fields' defaults: the fine-tuning views)"
         )
     return views

@@ -105,6 +105,13 @@ class Pretraining(L.LightningModule):
             raise ValueError(f"modality {modality!r} is not one of {', '.join(MODALITIES)}")
         if cross_weight < 0:
             raise ValueError(f"cross_weight must be >= 0, got {cross_weight}")
+        hooks = ("encode", "intra_loss") + (("cross_loss",) if self.has_cross else ())
+        missing = [h for h in hooks if getattr(type(self), h) is getattr(Pretraining, h)]
+        if missing:
+            raise TypeError(
+                f"{type(self).__name__} does not define {', '.join(missing)}: a method defines "
+                "encode and intra_loss, and cross_loss unless it sets has_cross = False"
+            )
         # a method without a cross-modal term has no cross_weight argument to record
         self.save_hyperparameters(ignore=None if self.has_cross else ["cross_weight"])
         self.cross_weight = cross_weight
