@@ -549,6 +549,16 @@ def test_a_label_fraction_says_which_cases_training_reads(tmp_path: Path, caplog
     with caplog.at_level("INFO"):
         dm.setup("fit")
     assert (
-        "label_fraction 0.3: the labels of 8 of the 25 training cases are used; training "
-        "reads 8 cases (the labelled ones; keep_unlabelled: true keeps" in caplog.text
+        "label_fraction 0.3: the labels of 8 of the 25 training cases are used (stratified by "
+        "diagnosis); training reads 8 cases (the labelled ones; keep_unlabelled: true keeps"
+        in caplog.text
+    )
+    rows = [{"derm": f"img/d{i}.jpg", "clinic": f"img/c{i}.jpg", "PN": "absent",
+             "split": "valid" if i < 2 else "train"} for i in range(8)]  # fmt: skip
+    no_diagnosis = dm_for(make_csv(tmp_path, rows=rows), label_fraction=0.5)
+    with caplog.at_level("INFO"):
+        no_diagnosis.setup("fit")
+    assert (
+        "the labels of 3 of the 6 training cases are used (drawn at random: no training "
+        "case has a diagnosis to stratify by)" in caplog.text
     )

@@ -51,8 +51,9 @@ def default_workers() -> int:
 
 
 def label_subset(labels: np.ndarray, rows: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """A seeded subset of ``rows`` stratified by diagnosis (at least one case per class);
-    ``fraction`` in (0, 1] (the data module checks it)."""
+    """A seeded subset of ``rows`` stratified by diagnosis (at least one case per class; the
+    cases without a diagnosis are one more stratum); ``fraction`` in (0, 1] (the data module
+    checks it)."""
     if fraction == 1:
         return rows
     rng = np.random.default_rng(seed)
@@ -192,27 +193,36 @@ class PairedDataModule(L.LightningDataModule):
         if self.cases is None:
             self._read()
         assert self.cases is not None and self._store is not None and self._ids is not None
+        name = getattr(stage, "value", stage)  # Lightning passes a TrainerFn enum
         # prediction reports unreadable images per case and goes on; every other stage stops
-        self._tolerant = getattr(stage, "value", stage) == "predict"
+        self._tolerant = name == "predict"
         self._store.strict = not self._tolerant
         if not self._tolerant and not self._checked:
             self.cases.check_images_exist()
             self._checked = True
-        if getattr(stage, "value", stage) == "fit":
+        if name == "fit":
             self._warn_no_pairs()
         rows = self._stage_rows(stage)
         self._store.load(np.concatenate([self._ids[0][rows], self._ids[1][rows]]).tolist())
-        if getattr(stage, "value", stage) == "fit" and self.label_fraction < 1:
-            trained, labels = self.train_labels()
-            split = self.split_rows("train")
-            known = int((labels[split] != UNKNOWN).any(axis=1).sum())
-            rank_zero_info(
-                f"label_fraction {self.label_fraction:g}: the labels of {known} of the "
-                f"{len(split)} training cases are used; training reads {len(trained)} cases "
-                + ("(keep_unlabelled: the others with labels -1)" if self.keep_unlabelled else
-                   "(the labelled ones; keep_unlabelled: true keeps the others, e.g. for "
-                   "pretraining)")
-            )  # fmt: skip
+        if name == "fit" and self.label_fraction < 1:
+            self._describe_label_fraction()
+
+    def _describe_label_fraction(self) -> None:
+        """Which training labels a fit with a ``label_fraction`` uses, and how they were drawn."""
+        trained, labels = self.train_labels()
+        split = self.split_rows("train")
+        known = int((labels[split] != UNKNOWN).any(axis=1).sum())
+        diagnosed = bool((self._cases().labels[split, HEAD_NAMES.index("DIAG")] >= 0).any())
+        rank_zero_info(
+            f"label_fraction {self.label_fraction:g}: the labels of {known} of the "
+            f"{len(split)} training cases are used ("
+            + ("stratified by diagnosis" if diagnosed else
+               "drawn at random: no training case has a diagnosis to stratify by")
+            + f"); training reads {len(trained)} cases "
+            + ("(keep_unlabelled: the others with labels -1)" if self.keep_unlabelled else
+               "(the labelled ones; keep_unlabelled: true keeps the others, e.g. for "
+               "pretraining)")
+        )  # fmt: skip
 
     def _stage_rows(self, stage: str | None) -> np.ndarray:
         """The rows whose images ``stage`` reads."""
