@@ -53,7 +53,11 @@ FILL_EPOCH = 2**32 - 1
 
 @runtime_checkable
 class ClusteringModule(Protocol):
-    """What the callback needs from a LightningModule (SM3 stage 2 or a DeepCluster baseline)."""
+    """What the callback needs from a LightningModule (SM3 stage 2 or a DeepCluster baseline).
+
+    With ``features: memory_bank`` its ``training_step`` also returns
+    ``{"loss": ..., "embeddings": {head: [B, D]}}``: the batch's embeddings for the bank.
+    """
 
     def cluster_sizes(self) -> dict[str, int]:
         """Clustered head name -> number of clusters K, in a fixed order."""
