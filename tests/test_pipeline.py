@@ -456,6 +456,19 @@ def test_each_stage_decides_whether_unreadable_images_stop_it(tmp_path: Path) ->
         next(iter(dm.test_dataloader()))
 
 
+def test_loaders_pin_batches_for_cuda_runs_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CPU fit on a machine with a GPU does not pin; without a trainer CUDA's presence
+    decides (as the data benchmark loads)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    dm = dm_for(make_csv(tmp_path))
+    dm.setup("fit")
+    assert dm.val_dataloader().pin_memory
+    dm.trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    assert not dm.val_dataloader().pin_memory
+
+
 def test_predictions_name_cases_by_the_id_column(tmp_path: Path) -> None:
     from skinssl.callbacks import PredictionWriter
     from skinssl.lightning_modules import MultiLabelClassifier

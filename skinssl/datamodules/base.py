@@ -344,6 +344,12 @@ class PairedDataModule(L.LightningDataModule):
         position[keep] = np.arange(len(keep))
         return keep, position[derm], position[clinic]
 
+    def _pins(self) -> bool:
+        """Pin batches for a CUDA run (without a trainer: whenever CUDA is present)."""
+        if self.trainer is None:
+            return torch.cuda.is_available()
+        return self.trainer.strategy.root_device.type == "cuda"
+
     def loader(self, dataset: PairDataset | PairKeys, train: bool) -> DataLoader:
         """A DataLoader with one-thread workers, pinned memory and kept workers.
 
@@ -356,7 +362,7 @@ class PairedDataModule(L.LightningDataModule):
         workers = 0 if train and isinstance(dataset, PairKeys) else self.num_workers
         common = dict(
             num_workers=workers,
-            pin_memory=torch.cuda.is_available(),
+            pin_memory=self._pins(),
             persistent_workers=workers > 0,
             worker_init_fn=one_thread_worker,
             collate_fn=whole_batch,
