@@ -105,13 +105,7 @@ class Pretraining(L.LightningModule):
             raise ValueError(f"modality {modality!r} is not one of {', '.join(MODALITIES)}")
         if cross_weight < 0:
             raise ValueError(f"cross_weight must be >= 0, got {cross_weight}")
-        hooks = ("encode", "intra_loss") + (("cross_loss",) if self.has_cross else ())
-        missing = [h for h in hooks if getattr(type(self), h) is getattr(Pretraining, h)]
-        if missing:
-            raise TypeError(
-                f"{type(self).__name__} does not define {', '.join(missing)}: a method defines "
-                "encode and intra_loss, and cross_loss unless it sets has_cross = False"
-            )
+        self._check_hooks()
         # a method without a cross-modal term has no cross_weight argument to record
         self.save_hyperparameters(ignore=None if self.has_cross else ["cross_weight"])
         self.cross_weight = cross_weight
@@ -121,6 +115,21 @@ class Pretraining(L.LightningModule):
         self.modalities = ("derm", "clinic") if modality == "both" else (modality,)
         self.encoder = PairEncoder(backbone, weights, share_trunk=modality != "both")
         self.feature_dim = self.encoder.feature_dim
+
+    def _check_hooks(self) -> None:
+        """A method defines ``encode``, ``intra_loss`` and ``cross_loss`` (unless it has no
+        cross-modal term), or a ``loss_terms`` of its own."""
+        own = type(self)
+        if own.loss_terms is not Pretraining.loss_terms:
+            return
+        hooks = ("encode", "intra_loss") + (("cross_loss",) if self.has_cross else ())
+        missing = [h for h in hooks if getattr(own, h) is getattr(Pretraining, h)]
+        if missing:
+            raise TypeError(
+                f"{own.__name__} does not define {', '.join(missing)}: a method defines "
+                "encode and intra_loss, and cross_loss unless it sets has_cross = False (or "
+                "its own loss_terms)"
+            )
 
     @property
     def uses_cross(self) -> bool:
