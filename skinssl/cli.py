@@ -173,12 +173,21 @@ class SkinSSLCLI(LightningCLI):
         if not path or not Path(path).is_file() or Path(path).parent.name != "checkpoints":
             return
         source, target = Path(path).resolve().parent.parent, log_dir(self.trainer).resolve()
-        if source != target:
-            rank_zero_warn(
-                f"{self.subcommand}: --ckpt_path is from run {source}, but this run's directory "
-                f"is {target}: its files go there. Use that run's config.yaml "
-                f"(-c {source / 'config.yaml'}) to keep them together"
-            )
+        if source == target:
+            return
+        hint = f"Use that run's config.yaml (-c {source / 'config.yaml'}) to keep them together"
+        if target.is_relative_to(Path.cwd().resolve()):  # the run's own layout, from elsewhere?
+            tail = target.relative_to(Path.cwd().resolve()).parts
+            if source.parts[-len(tail) :] == tail:
+                home = Path(*source.parts[: -len(tail)])
+                hint = (
+                    "The config's log directory is relative to the working directory: run "
+                    f"from {home} to keep them together"
+                )
+        rank_zero_warn(
+            f"{self.subcommand}: --ckpt_path is from run {source}, but this run's directory is "
+            f"{target}: its files go there. {hint}"
+        )
 
     def _check_evaluable(self) -> None:
         """A clear error when the model has no step for this subcommand (a pretraining stage)."""
@@ -254,7 +263,9 @@ class SkinSSLCLI(LightningCLI):
     def after_predict(self) -> None:
         writer = next(c for c in self.trainer.callbacks if isinstance(c, PredictionWriter))
         if writer.failed:
-            listed = "\n  ".join(f"case {r['case']}: {r['status']}" for r in writer.failed)
+            if self.trainer.global_rank != 0:  # rank 0 lists them
+                raise SystemExit(1)
+            listed = "\n  ".join(map(failure, writer.failed))
             raise SystemExit(
                 f"predict: {len(writer.failed)} case(s) failed (rows kept with status in "
                 f"{writer.path}):\n  {listed}"
@@ -282,6 +293,12 @@ class SkinSSLCLI(LightningCLI):
         for logger in tensorboard_loggers(self.trainer) if config.get("ckpt_path") else ():
             logger._default_hp_metric = False  # a resumed fit adds no hp_metric placeholder -1
         next(c for c in self.trainer.callbacks if isinstance(c, Preemption)).listen()
+
+
+def failure(row: dict[str, Any]) -> str:
+    """A failed prediction's line: its case (row), its id when the data names cases, why."""
+    name = f" (id {row['id']})" if "id" in row else ""
+    return f"case {row['case']}{name}: {row['status']}"
 
 
 def check_accelerator(trainer: Any) -> None:

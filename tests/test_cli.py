@@ -6,6 +6,7 @@ import csv
 import json
 import logging
 import os
+import re
 import signal
 import warnings
 from fractions import Fraction
@@ -455,6 +456,15 @@ def test_testing_another_runs_checkpoint_warns(quickstart_run: Path, monkeypatch
     with pytest.warns(UserWarning, match=r"is from run .*quickstart/finetune, but this run's "
                       r"directory is .*quickstart/elsewhere.*finetune/config.yaml"):  # fmt: skip
         run("validate", config, ckpt, elsewhere, *other)
+    away = quickstart_run / "away"  # the run's own config, from another working directory
+    away.mkdir(exist_ok=True)
+    monkeypatch.chdir(away)
+    home = re.escape(str(quickstart_run.resolve()))
+    want = r"this run's directory is .*away/runs/quickstart/finetune: .*relative to the "
+    with pytest.warns(UserWarning, match=want + f"working directory: run from {home} to"):
+        run("validate", str(quickstart_run / "runs/quickstart/finetune/config.yaml"),
+            f"--ckpt_path={quickstart_run / BEST}", *other)  # fmt: skip
+    monkeypatch.chdir(quickstart_run)
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*is from run|.*without --ckpt_path")
         run("validate", config, ckpt, *other)

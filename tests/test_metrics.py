@@ -223,6 +223,7 @@ def test_report_names_heads_without_labels() -> None:
         "Undefined on this data (heads without a labelled case, left out of every mean below: "
         "RS)." in text
     )
+    assert "accuracy, mean over the 7 heads with labels (of 8) |" in text
     assert "Undefined" not in markdown(build_report(fake_outputs(60, seed=5), resamples=0))
 
 

@@ -6,6 +6,7 @@ import csv
 import os
 import signal
 import time
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -90,6 +91,9 @@ def test_csv_without_its_split_column(tmp_path: Path) -> None:
     path.write_text(path.read_text().replace(",fold", ",Split", 1))
     with pytest.warns(UserWarning, match="did you mean split_column: 'Split'"):
         read_pair_csv(path)
+    with warnings.catch_warnings():  # predicting every case: splits do not matter
+        warnings.filterwarnings("error", message=".*no 'split' column")
+        dm_for(path, predict_split="all").setup("predict")
     dm = dm_for(path, split_column=None)
     dm.setup("predict")
     hint = r" \(predict's split: --data.init_args.predict_split\)"
@@ -415,13 +419,16 @@ def test_views_validation() -> None:
         Views(blur_sigma=(-1, 0)).check()
     with pytest.raises(ValueError, match="set --data.init_args.cache_dir"):
         SyntheticDerm7ptDataModule(cache="disk")
+    with pytest.raises(ValueError, match="set --data.init_args.cache_size=96 or more"):
+        SyntheticDerm7ptDataModule(image_size=96, cache_size=72)
 
 
 @pytest.mark.parametrize("cache", ["memory", "none"])
 def test_predict_reports_unreadable_images_per_case(tmp_path: Path, cache: str) -> None:
     """Prediction keeps going past a missing and a truncated image, naming each; fit stops."""
     path = make_csv(tmp_path, n=6)
-    (tmp_path / "img" / "c1.jpg").unlink()
+    for name in ("c1.jpg", "d3.jpg", "c3.jpg"):
+        (tmp_path / "img" / name).unlink()
     truncated = tmp_path / "img" / "d4.jpg"
     truncated.write_bytes(truncated.read_bytes()[:200])
     dm = dm_for(path, cache=cache, predict_split="all", eval_batch_size=6)
@@ -431,9 +438,10 @@ def test_predict_reports_unreadable_images_per_case(tmp_path: Path, cache: str) 
     errors = dict(enumerate(batch["error"]))
     assert "image file not found" in errors[1] and "c1.jpg" in errors[1]
     assert "cannot decode" in errors[4] and "d4.jpg" in errors[4]
-    assert all(errors[i] == "" for i in (0, 2, 3, 5))
+    assert "d3.jpg" in errors[3] and "; " in errors[3] and "c3.jpg" in errors[3]  # both named
+    assert all(errors[i] == "" for i in (0, 2, 5))
     assert batch["derm"].shape == (6, 3, 24, 24) and not batch["clinic"][1].any()
-    with pytest.raises(DataError, match=f"1 image file.* not found:\n  {tmp_path}/img/c1.jpg "
+    with pytest.raises(DataError, match=f"3 image file.* not found:\n  {tmp_path}/img/c1.jpg "
                        r"\(row 1 clinical\)"):  # fmt: skip
         strict = dm_for(path, cache=cache)
         strict.setup("test")
@@ -486,6 +494,48 @@ def test_predictions_name_cases_by_the_id_column(tmp_path: Path) -> None:
     assert [(r["case"], r["id"], Path(r["derm"]).name) for r in got] == [
         ("1", "L1", "d1.jpg"), ("2", "L2", "d2.jpg")
     ]  # fmt: skip
+
+
+def test_prediction_output_checked_before_predicting(tmp_path: Path) -> None:
+    from skinssl.callbacks import PredictionWriter
+    from skinssl.callbacks.predictions import check_output
+
+    table = make_csv(tmp_path, n=6)
+    with pytest.raises(ValueError, match="is the input table .*give another file"):
+        check_output(tmp_path / "." / "pairs.csv", str(table))
+    with pytest.raises(ValueError, match=r"is a folder; give a file name, e\.g\. .*img/pre"):
+        check_output(tmp_path / "img", str(table))
+    with pytest.raises(ValueError, match=r"pairs\.csv is a file, not a folder"):
+        check_output(tmp_path / "pairs.csv" / "out.csv", str(table))
+    check_output(tmp_path / "new" / "folder" / "out.csv", str(table))  # made when written
+    with pytest.raises(ValueError, match="the 7-point score runs from 0 to 10"):
+        PredictionWriter(melanoma_threshold=11)
+
+
+def test_predictions_keep_their_columns_and_say_what_a_limit_left_out(tmp_path: Path) -> None:
+    """Every case failing still gives every prediction column; a batch limit is named."""
+    from skinssl.callbacks import PredictionWriter
+    from skinssl.lightning_modules import MultiLabelClassifier
+
+    path = make_csv(tmp_path, n=6)
+    for i in range(6):
+        (tmp_path / "img" / f"d{i}.jpg").unlink()
+    writer = PredictionWriter(output=str(tmp_path / "out" / "predictions.csv"))
+    model = MultiLabelClassifier(backbone="resnet18", weights=None, heads=["DIAG", "PN"])
+    trainer = L.Trainer(accelerator="cpu", logger=False, callbacks=[writer],
+                        enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.predict(model, dm_for(path, predict_split="all", eval_batch_size=2))
+    with writer.path.open() as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert len(rows) == 6 and all(r["status"].startswith("error: ") for r in rows)
+    assert {"p_DIAG_MEL", "pred_DIAG", "melanoma_diagnosis", "p_PN_ATP"} <= set(reader.fieldnames)
+    make_csv(tmp_path, n=6)  # the images again
+    limited = L.Trainer(accelerator="cpu", logger=False, callbacks=[writer],
+                        limit_predict_batches=1, enable_progress_bar=False,
+                        enable_model_summary=False)  # fmt: skip
+    with pytest.warns(UserWarning, match=r"has 2 of the 6 cases to predict: trainer\.limit_pre"):
+        limited.predict(model, dm_for(path, predict_split="all", eval_batch_size=2))
 
 
 def test_warns_of_classes_and_pairs_the_data_lacks(tmp_path: Path) -> None:

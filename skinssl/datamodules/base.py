@@ -143,7 +143,10 @@ class PairedDataModule(L.LightningDataModule):
         if cache == "disk" and not cache_dir:
             raise ValueError("cache: disk needs a folder: set --data.init_args.cache_dir")
         if cache_size < image_size:
-            raise ValueError(f"cache_size {cache_size} must be >= image_size {image_size}")
+            raise ValueError(
+                f"cache_size {cache_size} must be >= image_size {image_size}: views are cut "
+                f"from the cached images; set --data.init_args.cache_size={image_size} or more"
+            )
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = default_workers() if num_workers is None else num_workers

@@ -65,9 +65,11 @@ def read_pair_csv(
     split_column: str | None = "split",
     label_columns: dict[str, str] | None = None,
     id_column: str | None = None,
+    splits_unused: bool = False,
 ) -> Cases:
     """Cases of a paired CSV. With ``split_column`` None every case is in ``train``; so it is
-    without the default ``split`` column (with a warning); another absent column is an error.
+    without the default ``split`` column (with a warning, unless ``splits_unused``: the
+    caller reads every case whatever its split); another absent column is an error.
     ``id_column`` names each case (non-empty, unique) in output tables."""
     path = Path(path).expanduser()
     required = (derm_column, clinic_column) + ((id_column,) if id_column else ())
@@ -106,7 +108,7 @@ def read_pair_csv(
     if split_column in header:
         splits = _read_splits(table, split_column)
     elif split_column in (None, "split"):
-        if split_column == "split":
+        if split_column == "split" and not splits_unused:
             near = [c for c in header if c.strip().lower() == "split"]
             hint = f"; did you mean split_column: {near[0]!r}?" if near else ""
             rank_zero_warn(

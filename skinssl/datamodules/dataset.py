@@ -85,18 +85,22 @@ class PairDataset(Dataset):
         for j, (key, row) in enumerate(zip(keys, rows, strict=True)):
             if isinstance(key, tuple):
                 self.seed(views_seed(self.case_seed, key[1], row))
-            try:
-                for m, ids in enumerate((self.derm_ids, self.clinic_ids)):
-                    image = self.store[ids[row]]
-                    for view in views[m]:
-                        write_chw(self.pipelines[m](image=image)["image"], view[j])
-                errors.append("")
-            except DataError as error:
-                if not self.tolerant:
-                    raise
+            images, problems = [], []
+            for ids in (self.derm_ids, self.clinic_ids):
+                try:
+                    images.append(self.store[ids[row]])
+                except DataError as error:
+                    if not self.tolerant:
+                        raise
+                    problems.append(str(error))  # both images' problems, not the first only
+            if problems:
                 for view in views[0] + views[1]:
                     view[j] = 0
-                errors.append(str(error))
+            else:
+                for m, image in enumerate(images):
+                    for view in views[m]:
+                        write_chw(self.pipelines[m](image=image)["image"], view[j])
+            errors.append("; ".join(problems))
         index = torch.tensor(rows)
         batch: Item = {
             "index": index,

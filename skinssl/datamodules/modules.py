@@ -62,10 +62,23 @@ class PairedCSVDataModule(PairedDataModule):
         super().__init__(**kwargs)
         self.csv_path = csv_path
         self.image_root = image_root
-        self.columns = (derm_column, clinic_column, split_column, label_columns, id_column)
+        self.derm_column = derm_column
+        self.clinic_column = clinic_column
+        self.split_column = split_column
+        self.label_columns = label_columns
+        self.id_column = id_column
 
     def load_cases(self) -> Cases:
-        return read_pair_csv(self.csv_path, self.image_root, *self.columns)
+        return read_pair_csv(
+            self.csv_path,
+            self.image_root,
+            derm_column=self.derm_column,
+            clinic_column=self.clinic_column,
+            split_column=self.split_column,
+            label_columns=self.label_columns,
+            id_column=self.id_column,
+            splits_unused=self.predict_split == "all",
+        )
 
 
 class SyntheticDerm7ptDataModule(Derm7ptDataModule):

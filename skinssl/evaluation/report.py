@@ -56,8 +56,11 @@ def describe(name: str, heads: dict[str, dict]) -> str:
         return summary[name]
     if name.startswith("mean_"):
         metric, group = name[5:].rsplit("_", 1)
-        n = len(heads) if group == "heads" else len([h for h in heads if h in CRITERIA])
+        names = list(heads) if group == "heads" else [h for h in heads if h in CRITERIA]
+        n = sum(not math.isnan(heads[h][metric]) for h in names)  # the mean skips the others
         over = count(n, "head", "heads") if group == "heads" else count(n, "criterion", group)
+        if n < len(names):
+            over += f" with labels (of {len(names)})"
         return f"{metric.replace('_', ' ')}, mean over the {over}"
     if name.startswith("melanoma/"):
         _, scorer, metric = name.split("/")
