@@ -528,8 +528,17 @@ def test_predict_with_a_run_config_and_checkpoint(quickstart_run: Path, monkeypa
         assert r["melanoma_checklist"] == str(int(int(r["seven_point_score"]) >= 3))
     # the run's own data, under a relative root: the rows name images by absolute paths too
     ours = quickstart_run / "valid_predictions.csv"
+    run_dir = quickstart_run / "runs" / "quickstart" / "finetune"
+    before = {f: f.stat().st_mtime_ns for f in run_dir.glob("*") if f.is_file()}
     run("predict", "configs/quickstart/finetune.yaml", f"--ckpt_path={BEST}", *TINY_SYNTHETIC,
         "--data.init_args.predict_split=valid", f"--predictions.output={ours}")  # fmt: skip
+    after = {f: f.stat().st_mtime_ns for f in run_dir.glob("*") if f.is_file()}
+    changed = [f for f in after if before.get(f) != after[f]]
+    assert {f.name for f in changed if "tfevents" not in f.name} == {"predict_config.yaml"}
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    for events in (f for f in changed if "tfevents" in f.name):  # (Lightning opens a writer)
+        assert not any(e.HasField("summary") for e in EventFileLoader(str(events)).Load())
     rows = list(csv.DictReader(ours.open()))
     assert rows and all(Path(r["derm"]).is_file() and Path(r["derm"]).is_absolute() for r in rows)
 
