@@ -11,8 +11,9 @@ so a rerun of the same command skips what is done and resumes an interrupted fit
 ``last.ckpt``. The Markdown table (mean ± std over seeds) is printed and written to
 ``table.md``.
 
-Methods: ``simclr``, ``byol``, ``moco``, ``simsiam``, ``barlow_twins``, ``swav``,
-``deepcluster_v2`` (optionally ``:derm``, ``:clinic`` or ``:both``, the default), ``sm3``
+Methods: each pretraining config in ``configs/baselines`` by name (``simclr``, ``byol``,
+``moco``, ``simsiam``, ``barlow_twins``, ``swav``, ``deepcluster_v2``; optionally ``:derm``,
+``:clinic`` or ``:both``, the default), ``sm3``
 (stage 1 + stage 2, downstream on its label tokens), and the reference rows ``supervised``
 (random trunks) and ``imagenet`` (ImageNet trunks; needs the torchvision weights).
 

@@ -50,6 +50,7 @@ from skinssl.cli_errors import (
     own_error,
     weights_mismatch,
 )
+from skinssl.datamodules.cases import listing
 from skinssl.lightning_modules.checkpoints import open_checkpoint, restoring
 
 
@@ -175,18 +176,10 @@ class SkinSSLCLI(LightningCLI):
         source, target = Path(path).resolve().parent.parent, log_dir(self.trainer).resolve()
         if source == target:
             return
-        hint = f"Use that run's config.yaml (-c {source / 'config.yaml'}) to keep them together"
-        if target.is_relative_to(Path.cwd().resolve()):  # the run's own layout, from elsewhere?
-            tail = target.relative_to(Path.cwd().resolve()).parts
-            if source.parts[-len(tail) :] == tail:
-                home = Path(*source.parts[: -len(tail)])
-                hint = (
-                    "The config's log directory is relative to the working directory: run "
-                    f"from {home} to keep them together"
-                )
+        save_dir = getattr(self.trainer.logger, "save_dir", None)
         rank_zero_warn(
             f"{self.subcommand}: --ckpt_path is from run {source}, but this run's directory is "
-            f"{target}: its files go there. {hint}"
+            f"{target}: its files go there. {other_run_hint(source, target, save_dir)}"
         )
 
     def _check_evaluable(self) -> None:
@@ -265,10 +258,9 @@ class SkinSSLCLI(LightningCLI):
         if writer.failed:
             if self.trainer.global_rank != 0:  # rank 0 lists them
                 raise SystemExit(1)
-            listed = "\n  ".join(map(failure, writer.failed))
             raise SystemExit(
                 f"predict: {len(writer.failed)} case(s) failed (rows kept with status in "
-                f"{writer.path}):\n  {listed}"
+                f"{writer.path}):{listing([failure(r) for r in writer.failed], 20)}"
             )
 
     def before_fit(self) -> None:
@@ -293,6 +285,23 @@ class SkinSSLCLI(LightningCLI):
         for logger in tensorboard_loggers(self.trainer) if config.get("ckpt_path") else ():
             logger._default_hp_metric = False  # a resumed fit adds no hp_metric placeholder -1
         next(c for c in self.trainer.callbacks if isinstance(c, Preemption)).listen()
+
+
+def other_run_hint(source: Path, target: Path, save_dir: str | None) -> str:
+    """How to keep a command's files with the run of its checkpoint (``source``) rather than
+    in ``target``: run from elsewhere when the config's log directory (``save_dir``) is
+    relative and ``target`` is that run's layout under this working directory; else use the
+    run's own config."""
+    cwd = Path.cwd().resolve()
+    relative = save_dir is not None and not Path(save_dir).expanduser().is_absolute()
+    tail = target.relative_to(cwd).parts if relative and target.is_relative_to(cwd) else ()
+    if tail and source.parts[-len(tail) :] == tail:
+        home = Path(*source.parts[: -len(tail)])
+        return (
+            "The config's log directory is relative to the working directory: run from "
+            f"{home} to keep them together"
+        )
+    return f"Use that run's config.yaml (-c {source / 'config.yaml'}) to keep them together"
 
 
 def failure(row: dict[str, Any]) -> str:

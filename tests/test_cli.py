@@ -472,6 +472,20 @@ def test_testing_another_runs_checkpoint_warns(quickstart_run: Path, monkeypatch
         run("validate", config, *other)  # the heads as built: not the fit's
 
 
+def test_the_other_run_hint_says_where_to_run_from_only_for_a_relative_log_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "home" / "runs" / "exp" / "v1"
+    (tmp_path / "away").mkdir()
+    monkeypatch.chdir(tmp_path / "away")
+    target = (tmp_path / "away" / "runs" / "exp" / "v1").resolve()
+    run_from = f"relative to the working directory: run from {tmp_path / 'home'} to keep"
+    assert run_from in cli_module.other_run_hint(source, target, "runs")
+    own_config = f"(-c {source / 'config.yaml'})"  # an absolute save_dir: the layout is chance
+    assert own_config in cli_module.other_run_hint(source, target, str(tmp_path / "away/runs"))
+    assert own_config in cli_module.other_run_hint(source, tmp_path / "away/x/v1", "runs")
+
+
 def test_data_settings_unlike_the_checkpoints_warn(quickstart_run: Path, monkeypatch) -> None:
     monkeypatch.chdir(quickstart_run)
     other = [a for a in TINY_SYNTHETIC if "size=" not in a]

@@ -15,14 +15,21 @@ FORBIDDEN = {
 }
 
 
-def imported(path: Path) -> set[str]:
-    """Every module name an import statement in ``path`` names."""
+def imported(path: Path, text: str | None = None) -> set[str]:
+    """Every name an import statement in ``path`` (its source ``text``, default: read it)
+    names, absolute: ``from a import b`` gives ``a`` and ``a.b`` (b may be a module), relative
+    imports resolved against the file's package."""
+    package = path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1]
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    source = path.read_text() if text is None else text
+    for node in ast.walk(ast.parse(source, str(path))):
         if isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names.add(node.module)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else ()
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            names.add(module)
+            names.update(f"{module}.{a.name}" for a in node.names)
     return names
 
 
@@ -38,3 +45,9 @@ def test_imports_point_one_way(part: str) -> None:
         if name.startswith(FORBIDDEN[part]) or name + "." in FORBIDDEN[part]
     ]
     assert not wrong, wrong
+
+
+def test_relative_and_from_imports_are_resolved() -> None:
+    text = "from skinssl import callbacks\nfrom ..lightning_modules import nets\nfrom . import x\n"
+    names = imported(PACKAGE / "datamodules" / "probe.py", text)  # (a name only: not read)
+    assert {"skinssl.callbacks", "skinssl.lightning_modules.nets", "skinssl.datamodules.x"} <= names

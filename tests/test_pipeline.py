@@ -94,6 +94,8 @@ def test_csv_without_its_split_column(tmp_path: Path) -> None:
     with warnings.catch_warnings():  # predicting every case: splits do not matter
         warnings.filterwarnings("error", message=".*no 'split' column")
         dm_for(path, predict_split="all").setup("predict")
+    with pytest.warns(UserWarning, match="did you mean split_column: 'Split'"):
+        dm_for(path, predict_split="all").setup("fit")  # (the setting is predict's only)
     dm = dm_for(path, split_column=None)
     dm.setup("predict")
     hint = r" \(predict's split: --data.init_args.predict_split\)"
@@ -459,9 +461,8 @@ def test_each_stage_decides_whether_unreadable_images_stop_it(tmp_path: Path) ->
     batch = next(iter(dm.predict_dataloader()))
     assert batch["index"].tolist() == [4, 5] and batch["error"][0] == ""
     assert "cannot decode" in batch["error"][1] and "d5.jpg" in batch["error"][1]
-    dm.setup("test")
     with pytest.raises(DataError, match=r"cannot decode image .*d5.jpg"):
-        next(iter(dm.test_dataloader()))
+        dm.setup("test")  # at set-up, as for a first stage: what prediction found is kept
 
 
 def test_loaders_pin_batches_for_cuda_runs_only(

@@ -184,8 +184,9 @@ class PairedDataModule(L.LightningDataModule):
         return 0
 
     @abstractmethod
-    def load_cases(self) -> Cases:
-        """Read the case table (paths, labels, splits) of this data source."""
+    def load_cases(self, stage: str | None = None) -> Cases:
+        """Read the case table (paths, labels, splits) of this data source, for ``stage`` (the
+        one being set up: what the reader warns about may depend on it)."""
 
     # ----------------------------------------------------------------- setup
     def setup(self, stage: str | None = None) -> None:
@@ -193,10 +194,10 @@ class PairedDataModule(L.LightningDataModule):
         train and valid; validate, test, predict: theirs; None: all)."""
         if stage is not None:  # called by Lightning on every rank
             self._seed = shared_seed(self.trainer)
-        if self.cases is None:
-            self._read()
-        assert self.cases is not None and self._store is not None and self._ids is not None
         name = getattr(stage, "value", stage)  # Lightning passes a TrainerFn enum
+        if self.cases is None:
+            self._read(name)
+        assert self.cases is not None and self._store is not None and self._ids is not None
         # prediction reports unreadable images per case and goes on; every other stage stops
         self._tolerant = name == "predict"
         self._store.strict = not self._tolerant
@@ -239,12 +240,12 @@ class PairedDataModule(L.LightningDataModule):
         none = np.zeros(0, dtype=np.int64)
         return np.concatenate([self.cases.splits.get(s, none) for s in splits])
 
-    def _read(self) -> None:
-        """The case table, its image ids and the (empty) image cache."""
+    def _read(self, stage: str | None) -> None:
+        """The case table (read for ``stage``), its image ids and the (empty) image cache."""
         # Forked loader workers hang on their first parallel OpenCV call if this process has
         # started OpenCV's thread pool; the cache decodes in parallel through our own threads.
         cv2.setNumThreads(1)
-        cases = self.load_cases()
+        cases = self.load_cases(stage)
         paths = list(dict.fromkeys(cases.derm + cases.clinic))
         position = {p: i for i, p in enumerate(paths)}
         self._ids = (

@@ -101,12 +101,14 @@ class ImageStore:
         cache); with ``strict``, one error naming every one that cannot be read."""
         if self._arrays is None:
             return
-        todo = [i for i in dict.fromkeys(positions) if self._arrays[i] is None]
+        wanted = list(dict.fromkeys(positions))
+        todo = [i for i in wanted if self._arrays[i] is None]
         with ThreadPoolExecutor(self.threads) as pool:
             loaded = pool.map(self._load_or_error, [self.paths[i] for i in todo])
             for i, item in zip(todo, loaded, strict=True):
                 self._arrays[i] = item
-        errors = [self._arrays[i] for i in todo if isinstance(self._arrays[i], DataError)]
+        # also those a tolerant stage (prediction) found unreadable before
+        errors = [self._arrays[i] for i in wanted if isinstance(self._arrays[i], DataError)]
         if self.strict and len(errors) == 1:
             raise errors[0]
         if self.strict and errors:  # every bad image at once, not one per run

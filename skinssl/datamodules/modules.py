@@ -26,7 +26,7 @@ class Derm7ptDataModule(PairedDataModule):
     def default_border_crop(self) -> int:
         return 25  # the authors' crop of Derm7pt's black frame (768 x 512 images)
 
-    def load_cases(self) -> Cases:
+    def load_cases(self, stage: str | None = None) -> Cases:
         return read_derm7pt(self.root)
 
 
@@ -68,7 +68,7 @@ class PairedCSVDataModule(PairedDataModule):
         self.label_columns = label_columns
         self.id_column = id_column
 
-    def load_cases(self) -> Cases:
+    def load_cases(self, stage: str | None = None) -> Cases:
         return read_pair_csv(
             self.csv_path,
             self.image_root,
@@ -77,7 +77,7 @@ class PairedCSVDataModule(PairedDataModule):
             split_column=self.split_column,
             label_columns=self.label_columns,
             id_column=self.id_column,
-            splits_unused=self.predict_split == "all",
+            splits_unused=stage == "predict" and self.predict_split == "all",
         )
 
 
@@ -117,6 +117,6 @@ class SyntheticDerm7ptDataModule(Derm7ptDataModule):
 
         generate(Path(self.root), self.num_cases, self.synthetic_size, self.synthetic_seed)
 
-    def load_cases(self) -> Cases:
+    def load_cases(self, stage: str | None = None) -> Cases:
         self.prepare_data()
-        return super().load_cases()
+        return super().load_cases(stage)

@@ -60,7 +60,7 @@ def describe(name: str, heads: dict[str, dict]) -> str:
         n = sum(not math.isnan(heads[h][metric]) for h in names)  # the mean skips the others
         over = count(n, "head", "heads") if group == "heads" else count(n, "criterion", group)
         if n < len(names):
-            over += f" with labels (of {len(names)})"
+            over += f" where it is defined (of {len(names)})"
         return f"{metric.replace('_', ' ')}, mean over the {over}"
     if name.startswith("melanoma/"):
         _, scorer, metric = name.split("/")
@@ -143,11 +143,12 @@ def markdown(report: dict, title: str = "Test report", figures: Sequence[str] = 
         ["number", "value [CI]", "what it is"],
         [[k, _with_ci(summary[k]), summary[k]["description"]] for k in main],
     )
+    # a model with no head to score melanoma by gets no section (not even the reference row)
     scorable = "DIAG" in report["heads"] or has_criteria(list(report["heads"]))
-    if report["melanoma"] or scorable:  # else no section: the model has no head for it
-        title = "Melanoma detection: the seven-point checklist beside the diagnosis head"
-        out += ["", f"## {title}", ""]
-    if report["melanoma"]:
+    if scorable:
+        heading = "Melanoma detection: the seven-point checklist beside the diagnosis head"
+        out += ["", f"## {heading}", ""]
+    if scorable and report["melanoma"]:
         cols = [f"{m}_ge{t}" for t in THRESHOLDS for m in ("sensitivity", "specificity")]
         header = ["scoring", "cases", "AUC [CI]"] + [c.replace("_ge", " ≥") for c in cols]
         header += ["sensitivity (MEL most probable)", "specificity (MEL most probable)"]
