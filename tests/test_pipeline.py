@@ -442,12 +442,23 @@ def test_predict_reports_unreadable_images_per_case(tmp_path: Path, cache: str) 
     assert "cannot decode" in errors[4] and "d4.jpg" in errors[4]
     assert "d3.jpg" in errors[3] and "; " in errors[3] and "c3.jpg" in errors[3]  # both named
     assert all(errors[i] == "" for i in (0, 2, 5))
+    assert "; " not in errors[4]  # (its clinical image loads)
     assert batch["derm"].shape == (6, 3, 24, 24) and not batch["clinic"][1].any()
     with pytest.raises(DataError, match=f"3 image file.* not found:\n  {tmp_path}/img/c1.jpg "
                        r"\(row 1 clinical\)"):  # fmt: skip
         strict = dm_for(path, cache=cache)
         strict.setup("test")
         next(iter(strict.test_dataloader()))
+
+
+def test_a_stand_in_pairs_unreadable_image_is_named_once(tmp_path: Path) -> None:
+    rows = [{"derm": f"img/d{i}.jpg", "clinic": "", "split": "test"} for i in range(2)]
+    path = make_csv(tmp_path, rows=rows)
+    (tmp_path / "img" / "d1.jpg").write_bytes(b"not an image")
+    dm = dm_for(path, predict_split="all", eval_batch_size=2)
+    dm.setup("predict")
+    errors = next(iter(dm.predict_dataloader()))["error"]
+    assert errors[0] == "" and errors[1].count("d1.jpg: ") == 1 and "; " not in errors[1]
 
 
 def test_each_stage_decides_whether_unreadable_images_stop_it(tmp_path: Path) -> None:

@@ -100,7 +100,7 @@ class PairDataset(Dataset):
                 for m, image in enumerate(images):
                     for view in views[m]:
                         write_chw(self.pipelines[m](image=image)["image"], view[j])
-            errors.append("; ".join(problems))
+            errors.append("; ".join(dict.fromkeys(problems)))  # (a stand-in: the same image)
         index = torch.tensor(rows)
         batch: Item = {
             "index": index,
