@@ -670,6 +670,26 @@ def test_clustering_sees_the_cases_training_reads(tmp_path: Path, fill: str) -> 
         check_labels(torch.load(tmp_path / f"rank0_{call}.pt", weights_only=True), rows)
 
 
+def test_a_fill_pass_over_case_ids_loads_in_this_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``fill: train`` with views on the device batches case ids: no loader workers for it
+    (as training), whatever the data's ``num_workers``."""
+    workers = []
+    real = km.DataLoader
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        workers.append(kwargs["num_workers"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(km, "DataLoader", recording)
+    dm = make_dm(tmp_path, n_train=6, batch_size=3, augment_on="device")
+    dm.num_workers = 2
+    callback = KMeansPseudoLabels(features="memory_bank", fill="train", algorithm="authors")
+    trainer(tmp_path, [callback], max_epochs=1).fit(ToyModule(), dm)
+    assert workers == [0]
+
+
 @pytest.mark.parametrize(
     ("fill", "augment_on"), [("eval", "cpu"), ("train", "cpu"), ("train", "device")]
 )
