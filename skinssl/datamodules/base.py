@@ -175,7 +175,6 @@ class PairedDataModule(L.LightningDataModule):
         self.cases: Cases | None = None
         self._store: ImageStore | None = None
         self._ids: tuple[np.ndarray, np.ndarray] | None = None
-        self._tolerant = False  # prediction: unreadable images reported per case
         self._checked = False  # every listed image file found
         self._seed: int | None = None
 
@@ -199,14 +198,13 @@ class PairedDataModule(L.LightningDataModule):
             self._read(name)
         assert self.cases is not None and self._store is not None and self._ids is not None
         # prediction reports unreadable images per case and goes on; every other stage stops
-        self._tolerant = name == "predict"
-        self._store.strict = not self._tolerant
-        if not self._tolerant and not self._checked:
+        self._store.strict = name != "predict"
+        if self._store.strict and not self._checked:
             self.cases.check_images_exist()
             self._checked = True
         if name == "fit":
             self._warn_no_pairs()
-        rows = self._stage_rows(stage)
+        rows = self._stage_rows(name)
         self._store.load(np.concatenate([self._ids[0][rows], self._ids[1][rows]]).tolist())
         if name == "fit" and self.label_fraction < 1:
             self._describe_label_fraction()
@@ -229,11 +227,10 @@ class PairedDataModule(L.LightningDataModule):
         )  # fmt: skip
 
     def _stage_rows(self, stage: str | None) -> np.ndarray:
-        """The rows whose images ``stage`` reads."""
+        """The rows whose images ``stage`` (its name) reads."""
         assert self.cases is not None
-        name = getattr(stage, "value", stage)  # Lightning passes a TrainerFn enum
         splits = {"fit": ["train", "valid"], "validate": ["valid"], "test": ["test"]}.get(
-            name, [self.predict_split] if name == "predict" else []
+            stage, [self.predict_split] if stage == "predict" else []
         )
         if not splits or "all" in splits:
             return np.arange(len(self.cases))
@@ -330,7 +327,7 @@ class PairedDataModule(L.LightningDataModule):
         else:
             pipes = (eval_pipeline(self.image_size), eval_pipeline(self.image_size))
             n_views = (1, 1)
-        tolerant = self._tolerant and not train
+        tolerant = not self._store.strict and not train  # (prediction's set-up)
         return PairDataset(
             rows, self._store, *self._ids, labels, cases.pair_valid, *pipes, n_views,
             tolerant, self.image_size, case_seed=self._run_seed(),
